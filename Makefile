@@ -1,0 +1,65 @@
+# calico-py: every target a developer, CI or `make demo` needs.
+# Run as root on Debian. Targets are idempotent.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STATE_DIR ?= $(CURDIR)/.state
+APT_PACKAGES := etcd-server
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := calico/.generated
+
+export STATE_DIR
+
+.PHONY: install deps protos up down demo test bench clean
+
+install: deps $(GEN_STAMP) $(VENV)/.installed
+
+# Debian packages, installed only when a command they provide is missing.
+deps:
+	@missing=""; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The code generator comes first, so calico/ exists when the project is installed.
+$(VENV)/.tools: pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)"
+	touch $@
+
+protos: $(GEN_STAMP)
+
+# Generated code lands in calico/ (the proto package path); never edit it.
+$(GEN_STAMP): $(PROTOS) $(VENV)/.tools
+	rm -rf calico
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	find calico -type d -exec touch {}/__init__.py \;
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(GEN_STAMP)
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+up: install
+	$(PY) -m tools.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi
+
+demo: install
+	$(PY) -m tools.demo
+
+test: install
+	$(VENV)/bin/pytest -q tests
+
+bench: install
+	$(PY) bench/ipam.py
+
+clean: down
+	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -1,0 +1,1 @@
+"""Code shared by every calico-py process: datastore access, config, RPC plumbing."""

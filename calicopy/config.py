@@ -1,0 +1,86 @@
+"""Configuration parameters, declared once.
+
+Each parameter has a name, a meaning, a default and the environment variables
+it is read from. A value is resolved in this order: an explicit value (a
+command-line flag), then the environment variables in the order listed, then
+the default. A bad value raises ConfigError naming the parameter, the value
+and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{text}' is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def parse_endpoints(text: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]``; an ``http://`` scheme is tolerated."""
+    items = [t.strip().removeprefix("http://") for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError("no endpoint given")
+    return [parse_hostport(t) for t in items]
+
+
+def parse_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    meaning: str
+    default: str
+    env: tuple[str, ...]
+    parse: Callable[[str], Any] = str
+
+    def resolve(self, explicit: str | None = None,
+                environ: Mapping[str, str] | None = None) -> Any:
+        environ = os.environ if environ is None else environ
+        if explicit is not None:
+            raw, source = explicit, "command line"
+        else:
+            found = [(environ[e], f"environment variable {e}") for e in self.env
+                     if environ.get(e)]
+            raw, source = found[0] if found else (self.default, "default")
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"Invalid {self.name} '{raw}' (from {source}): {exc}") from None
+
+
+ETCD_ENDPOINTS = Param(
+    "etcd endpoints", "comma-separated host:port list of etcd v3 servers",
+    "127.0.0.1:2379", ("ETCD_ENDPOINTS", "ETCD_AUTHORITY"), parse_endpoints)
+
+IPAM_ADDR = Param(
+    "IPAM service address", "host:port of the IPAM service",
+    "127.0.0.1:50051", ("CALICO_IPAM_ADDR",), parse_hostport)
+
+RPC_TIMEOUT = Param(
+    "RPC timeout", "deadline in seconds for each call to a calico-py service",
+    "10", ("CALICO_RPC_TIMEOUT",), parse_seconds)
+
+PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, RPC_TIMEOUT)
+
+
+def describe() -> str:
+    """A help paragraph listing every parameter and its environment variables."""
+    lines = []
+    for p in PARAMS:
+        lines.append(f"  {' or '.join(p.env):<32} {p.meaning} (default {p.default})")
+    return "\n".join(lines)

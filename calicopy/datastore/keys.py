@@ -1,0 +1,103 @@
+"""Every etcd key calico-py uses, and how to parse them back.
+
+No other module builds key strings. Everything lives under one versioned
+prefix, ``/calico/v1/``; an incompatible change of layout means a new prefix,
+not an edit in place. Names that may contain '/' (hosts, handles) are
+percent-encoded; CIDRs are written with '/' replaced by '-', as the original
+tool did.
+
+IPAM layout::
+
+    /calico/v1/ipam/pools-rev                        bumped on every pool create/delete
+    /calico/v1/ipam/pool/<v4|v6>/<cidr>              pool JSON
+    /calico/v1/ipam/block/<v4|v6>/<cidr>             block JSON (allocations)
+    /calico/v1/ipam/affinity/<host>/<v4|v6>/<cidr>   {"state": pending|confirmed}
+    /calico/v1/ipam/handle/<handle id>               {"blocks": {cidr: count}}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import quote, unquote
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROOT = "/calico/"
+PREFIX = "/calico/v1/"
+IPAM = PREFIX + "ipam/"
+POOLS_REV = IPAM + "pools-rev"
+
+
+def family(version: int) -> str:
+    return f"v{version}"
+
+
+def _cidr(net: Network) -> str:
+    return str(net).replace("/", "-")
+
+
+def _parse_cidr(text: str) -> Network:
+    return ipaddress.ip_network(text.replace("-", "/"))
+
+
+def _name(text: str) -> str:
+    return quote(text, safe="")
+
+
+# Pools ---------------------------------------------------------------------
+
+def pools_prefix(version: int | None = None) -> str:
+    return IPAM + "pool/" + (family(version) + "/" if version else "")
+
+
+def pool(net: Network) -> str:
+    return f"{pools_prefix(net.version)}{_cidr(net)}"
+
+
+def parse_pool(key: str) -> Network:
+    return _parse_cidr(key.rsplit("/", 1)[1])
+
+
+# Blocks --------------------------------------------------------------------
+
+def blocks_prefix(version: int | None = None) -> str:
+    return IPAM + "block/" + (family(version) + "/" if version else "")
+
+
+def block(net: Network) -> str:
+    return f"{blocks_prefix(net.version)}{_cidr(net)}"
+
+
+def parse_block(key: str) -> Network:
+    return _parse_cidr(key.rsplit("/", 1)[1])
+
+
+# Block affinities ------------------------------------------------------------
+
+AFFINITIES = IPAM + "affinity/"
+
+
+def host_affinities_prefix(host: str, version: int) -> str:
+    return f"{AFFINITIES}{_name(host)}/{family(version)}/"
+
+
+def affinity(host: str, net: Network) -> str:
+    return host_affinities_prefix(host, net.version) + _cidr(net)
+
+
+def parse_affinity(key: str) -> tuple[str, Network]:
+    host, _, cidr = key[len(AFFINITIES):].split("/")
+    return unquote(host), _parse_cidr(cidr)
+
+
+# Handles -------------------------------------------------------------------
+
+HANDLES = IPAM + "handle/"
+
+
+def handle(handle_id: str) -> str:
+    return HANDLES + _name(handle_id)
+
+
+def parse_handle(key: str) -> str:
+    return unquote(key[len(HANDLES):])

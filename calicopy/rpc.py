@@ -1,0 +1,93 @@
+"""gRPC plumbing shared by every service and client.
+
+Servers always serve ``grpc.health.v1`` and reflection; domain errors become
+status codes in exactly one place (``status_for``); clients always set a
+deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from concurrent import futures
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from calicopy import errors
+
+log = logging.getLogger(__name__)
+
+_CODES = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: errors.CalicoError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def maps_errors(method: Callable) -> Callable:
+    """Decorate a servicer method: domain errors abort the call with their
+    status code and message; anything else is logged and reported INTERNAL."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except errors.CalicoError as exc:
+            context.abort(status_for(exc), str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"Unexpected error in {method.__name__}; see the service log.")
+    return wrapper
+
+
+def create_server(addr: str, register: Iterable[Callable[[grpc.Server], None]],
+                  service_names: Iterable[str], max_workers: int = 16
+                  ) -> tuple[grpc.Server, int]:
+    """Build (not start) a server on ``addr`` with health and reflection.
+
+    ``addr`` may use port 0; the bound port is returned. ``unix:`` paths work too.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    for add in register:
+        add(server)
+    names = list(service_names)
+    checker = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    for name in names + [""]:
+        checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(addr)
+    if port == 0 and not addr.startswith("unix:"):
+        raise OSError(f"cannot listen on {addr}")
+    return server, port
+
+
+def channel(addr: str) -> grpc.Channel:
+    return grpc.insecure_channel(addr)
+
+
+def check_health(addr: str, service: str = "", timeout: float = 2.0) -> bool:
+    """True when the server at ``addr`` reports SERVING for ``service``."""
+    with channel(addr) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,1 @@
+"""calicoctl: the command-line client of the calico-py services."""

@@ -1,0 +1,76 @@
+"""calicoctl: manage calico-py.
+
+Usage:
+  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip] [--block-size=<N>]
+  calicoctl pool remove <CIDR> [--force]
+  calicoctl pool show [--ipv4 | --ipv6]
+  calicoctl ipam show [--ip=<IP>]
+  calicoctl ipam check
+  calicoctl ipam release --ip=<IP>
+  calicoctl <command> --help
+  calicoctl --help
+
+Each command group explains itself: calicoctl <command> --help.
+
+Where the services are (environment variables):
+{env}
+"""
+
+from __future__ import annotations
+
+import sys
+
+from docopt import DocoptExit, docopt
+
+from calicopy import config
+from cli import ipam, pool
+from cli.client import RpcFailure
+from cli.errors import CliError
+
+COMMANDS = {"pool": pool, "ipam": ipam}
+
+
+def usage() -> str:
+    return __doc__.format(env=config.describe())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    module = COMMANDS.get(argv[0])
+    if module is None:
+        print(f"Unknown command '{argv[0]}'.\n\n{usage()}", file=sys.stderr)
+        return 1
+    doc = module.__doc__ + f"\nEnvironment:\n{config.describe()}\n"
+    if "-h" in argv or "--help" in argv:
+        print(doc)
+        return 0
+    try:
+        args = docopt(doc, argv, default_help=False)
+    except DocoptExit:
+        usage_lines = doc[doc.index("Usage:"):].split("\n\n")[0]
+        print(f"Invalid arguments.\n{usage_lines}", file=sys.stderr)
+        return 1
+    try:
+        module.run(args)
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    except RpcFailure as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except config.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one line, never a traceback
+        print(f"Unexpected error executing command: {exc!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Calls to the services, each with a deadline, failures as one readable line."""
+
+from __future__ import annotations
+
+import grpc
+
+from calicopy import config
+from cli.errors import CliError
+
+
+class RpcFailure(Exception):
+    """A service answered with an error status; ``str()`` is its message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Service:
+    """One service's stub plus what is needed to explain a failure."""
+
+    def __init__(self, name: str, param: config.Param, stub_class):
+        self.name = name
+        self.param = param
+        host, port = param.resolve()
+        self.addr = f"{host}:{port}"
+        self.timeout = config.RPC_TIMEOUT.resolve()
+        self._channel = grpc.insecure_channel(self.addr)
+        self._stub = stub_class(self._channel)
+
+    def call(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and not details.startswith("Error accessing"):
+                raise CliError(
+                    f"Could not reach the {self.name} at {self.addr} (set "
+                    f"{self.param.env[0]} to change it). Is it running? 'make up' starts it.")
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise CliError(f"The {self.name} at {self.addr} did not answer within "
+                               f"{self.timeout:g}s (CALICO_RPC_TIMEOUT).")
+            raise RpcFailure(code, details) from None
+
+
+def ipam() -> Service:
+    # Imported here so that commands which never talk to IPAM do not pay for it.
+    from calico.ipam.v1 import ipam_pb2_grpc
+    return Service("IPAM service", config.IPAM_ADDR, ipam_pb2_grpc.IpamServiceStub)

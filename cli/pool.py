@@ -1,0 +1,104 @@
+"""Manage the IP pools that workload addresses come from.
+
+Usage:
+  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip] [--block-size=<N>]
+  calicoctl pool remove <CIDR> [--force]
+  calicoctl pool show [--ipv4 | --ipv6]
+
+Options:
+  --nat-outgoing      Masquerade traffic from the pool to destinations outside
+                      all pools.
+  --ipip              Reach the pool's addresses on other hosts through IP-in-IP.
+  --block-size=<N>    Prefix length of the pool's allocation blocks: IPv4 20-32
+                      (default 26), IPv6 116-128 (default 122).
+  --force             Remove the pool even though addresses are allocated from
+                      it; those allocations are dropped.
+  --ipv4              Show only IPv4 pools.
+  --ipv6              Show only IPv6 pools.
+
+`pool add` of an existing pool is not an error: its flags are set to the ones
+given. A CIDR with host bits set is normalised (10.0.0.1/8 -> 10.0.0.0/8) and
+a bare address becomes a /32 (or /128) pool.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from calico.ipam.v1 import ipam_pb2
+from cli import client, validate
+from cli.errors import CliError
+from cli.output import table
+
+
+def run(args: dict) -> None:
+    if args["add"]:
+        add(args["<CIDR>"], args["--nat-outgoing"], args["--ipip"], args["--block-size"])
+    elif args["remove"]:
+        remove(args["<CIDR>"], args["--force"])
+    else:
+        show(4 if args["--ipv4"] else 6 if args["--ipv6"] else None)
+
+
+def _flags(pool) -> str:
+    flags = [f for f, on in (("nat-outgoing", pool.nat_outgoing), ("ipip", pool.ipip),
+                             ("disabled", pool.disabled)) if on]
+    return ",".join(flags)
+
+
+def add(cidr_text: str, nat: bool, ipip: bool, block_size: str | None) -> None:
+    cidr, normalised = validate.cidr(cidr_text)
+    size = 0
+    if block_size is not None:
+        if not block_size.isdigit():
+            raise CliError(f"Invalid block size '{block_size}': give a prefix length "
+                           "such as 26.")
+        size = int(block_size)
+    ipam = client.ipam()
+    if normalised:
+        print(f"Normalised {cidr_text} to {cidr} (host bits cleared).")
+    request = ipam_pb2.Pool(cidr=cidr, block_size=size, nat_outgoing=nat, ipip=ipip)
+    try:
+        pool = ipam.call("CreatePool", ipam_pb2.CreatePoolRequest(pool=request)).pool
+        print(f"Added pool {pool.cidr} (block size /{pool.block_size}).")
+        return
+    except client.RpcFailure as exc:
+        if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+            raise CliError(str(exc)) from None
+    existing = next(p for p in ipam.call("ListPools", ipam_pb2.ListPoolsRequest()).pools
+                    if p.cidr == cidr)
+    if size and size != existing.block_size:
+        raise CliError(f"Pool {cidr} already exists with block size /{existing.block_size}; "
+                       "remove it first to change the block size.")
+    if (existing.nat_outgoing, existing.ipip) == (nat, ipip):
+        print(f"Pool {cidr} already exists.")
+        return
+    pool = ipam.call("UpdatePool", ipam_pb2.UpdatePoolRequest(
+        cidr=cidr, nat_outgoing=nat, ipip=ipip)).pool
+    print(f"Updated pool {cidr}: options now '{_flags(pool) or 'none'}'.")
+
+
+def remove(cidr_text: str, force: bool) -> None:
+    cidr, _ = validate.cidr(cidr_text)
+    try:
+        resp = client.ipam().call("DeletePool", ipam_pb2.DeletePoolRequest(
+            cidr=cidr, force=force))
+    except client.RpcFailure as exc:
+        if exc.code == grpc.StatusCode.NOT_FOUND:
+            raise CliError(f"{cidr} is not a configured pool.") from None
+        if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+            raise CliError(f"{exc} Use 'calicoctl pool remove {cidr} --force'.") from None
+        raise CliError(str(exc)) from None
+    dropped = f" and released {resp.released} allocated address(es)" if resp.released else ""
+    print(f"Removed pool {cidr}{dropped}.")
+
+
+def show(version: int | None) -> None:
+    enum = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}.get(
+        version, ipam_pb2.IP_VERSION_UNSPECIFIED)
+    pools = client.ipam().call("ListPools", ipam_pb2.ListPoolsRequest(ip_version=enum)).pools
+    for v, enum_v in ((4, ipam_pb2.IP_VERSION_V4), (6, ipam_pb2.IP_VERSION_V6)):
+        if version in (None, v):
+            rows = [[p.cidr, f"/{p.block_size}", _flags(p)] for p in pools
+                    if p.ip_version == enum_v]
+            print(table([f"IPv{v} CIDR", "Block size", "Options"], rows))

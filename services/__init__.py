@@ -1,0 +1,1 @@
+"""The calico-py gRPC services: ipam, and later endpoint, policy and bgp."""

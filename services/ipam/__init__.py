@@ -1,0 +1,1 @@
+"""The IPAM service: pools, host-affine blocks and address allocation."""

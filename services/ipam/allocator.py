@@ -1,0 +1,514 @@
+"""Address allocation over etcd: host-affine blocks, borrowing, release, checks.
+
+Every change is a read of the objects involved, a change to their plain-value
+form (``Block``, ``Handle``, ``Pool``) and one conditional transaction; a lost
+race re-reads and tries again a bounded number of times. An allocation and the
+matching handle update commit together, so a crash can never leave an address
+without its owner or an owner without its address.
+
+Claiming a block for a host is two-phase, as an interrupted claim must be
+recoverable: (1) write the host's affinity for the block as ``pending``; (2)
+create the block and mark the affinity ``confirmed`` in one transaction. The
+block key is what reserves the addresses; a pending affinity reserves nothing.
+When a host next allocates, it finishes any pending claim of its own: creates
+the block if it is still free, confirms it if the block is already its own, or
+drops the claim if another host took the block in the meantime.
+
+Allocation transactions also require the pool to be unchanged; deleting a pool
+first disables it, which makes any in-flight allocation in it fail and re-read,
+so the "still in use?" check before deletion cannot be raced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections import Counter, defaultdict
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import KV, Store, Txn, retry
+from services.ipam.blocks import Block
+from services.ipam.errors import (AddressTaken, InvalidInput, NoPool, OutsidePools,
+                                  PoolConflict, PoolExhausted, PoolNotFound)
+from services.ipam.handles import Handle
+from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip
+
+MAX_PER_REQUEST = 1024
+PENDING, CONFIRMED = "pending", "confirmed"
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
+
+def validate_host(host: str) -> str:
+    if not host or not _HOST_RE.match(host):
+        raise InvalidInput(
+            f"Invalid hostname '{host}': use 1-253 letters, digits, '.', '-' or '_'.")
+    return host
+
+
+def validate_handle(handle_id: str) -> str:
+    if not handle_id or len(handle_id) > 256 or not handle_id.isprintable() \
+            or any(c.isspace() for c in handle_id):
+        raise InvalidInput(
+            f"Invalid handle id '{handle_id}': it must be 1-256 printable characters "
+            "without spaces.")
+    return handle_id
+
+
+def validate_count(name: str, count: int) -> int:
+    if not 0 <= count <= MAX_PER_REQUEST:
+        raise InvalidInput(f"{name} must be between 0 and {MAX_PER_REQUEST}, not {count}.")
+    return count
+
+
+@dataclasses.dataclass
+class Usage:
+    pools: list[dict]
+    blocks: list[dict]
+    hosts: list[dict]
+
+
+@dataclasses.dataclass
+class Problem:
+    kind: str
+    subject: str
+    detail: str
+
+
+class Ipam:
+    """Pools and allocations; stateless over the store it is given."""
+
+    def __init__(self, store: Store, max_blocks_per_host: int | None = None):
+        self.store = store
+        self.pools = PoolRegistry(store)
+        self.max_blocks_per_host = max_blocks_per_host
+
+    # Pools -----------------------------------------------------------------
+
+    def create_pool(self, cidr: str, block_size: int = 0, nat_outgoing=False,
+                    ipip=False, disabled=False) -> Pool:
+        net, _ = parse_cidr(cidr)
+        return self.pools.create(Pool.new(net, block_size, nat_outgoing=nat_outgoing,
+                                          ipip=ipip, disabled=disabled))
+
+    def update_pool(self, cidr: str, **flags) -> Pool:
+        net, _ = parse_cidr(cidr)
+        return self.pools.update(net, **flags)[0]
+
+    def list_pools(self, version: int | None = None) -> list[Pool]:
+        return [p for p, _ in self.pools.list(version)]
+
+    def delete_pool(self, cidr: str, force: bool = False) -> int:
+        """Delete a pool; returns how many allocations were dropped with it."""
+        net, _ = parse_cidr(cidr)
+        pool, _ = self.pools.require(net)
+        was_disabled = pool.disabled
+        # Disabling first fences off allocations (they compare the pool's
+        # revision), so the usage count below cannot be raced.
+        self.pools.update(net, disabled=True)
+        block_kvs = self._pool_blocks(pool)
+        allocated = sum(Block.from_json(kv.json()).used for kv in block_kvs)
+        if allocated and not force:
+            self.pools.update(net, disabled=was_disabled)
+            raise PoolConflict(
+                f"Pool {net} still has {allocated} allocated address(es); release them "
+                "first, or force the removal to drop them.")
+        for kv in block_kvs:
+            self._drop_block(kv.key)
+        for kv in self.store.list(keys.AFFINITIES):
+            if keys.parse_affinity(kv.key)[1].subnet_of(net):
+                self.store.commit(Txn().delete(kv))
+
+        def attempt():
+            found = self.pools.get(net)
+            return True if found is None else (self.pools.delete(found[1]) or None)
+        retry(f"deleting pool {net}", attempt)
+        return allocated
+
+    def _pool_blocks(self, pool: Pool) -> list[KV]:
+        return [kv for kv in self.store.list(keys.blocks_prefix(pool.version))
+                if keys.parse_block(kv.key).subnet_of(pool.cidr)]
+
+    def _drop_block(self, block_key: str) -> None:
+        """Delete a block with the handle references to it."""
+        def attempt():
+            kv = self.store.get(block_key)
+            if kv is None:
+                return True
+            block = Block.from_json(kv.json())
+            txn = Txn().delete(kv)
+            self._handle_changes(txn, block, block.handle_counts(), sign=-1)
+            return self.store.commit(txn) or None
+        retry(f"deleting block {block_key}", attempt)
+
+    # Allocation ------------------------------------------------------------
+
+    def auto_assign(self, num_ipv4: int, num_ipv6: int, handle_id: str, host: str,
+                    attributes: dict[str, str] | None = None,
+                    ipv4_pools: list[str] = (), ipv6_pools: list[str] = ()
+                    ) -> tuple[list[str], list[str]]:
+        validate_count("num_ipv4", num_ipv4)
+        validate_count("num_ipv6", num_ipv6)
+        validate_handle(handle_id)
+        validate_host(host)
+        if not num_ipv4 and not num_ipv6:
+            raise InvalidInput("Nothing to assign: num_ipv4 and num_ipv6 are both 0.")
+        attributes = dict(attributes or {})
+        wanted = [(4, num_ipv4, ipv4_pools), (6, num_ipv6, ipv6_pools)]
+        # Resolve both families' pools before allocating anything.
+        candidates = {v: self._candidate_pools(v, req) for v, n, req in wanted if n}
+        got: dict[int, list[str]] = {4: [], 6: []}
+        try:
+            for version, count, _ in wanted:
+                if count:
+                    got[version] = self._assign_family(
+                        version, count, handle_id, host, attributes, candidates[version])
+        except BaseException:
+            self.release_ips(got[4] + got[6], handle_id)
+            raise
+        return got[4], got[6]
+
+    def _candidate_pools(self, version: int, requested) -> list[tuple[Pool, KV]]:
+        pools = self.pools.list(version)
+        if requested:
+            by_cidr = {p.cidr: (p, kv) for p, kv in pools}
+            chosen = []
+            for text in requested:
+                net, _ = parse_cidr(text)
+                if net.version != version:
+                    raise InvalidInput(f"{net} is not an IPv{version} pool.")
+                if net not in by_cidr:
+                    raise PoolNotFound(net)
+                if by_cidr[net][0].disabled:
+                    raise NoPool(f"Pool {net} is disabled.")
+                chosen.append(by_cidr[net])
+            return chosen
+        enabled = [(p, kv) for p, kv in pools if not p.disabled]
+        if not enabled:
+            raise NoPool(f"No enabled IPv{version} pool is configured; add one with "
+                         "'calicoctl pool add <CIDR>'.")
+        return enabled
+
+    def _assign_family(self, version, count, handle_id, host, attrs, pools) -> list[str]:
+        got: list[str] = []
+
+        def take(block_net, pool_kv):
+            got.extend(self._allocate_in_block(block_net, count - len(got), handle_id,
+                                               host, attrs, pool_kv))
+            return len(got) >= count
+
+        try:
+            # 1. Blocks this host already has.
+            own = self._host_blocks(host, version, pools)
+            for block_net, pool_kv in own:
+                if take(block_net, pool_kv):
+                    return got
+            # 2. New blocks for this host.
+            claimed = len(own)
+            while self.max_blocks_per_host is None or claimed < self.max_blocks_per_host:
+                new = self._claim_block(host, pools)
+                if new is None:
+                    break
+                claimed += 1
+                if take(*new):
+                    return got
+            # 3. Borrow from other hosts' blocks.
+            for kv in self.store.list(keys.blocks_prefix(version)):
+                block = Block.from_json(kv.json())
+                pool_kv = _pool_kv_of(block.cidr, pools)
+                if pool_kv is None or block.host == host or not block.free:
+                    continue
+                if take(block.cidr, pool_kv):
+                    return got
+        except BaseException:
+            self.release_ips(got, handle_id)
+            raise
+        self.release_ips(got, handle_id)
+        names = ", ".join(str(p.cidr) for p, _ in pools)
+        raise PoolExhausted(
+            f"Not enough free IPv{version} addresses: wanted {count}, found {len(got)} "
+            f"in {names}. Add a pool or release addresses.")
+
+    def _host_blocks(self, host, version, pools) -> list[tuple[keys.Network, KV]]:
+        """The host's confirmed blocks in the candidate pools, finishing any
+        claim of its own that was interrupted between its two phases."""
+        found = []
+        for kv in self.store.list(keys.host_affinities_prefix(host, version)):
+            _, net = keys.parse_affinity(kv.key)
+            pool_kv = _pool_kv_of(net, pools)
+            if pool_kv is None:
+                continue
+            if kv.json()["state"] == CONFIRMED or self._finish_claim(host, net, kv, pool_kv):
+                found.append((net, pool_kv))
+        return sorted(found, key=lambda f: f[0])
+
+    def _finish_claim(self, host, net, aff_kv: KV, pool_kv: KV) -> bool:
+        """Complete (or abandon) a pending claim; say whether the host now has the block."""
+        block_kv = self.store.get(keys.block(net))
+        confirmed = {"state": CONFIRMED}
+        if block_kv is None:
+            txn = Txn().create(keys.block(net), Block.empty(net, host).to_json())
+            txn.update(aff_kv, confirmed).require_unchanged(pool_kv)
+            return self.store.commit(txn)
+        if Block.from_json(block_kv.json()).host == host:
+            return self.store.commit(Txn().update(aff_kv, confirmed))
+        self.store.commit(Txn().delete(aff_kv))
+        return False
+
+    def _claim_block(self, host, pools) -> tuple[keys.Network, KV] | None:
+        for pool, pool_kv in pools:
+            taken = {keys.parse_block(kv.key) for kv in self._pool_blocks(pool)}
+            if len(taken) >= pool.num_blocks:
+                continue
+            for net in pool.blocks_from(host):
+                if net in taken:
+                    continue
+                block_key, aff_key = keys.block(net), keys.affinity(host, net)
+                # Phase 1: record the intent.
+                if not self.store.commit(Txn().create(aff_key, {"state": PENDING})
+                                         .require_absent(block_key)):
+                    taken.add(net)
+                    continue
+                # Phase 2: create the block and confirm, atomically.
+                aff_kv = self.store.get(aff_key)
+                txn = Txn().create(block_key, Block.empty(net, host).to_json())
+                txn.update(aff_kv, {"state": CONFIRMED}).require_unchanged(pool_kv)
+                if self.store.commit(txn):
+                    return net, pool_kv
+                # Another host created the block first, or the pool changed.
+                self.store.commit(Txn().delete(aff_kv))
+                taken.add(net)
+                current = self.pools.get(pool.cidr)
+                if current is None or current[0].disabled:
+                    break
+                pool_kv = current[1]
+        return None
+
+    def _allocate_in_block(self, net, count, handle_id, host, attrs, pool_kv) -> list[str]:
+        state = {"pool_kv": pool_kv}
+
+        def attempt():
+            kv = self.store.get(keys.block(net))
+            if kv is None:
+                return []
+            block = Block.from_json(kv.json())
+            ips = block.allocate(count, handle_id, host, attrs)
+            if not ips:
+                return []
+            txn = Txn().update(kv, block.to_json()).require_unchanged(state["pool_kv"])
+            self._handle_changes(txn, block, Counter({handle_id: len(ips)}), sign=+1)
+            if self.store.commit(txn):
+                return ips
+            current = self.store.get(state["pool_kv"].key)
+            if current is None or Pool.from_json(current.json()).disabled:
+                return []
+            state["pool_kv"] = current
+            return None
+        return retry(f"allocating in block {net}", attempt)
+
+    def _handle_changes(self, txn: Txn, block: Block, counts: Counter, sign: int) -> None:
+        """Add to ``txn`` the handle updates for ``counts`` addresses per handle
+        gained (+1) or lost (-1) in ``block``."""
+        for handle_id, n in counts.items():
+            key = keys.handle(handle_id)
+            kv = self.store.get(key)
+            handle = Handle.from_json(handle_id, kv.json() if kv else None)
+            if sign > 0:
+                handle.add(str(block.cidr), n)
+            else:
+                handle.remove(str(block.cidr), n)
+            if handle.empty:
+                if kv:
+                    txn.delete(kv)
+                else:
+                    txn.require_absent(key)
+            else:
+                txn.put(key, kv, handle.to_json())
+
+    def assign_ip(self, ip: str, handle_id: str, host: str,
+                  attributes: dict[str, str] | None = None) -> Pool:
+        addr = parse_ip(ip)
+        validate_handle(handle_id)
+        validate_host(host)
+        found = self.pools.containing(addr)
+        if found is None:
+            raise OutsidePools(addr)
+        pool, pool_kv = found
+        if pool.disabled:
+            raise NoPool(f"Pool {pool.cidr} is disabled.")
+        net = pool.block_of(addr)
+        if self.store.get(keys.block(net)) is None:
+            # Claim the block for this host; if someone beats us to it we
+            # simply borrow the address from their block below.
+            self._claim_specific(host, net, pool_kv)
+        attrs = dict(attributes or {})
+
+        def attempt():
+            kv = self.store.get(keys.block(net))
+            if kv is None:
+                return None
+            block = Block.from_json(kv.json())
+            if not block.assign(str(addr), handle_id, host, attrs):
+                raise AddressTaken(addr, pool.cidr)
+            txn = Txn().update(kv, block.to_json()).require_unchanged(pool_kv)
+            self._handle_changes(txn, block, Counter({handle_id: 1}), sign=+1)
+            return pool if self.store.commit(txn) else None
+        return retry(f"assigning {addr}", attempt)
+
+    def _claim_specific(self, host, net, pool_kv) -> None:
+        aff_key = keys.affinity(host, net)
+        self.store.commit(Txn().create(aff_key, {"state": PENDING}))
+        aff_kv = self.store.get(aff_key)
+        if aff_kv is not None and aff_kv.json()["state"] == PENDING:
+            self._finish_claim(host, net, aff_kv, pool_kv)
+
+    # Release ---------------------------------------------------------------
+
+    def release_ips(self, ips: list[str], handle_id: str | None = None
+                    ) -> tuple[list[str], list[str]]:
+        """Free addresses; returns (released, not_assigned)."""
+        if handle_id:
+            validate_handle(handle_id)
+        addrs = [parse_ip(ip) for ip in ips]
+        by_block: dict[keys.Network, list[str]] = defaultdict(list)
+        not_assigned: list[str] = []
+        pools = self.pools.list()
+        for addr in addrs:
+            pool = next((p for p, _ in pools if addr in p.cidr), None)
+            if pool is None:
+                not_assigned.append(str(addr))
+            else:
+                by_block[pool.block_of(addr)].append(str(addr))
+        released: list[str] = []
+        for net, wanted in sorted(by_block.items()):
+            freed = self._release_in_block(net, lambda b: b.release(wanted, handle_id))
+            released += freed
+            not_assigned += [ip for ip in wanted if ip not in freed]
+        return released, not_assigned
+
+    def release_by_handle(self, handle_id: str) -> list[str]:
+        validate_handle(handle_id)
+        kv = self.store.get(keys.handle(handle_id))
+        if kv is None:
+            return []
+        released = []
+        for cidr in Handle.from_json(handle_id, kv.json()).blocks:
+            net = ipaddress.ip_network(cidr)
+            released += self._release_in_block(net, lambda b: b.release_handle(handle_id))
+        return released
+
+    def _release_in_block(self, net, change) -> list[str]:
+        def attempt():
+            kv = self.store.get(keys.block(net))
+            if kv is None:
+                return []
+            block = Block.from_json(kv.json())
+            before = {o: a.handle_id for o, a in block.allocations.items()}
+            freed = change(block)
+            if not freed:
+                return []
+            lost = Counter(before[block.ordinal(ip)] for ip in freed)
+            txn = Txn().update(kv, block.to_json())
+            self._handle_changes(txn, block, lost, sign=-1)
+            return freed if self.store.commit(txn) else None
+        return retry(f"releasing in block {net}", attempt)
+
+    # Reports ---------------------------------------------------------------
+
+    def get_allocation(self, ip: str) -> dict:
+        addr = parse_ip(ip)
+        found = self.pools.containing(addr)
+        if found is None:
+            raise OutsidePools(addr)
+        pool = found[0]
+        net = pool.block_of(addr)
+        result = {"pool": str(pool.cidr), "block": "", "block_host": "",
+                  "allocated": False, "handle_id": "", "host": "", "attributes": {}}
+        kv = self.store.get(keys.block(net))
+        if kv is None:
+            return result
+        block = Block.from_json(kv.json())
+        result.update(block=str(net), block_host=block.host or "")
+        owner = block.owner(str(addr))
+        if owner:
+            result.update(allocated=True, handle_id=owner.handle_id, host=owner.host,
+                          attributes=owner.attributes)
+        return result
+
+    def usage(self, version: int | None = None) -> Usage:
+        pools = self.pools.list(version)
+        blocks = [Block.from_json(kv.json())
+                  for kv in self.store.list(keys.blocks_prefix(version))]
+        pool_rows, block_rows = [], []
+        hosts: dict[str, dict] = defaultdict(lambda: {"blocks": 0, "allocated": 0})
+        for pool, _ in pools:
+            mine = [b for b in blocks if b.cidr.subnet_of(pool.cidr)]
+            pool_rows.append({"cidr": str(pool.cidr), "size": pool.cidr.num_addresses,
+                              "allocated": sum(b.used for b in mine), "blocks": len(mine)})
+            for b in mine:
+                block_rows.append({"cidr": str(b.cidr), "pool": str(pool.cidr),
+                                   "host": b.host or "", "size": b.size, "allocated": b.used})
+        for b in blocks:
+            if b.host:
+                hosts[b.host]["blocks"] += 1
+            for a in b.allocations.values():
+                hosts[a.host]["allocated"] += 1
+        host_rows = [{"host": h, **v} for h, v in sorted(hosts.items())]
+        return Usage(pool_rows, block_rows, host_rows)
+
+    def check(self) -> tuple[list[Problem], int, int]:
+        """Cross-check blocks, affinities and handles."""
+        problems: list[Problem] = []
+        pools = self.list_pools()
+        blocks = {keys.parse_block(kv.key): Block.from_json(kv.json())
+                  for kv in self.store.list(keys.blocks_prefix())}
+        handles = {keys.parse_handle(kv.key): Handle.from_json(keys.parse_handle(kv.key),
+                                                               kv.json())
+                   for kv in self.store.list(keys.HANDLES)}
+        affinities = {keys.parse_affinity(kv.key): kv.json()["state"]
+                      for kv in self.store.list(keys.AFFINITIES)}
+
+        for net, block in sorted(blocks.items()):
+            if not any(net.subnet_of(p.cidr) for p in pools if p.version == net.version):
+                problems.append(Problem("block-outside-pools", str(net),
+                                        f"Block {net} lies in no configured pool."))
+            if block.host and affinities.get((block.host, net)) != CONFIRMED:
+                problems.append(Problem(
+                    "broken-affinity", str(net),
+                    f"Block {net} is affine to host {block.host}, which holds no "
+                    "confirmed affinity for it."))
+            counts = block.handle_counts()
+            for o, alloc in sorted(block.allocations.items()):
+                handle = handles.get(alloc.handle_id)
+                if handle is None or handle.blocks.get(str(net), 0) < counts[alloc.handle_id]:
+                    problems.append(Problem(
+                        "address-without-handle", block.ip(o),
+                        f"{block.ip(o)} is allocated to handle {alloc.handle_id}, which "
+                        f"does not record it; release it with 'calicoctl ipam release "
+                        f"--ip={block.ip(o)}'."))
+        for (host, net), state in sorted(affinities.items()):
+            block = blocks.get(net)
+            if block is None or block.host != host:
+                problems.append(Problem(
+                    "broken-affinity", str(net),
+                    f"Host {host} has a {state} affinity for block {net}, which "
+                    f"{'does not exist' if block is None else 'belongs to another host'}; "
+                    "the host's next allocation repairs it."))
+        for handle_id, handle in sorted(handles.items()):
+            for cidr, n in sorted(handle.blocks.items()):
+                block = blocks.get(ipaddress.ip_network(cidr))
+                have = block.handle_counts()[handle_id] if block else 0
+                if have < n:
+                    problems.append(Problem(
+                        "handle-without-address", handle_id,
+                        f"Handle {handle_id} records {n} address(es) in block {cidr} "
+                        f"but the block holds {have} for it."))
+        return problems, len(blocks), len(handles)
+
+
+def _pool_kv_of(net, pools) -> KV | None:
+    for pool, kv in pools:
+        if net.version == pool.version and net.subnet_of(pool.cidr):
+            return kv
+    return None

@@ -1,0 +1,94 @@
+"""IpamService: translates between the proto contract and the Ipam domain."""
+
+from __future__ import annotations
+
+from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy.rpc import maps_errors
+from services.ipam.allocator import Ipam
+from services.ipam.pools import Pool
+
+_VERSIONS = {ipam_pb2.IP_VERSION_V4: 4, ipam_pb2.IP_VERSION_V6: 6}
+_ENUMS = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}
+
+
+def _pool_msg(pool: Pool) -> ipam_pb2.Pool:
+    return ipam_pb2.Pool(cidr=str(pool.cidr), block_size=pool.block_size,
+                         nat_outgoing=pool.nat_outgoing, ipip=pool.ipip,
+                         disabled=pool.disabled, ip_version=_ENUMS[pool.version])
+
+
+def _flag(request, name):
+    return getattr(request, name) if request.HasField(name) else None
+
+
+class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
+
+    def __init__(self, ipam: Ipam):
+        self.ipam = ipam
+
+    @maps_errors
+    def CreatePool(self, request, context):
+        p = request.pool
+        pool = self.ipam.create_pool(p.cidr, p.block_size, nat_outgoing=p.nat_outgoing,
+                                     ipip=p.ipip, disabled=p.disabled)
+        return ipam_pb2.CreatePoolResponse(pool=_pool_msg(pool))
+
+    @maps_errors
+    def UpdatePool(self, request, context):
+        pool = self.ipam.update_pool(
+            request.cidr, nat_outgoing=_flag(request, "nat_outgoing"),
+            ipip=_flag(request, "ipip"), disabled=_flag(request, "disabled"))
+        return ipam_pb2.UpdatePoolResponse(pool=_pool_msg(pool))
+
+    @maps_errors
+    def DeletePool(self, request, context):
+        released = self.ipam.delete_pool(request.cidr, force=request.force)
+        return ipam_pb2.DeletePoolResponse(released=released)
+
+    @maps_errors
+    def ListPools(self, request, context):
+        pools = self.ipam.list_pools(_VERSIONS.get(request.ip_version))
+        return ipam_pb2.ListPoolsResponse(pools=[_pool_msg(p) for p in pools])
+
+    @maps_errors
+    def AutoAssign(self, request, context):
+        v4, v6 = self.ipam.auto_assign(
+            request.num_ipv4, request.num_ipv6, request.handle_id, request.hostname,
+            dict(request.attributes), list(request.ipv4_pools), list(request.ipv6_pools))
+        return ipam_pb2.AutoAssignResponse(ipv4=v4, ipv6=v6)
+
+    @maps_errors
+    def AssignIP(self, request, context):
+        pool = self.ipam.assign_ip(request.ip, request.handle_id, request.hostname,
+                                   dict(request.attributes))
+        return ipam_pb2.AssignIPResponse(pool=str(pool.cidr))
+
+    @maps_errors
+    def ReleaseIPs(self, request, context):
+        released, missing = self.ipam.release_ips(list(request.ips), request.handle_id or None)
+        return ipam_pb2.ReleaseIPsResponse(released=released, not_assigned=missing)
+
+    @maps_errors
+    def ReleaseByHandle(self, request, context):
+        return ipam_pb2.ReleaseByHandleResponse(
+            released=self.ipam.release_by_handle(request.handle_id))
+
+    @maps_errors
+    def GetAllocation(self, request, context):
+        return ipam_pb2.GetAllocationResponse(**self.ipam.get_allocation(request.ip))
+
+    @maps_errors
+    def GetUsage(self, request, context):
+        usage = self.ipam.usage(_VERSIONS.get(request.ip_version))
+        return ipam_pb2.GetUsageResponse(
+            pools=[ipam_pb2.PoolUsage(**{**p, "size": str(p["size"])}) for p in usage.pools],
+            blocks=[ipam_pb2.BlockUsage(**b) for b in usage.blocks],
+            hosts=[ipam_pb2.HostUsage(**h) for h in usage.hosts])
+
+    @maps_errors
+    def CheckConsistency(self, request, context):
+        problems, nblocks, nhandles = self.ipam.check()
+        return ipam_pb2.CheckConsistencyResponse(
+            problems=[ipam_pb2.Problem(kind=p.kind, subject=p.subject, detail=p.detail)
+                      for p in problems],
+            blocks_checked=nblocks, handles_checked=nhandles)

@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack (make up/down), the demo, shared launchers."""

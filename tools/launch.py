@@ -1,0 +1,109 @@
+"""Starting and stopping the local processes the stack and the tests need.
+
+Processes are started in their own session with output to a log file and are
+stopped by the PID we recorded, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from calicopy.datastore.etcd import EtcdStore
+from calicopy.datastore.store import DatastoreUnavailable
+from calicopy.rpc import check_health
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; quiet if it is already gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            # Not our child (started by an earlier `make up`): poll for it.
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | None,
+               log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}:\n"
+                               + _tail(log))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {log}:\n"
+                               + _tail(log))
+        time.sleep(0.1)
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def etcd_ready(client_port: int) -> bool:
+    store = EtcdStore([("127.0.0.1", client_port)], timeout=1.0)
+    try:
+        store.check()
+        return True
+    except DatastoreUnavailable:
+        return False
+    finally:
+        store.close()
+
+
+def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path
+               ) -> subprocess.Popen:
+    client = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    proc = spawn(["etcd", "--name", "calico-py", "--data-dir", str(data_dir),
+                  "--listen-client-urls", client, "--advertise-client-urls", client,
+                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                  "--initial-cluster", f"calico-py={peer}"], log)
+    wait_until("etcd", lambda: etcd_ready(client_port), proc, log)
+    return proc
+
+
+def start_ipam(listen: str, etcd: str, log: Path) -> subprocess.Popen:
+    proc = spawn([sys.executable, "-m", "services.ipam", f"--listen={listen}",
+                  f"--etcd-endpoints={etcd}"], log)
+    wait_until("IPAM service", lambda: check_health(listen), proc, log)
+    return proc

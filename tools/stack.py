@@ -1,0 +1,82 @@
+"""`make up` / `make down`: a local etcd and the cluster services in the background.
+
+Pids and logs live under $STATE_DIR (default .state/). `up` is idempotent:
+what already runs (its pid alive and its health check answering) is left alone;
+it returns once every service answers its health check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from calicopy import config
+from calicopy.rpc import check_health
+from tools import launch
+
+STATE = Path(os.environ.get("STATE_DIR", ".state")).resolve()
+
+
+def _pidfile(name: str) -> Path:
+    return STATE / f"{name}.pid"
+
+
+def _running(name: str) -> int | None:
+    try:
+        pid = int(_pidfile(name).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def up() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    (etcd_host, etcd_port), = config.ETCD_ENDPOINTS.resolve()[:1]
+    ipam_host, ipam_port = config.IPAM_ADDR.resolve()
+    ipam_addr = f"{ipam_host}:{ipam_port}"
+
+    if _running("etcd") and launch.etcd_ready(etcd_port):
+        print(f"etcd          already running on {etcd_host}:{etcd_port}")
+    else:
+        proc = launch.start_etcd(STATE / "etcd-data", etcd_port, launch.free_port(),
+                                 STATE / "etcd.log")
+        _pidfile("etcd").write_text(str(proc.pid))
+        print(f"etcd          started on {etcd_host}:{etcd_port} (pid {proc.pid})")
+
+    if _running("ipam") and check_health(ipam_addr):
+        print(f"IPAM service  already running on {ipam_addr}")
+    else:
+        proc = launch.start_ipam(ipam_addr, f"{etcd_host}:{etcd_port}", STATE / "ipam.log")
+        _pidfile("ipam").write_text(str(proc.pid))
+        print(f"IPAM service  started on {ipam_addr} (pid {proc.pid})")
+    print(f"logs and pids in {STATE}")
+
+
+def down() -> None:
+    for name in ("ipam", "etcd"):
+        pid = _running(name)
+        if pid:
+            launch.stop_pid(pid)
+            print(f"stopped {name} (pid {pid})")
+        _pidfile(name).unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["up"]:
+        try:
+            up()
+        except (RuntimeError, config.ConfigError) as exc:
+            print(f"make up failed: {exc}", file=sys.stderr)
+            return 1
+    elif argv[1:] == ["down"]:
+        down()
+    else:
+        print("usage: python -m tools.stack up|down", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
