@@ -70,3 +70,30 @@ def calicoctl(ipam_addr, etcd):
                               capture_output=True, text=True, env=full_env, cwd=ROOT,
                               timeout=60)
     return run
+
+
+class IpamClient:
+    """A thin test client: keyword arguments in, response message out."""
+
+    def __init__(self, addr):
+        import grpc
+        from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+        self.pb = ipam_pb2
+        self.channel = grpc.insecure_channel(addr)
+        self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
+
+    _ACRONYMS = {"assign_ip": "AssignIP", "release_ips": "ReleaseIPs"}
+
+    def __getattr__(self, snake):
+        method = self._ACRONYMS.get(snake) or "".join(p.capitalize() for p in snake.split("_"))
+        request_class = getattr(self.pb, f"{method}Request")
+        return lambda **kw: getattr(self.stub, method)(request_class(**kw), timeout=30)
+
+
+@pytest.fixture
+def ipam_client(ipam_addr):
+    client = IpamClient(ipam_addr)
+    try:
+        yield client
+    finally:
+        client.channel.close()

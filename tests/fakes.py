@@ -24,19 +24,19 @@ class MemoryStore:
     def list(self, prefix):
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)]
 
-    def commit(self, txn: Txn) -> bool:
+    def commit(self, txn: Txn) -> int:
         with self.lock:
             for c in txn.compares:
                 kv = self.data.get(c.key)
                 if (kv.mod_revision if kv else 0) != c.mod_revision:
-                    return False
+                    return 0
             self.revision += 1
             self.commits += 1
             for key, value in txn.puts.items():
                 self.data[key] = KV(key, value, self.revision)
             for key in txn.deletes:
                 self.data.pop(key, None)
-            return True
+            return self.revision
 
     def delete_prefix(self, prefix):
         with self.lock:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
 import pyetcd
+from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 
 from calicopy.datastore.store import KV, DatastoreUnavailable, Txn
@@ -55,18 +57,34 @@ class EtcdStore:
         return [KV(meta.key.decode(), value.decode(), meta.mod_revision)
                 for value, meta in got]
 
-    def commit(self, txn: Txn) -> bool:
+    def commit(self, txn: Txn) -> int:
+        # Built by hand rather than through pyetcd's transaction(), which drops
+        # the response header and with it the revision callers cache.
         compares = []
         for c in txn.compares:
             if c.mod_revision == 0:
-                compares.append(self._tx.version(c.key) == 0)
+                compares.append(etcdrpc.Compare(key=c.key.encode(), result=etcdrpc.Compare.EQUAL,
+                                                target=etcdrpc.Compare.VERSION, version=0))
             else:
-                compares.append(self._tx.mod(c.key) == c.mod_revision)
-        ops = [self._tx.put(k, v) for k, v in txn.puts.items()]
-        ops += [self._tx.delete(k) for k in txn.deletes]
-        succeeded, _ = self._call(self._client.transaction, compare=compares,
-                                  success=ops, failure=[])
-        return succeeded
+                compares.append(etcdrpc.Compare(key=c.key.encode(), result=etcdrpc.Compare.EQUAL,
+                                                target=etcdrpc.Compare.MOD,
+                                                mod_revision=c.mod_revision))
+        ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k.encode(), value=v.encode()))
+               for k, v in txn.puts.items()]
+        ops += [etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=k.encode()))
+                for k in txn.deletes]
+        request = etcdrpc.TxnRequest(compare=compares, success=ops, failure=[])
+        response = self._call(self._txn, request)
+        return response.header.revision if response.succeeded else 0
+
+    def _txn(self, request):
+        client = self._client
+        try:
+            return client.kvstub.Txn(request, client.timeout,
+                                     credentials=client.call_credentials,
+                                     metadata=client.metadata)
+        except grpc.RpcError as exc:
+            client._manage_grpc_errors(exc)  # pyetcd's failover and error mapping
 
     def delete_prefix(self, prefix: str) -> int:
         resp = self._call(self._client.delete_prefix, prefix)

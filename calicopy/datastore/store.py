@@ -113,8 +113,12 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[KV]:
         """Every key under ``prefix``, sorted by key."""
 
-    def commit(self, txn: Txn) -> bool:
-        """Apply ``txn`` atomically if every compare holds; say whether it did."""
+    def commit(self, txn: Txn) -> int:
+        """Apply ``txn`` atomically if every compare holds.
+
+        Returns the revision it was committed at (the new ``mod_revision`` of
+        every key it wrote), or 0 when a compare failed and nothing changed.
+        """
 
     def delete_prefix(self, prefix: str) -> int:
         """Unconditionally delete a subtree (reset and test teardown only)."""

@@ -17,6 +17,14 @@ drops the claim if another host took the block in the meantime.
 Allocation transactions also require the pool to be unchanged; deleting a pool
 first disables it, which makes any in-flight allocation in it fail and re-read,
 so the "still in use?" check before deletion cannot be raced.
+
+Speed: a service instance remembers, per host, the blocks it found and the
+last version of each block it wrote. The common case (a host allocating in its
+own block with room) is then one transaction and no reads. The memory is only
+a hint: that transaction still compares the block's and the pool's revisions,
+and any failed compare falls back to the full read-decide-commit path.
+Allocations for one host are serialised within an instance, since they would
+contend for the same block anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import threading
 from collections import Counter, defaultdict
 
 from calicopy.datastore import keys
@@ -32,7 +41,7 @@ from services.ipam.blocks import Block
 from services.ipam.errors import (AddressTaken, InvalidInput, NoPool, OutsidePools,
                                   PoolConflict, PoolExhausted, PoolNotFound)
 from services.ipam.handles import Handle
-from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip
+from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip, within
 
 MAX_PER_REQUEST = 1024
 PENDING, CONFIRMED = "pending", "confirmed"
@@ -83,6 +92,9 @@ class Ipam:
         self.store = store
         self.pools = PoolRegistry(store)
         self.max_blocks_per_host = max_blocks_per_host
+        self._host_blocks_seen: dict[tuple[str, int], list[tuple[keys.Network, KV]]] = {}
+        self._blocks_seen: dict[keys.Network, KV] = {}
+        self._host_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
     # Pools -----------------------------------------------------------------
 
@@ -117,7 +129,7 @@ class Ipam:
         for kv in block_kvs:
             self._drop_block(kv.key)
         for kv in self.store.list(keys.AFFINITIES):
-            if keys.parse_affinity(kv.key)[1].subnet_of(net):
+            if within(keys.parse_affinity(kv.key)[1], net):
                 self.store.commit(Txn().delete(kv))
 
         def attempt():
@@ -128,7 +140,7 @@ class Ipam:
 
     def _pool_blocks(self, pool: Pool) -> list[KV]:
         return [kv for kv in self.store.list(keys.blocks_prefix(pool.version))
-                if keys.parse_block(kv.key).subnet_of(pool.cidr)]
+                if within(keys.parse_block(kv.key), pool.cidr)]
 
     def _drop_block(self, block_key: str) -> None:
         """Delete a block with the handle references to it."""
@@ -156,18 +168,41 @@ class Ipam:
             raise InvalidInput("Nothing to assign: num_ipv4 and num_ipv6 are both 0.")
         attributes = dict(attributes or {})
         wanted = [(4, num_ipv4, ipv4_pools), (6, num_ipv6, ipv6_pools)]
-        # Resolve both families' pools before allocating anything.
-        candidates = {v: self._candidate_pools(v, req) for v, n, req in wanted if n}
         got: dict[int, list[str]] = {4: [], 6: []}
-        try:
-            for version, count, _ in wanted:
-                if count:
-                    got[version] = self._assign_family(
-                        version, count, handle_id, host, attributes, candidates[version])
-        except BaseException:
-            self.release_ips(got[4] + got[6], handle_id)
-            raise
+        with self._host_locks[host]:
+            try:
+                for version, count, requested in wanted:
+                    if not count:
+                        continue
+                    fast = None if requested else self._assign_from_memory(
+                        version, count, handle_id, host, attributes)
+                    got[version] = fast or self._assign_family(
+                        version, count, handle_id, host, attributes,
+                        self._candidate_pools(version, requested))
+            except BaseException:
+                self.release_ips(got[4] + got[6], handle_id)
+                raise
         return got[4], got[6]
+
+    def _assign_from_memory(self, version, count, handle_id, host, attrs) -> list[str] | None:
+        """One optimistic transaction against the host's remembered block, or None."""
+        for net, pool_kv in self._host_blocks_seen.get((host, version), ()):
+            kv = self._blocks_seen.get(net)
+            if kv is None:
+                continue
+            block = Block.from_json(kv.json())
+            if block.free < count:
+                continue
+            ips = block.allocate(count, handle_id, host, attrs)
+            txn = Txn().update(kv, block.to_json()).require_unchanged(pool_kv)
+            txn.create(keys.handle(handle_id), Handle(handle_id, {str(net): count}).to_json())
+            revision = self.store.commit(txn)
+            if not revision:
+                self._blocks_seen.pop(net, None)
+                return None
+            self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
+            return ips
+        return None
 
     def _candidate_pools(self, version: int, requested) -> list[tuple[Pool, KV]]:
         pools = self.pools.list(version)
@@ -241,7 +276,9 @@ class Ipam:
                 continue
             if kv.json()["state"] == CONFIRMED or self._finish_claim(host, net, kv, pool_kv):
                 found.append((net, pool_kv))
-        return sorted(found, key=lambda f: f[0])
+        found.sort(key=lambda f: f[0])
+        self._host_blocks_seen[(host, version)] = list(found)
+        return found
 
     def _finish_claim(self, host, net, aff_kv: KV, pool_kv: KV) -> bool:
         """Complete (or abandon) a pending claim; say whether the host now has the block."""
@@ -275,6 +312,8 @@ class Ipam:
                 txn = Txn().create(block_key, Block.empty(net, host).to_json())
                 txn.update(aff_kv, {"state": CONFIRMED}).require_unchanged(pool_kv)
                 if self.store.commit(txn):
+                    self._host_blocks_seen.setdefault((host, net.version), []).append(
+                        (net, pool_kv))
                     return net, pool_kv
                 # Another host created the block first, or the pool changed.
                 self.store.commit(Txn().delete(aff_kv))
@@ -298,7 +337,9 @@ class Ipam:
                 return []
             txn = Txn().update(kv, block.to_json()).require_unchanged(state["pool_kv"])
             self._handle_changes(txn, block, Counter({handle_id: len(ips)}), sign=+1)
-            if self.store.commit(txn):
+            revision = self.store.commit(txn)
+            if revision:
+                self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
                 return ips
             current = self.store.get(state["pool_kv"].key)
             if current is None or Pool.from_json(current.json()).disabled:
@@ -381,7 +422,7 @@ class Ipam:
             else:
                 by_block[pool.block_of(addr)].append(str(addr))
         released: list[str] = []
-        for net, wanted in sorted(by_block.items()):
+        for net, wanted in sorted(by_block.items(), key=lambda item: _order(item[0])):
             freed = self._release_in_block(net, lambda b: b.release(wanted, handle_id))
             released += freed
             not_assigned += [ip for ip in wanted if ip not in freed]
@@ -411,7 +452,11 @@ class Ipam:
             lost = Counter(before[block.ordinal(ip)] for ip in freed)
             txn = Txn().update(kv, block.to_json())
             self._handle_changes(txn, block, lost, sign=-1)
-            return freed if self.store.commit(txn) else None
+            revision = self.store.commit(txn)
+            if not revision:
+                return None
+            self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
+            return freed
         return retry(f"releasing in block {net}", attempt)
 
     # Reports ---------------------------------------------------------------
@@ -443,7 +488,8 @@ class Ipam:
         pool_rows, block_rows = [], []
         hosts: dict[str, dict] = defaultdict(lambda: {"blocks": 0, "allocated": 0})
         for pool, _ in pools:
-            mine = [b for b in blocks if b.cidr.subnet_of(pool.cidr)]
+            mine = sorted((b for b in blocks if within(b.cidr, pool.cidr)),
+                          key=lambda b: b.cidr)
             pool_rows.append({"cidr": str(pool.cidr), "size": pool.cidr.num_addresses,
                               "allocated": sum(b.used for b in mine), "blocks": len(mine)})
             for b in mine:
@@ -469,8 +515,8 @@ class Ipam:
         affinities = {keys.parse_affinity(kv.key): kv.json()["state"]
                       for kv in self.store.list(keys.AFFINITIES)}
 
-        for net, block in sorted(blocks.items()):
-            if not any(net.subnet_of(p.cidr) for p in pools if p.version == net.version):
+        for net, block in sorted(blocks.items(), key=lambda item: _order(item[0])):
+            if not any(within(net, p.cidr) for p in pools):
                 problems.append(Problem("block-outside-pools", str(net),
                                         f"Block {net} lies in no configured pool."))
             if block.host and affinities.get((block.host, net)) != CONFIRMED:
@@ -487,7 +533,8 @@ class Ipam:
                         f"{block.ip(o)} is allocated to handle {alloc.handle_id}, which "
                         f"does not record it; release it with 'calicoctl ipam release "
                         f"--ip={block.ip(o)}'."))
-        for (host, net), state in sorted(affinities.items()):
+        for (host, net), state in sorted(affinities.items(),
+                                          key=lambda i: (i[0][0], _order(i[0][1]))):
             block = blocks.get(net)
             if block is None or block.host != host:
                 problems.append(Problem(
@@ -509,6 +556,11 @@ class Ipam:
 
 def _pool_kv_of(net, pools) -> KV | None:
     for pool, kv in pools:
-        if net.version == pool.version and net.subnet_of(pool.cidr):
+        if within(net, pool.cidr):
             return kv
     return None
+
+
+def _order(net):
+    """Sort key for networks of mixed IP versions."""
+    return net.version, net

@@ -35,6 +35,11 @@ def parse_cidr(text: str) -> tuple[Network, bool]:
     return iface.network, iface.ip != iface.network.network_address
 
 
+def within(net: Network, outer: Network) -> bool:
+    """``net`` lies inside ``outer`` (False across IP versions, never an error)."""
+    return net.version == outer.version and net.subnet_of(outer)
+
+
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address((text or "").strip())
