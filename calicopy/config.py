@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from typing import Any, Callable, Mapping
 
 
@@ -19,6 +20,8 @@ class ConfigError(ValueError):
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """``host:port``. A unix socket that etcd created is named ``<name>:<port>``,
+    so ``unix:<dir>/<name>:<port>`` parses too, with the ``unix:`` part in host."""
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"'{text}' is not host:port")
@@ -31,6 +34,31 @@ def parse_endpoints(text: str) -> list[tuple[str, int]]:
     if not items:
         raise ValueError("no endpoint given")
     return [parse_hostport(t) for t in items]
+
+
+def parse_address(text: str) -> str:
+    """A gRPC target: ``host:port`` or ``unix:/absolute/path``."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:"):].lstrip("/")
+        if not path:
+            raise ValueError(f"'{text}' names no socket path")
+        return "unix:/" + path
+    host, port = parse_hostport(text)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_name(text: str) -> str:
+    text = text.strip()
+    if not text or len(text) > 253 or not all(c.isalnum() or c in "._-" for c in text):
+        raise ValueError("use 1-253 letters, digits, '.', '-' or '_'")
+    return text
+
+
+def parse_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return text.rstrip("/") or "/"
 
 
 def parse_seconds(text: str) -> float:
@@ -68,14 +96,43 @@ ETCD_ENDPOINTS = Param(
     "127.0.0.1:2379", ("ETCD_ENDPOINTS", "ETCD_AUTHORITY"), parse_endpoints)
 
 IPAM_ADDR = Param(
-    "IPAM service address", "host:port of the IPAM service",
-    "127.0.0.1:50051", ("CALICO_IPAM_ADDR",), parse_hostport)
+    "IPAM service address", "host:port or unix:<path> of the IPAM service",
+    "127.0.0.1:50051", ("CALICO_IPAM_ADDR",), parse_address)
+
+STATE_DIR = Param(
+    "state directory", "where node processes keep sockets, pids and logs",
+    "/var/run/calico-py", ("CALICO_STATE_DIR",), parse_path)
+
+NODENAME = Param(
+    "node name", "this host's name in calico-py (must be unique per host)",
+    socket.gethostname(), ("CALICO_NODENAME", "NODENAME"), parse_name)
+
+ENDPOINT_ADDR = Param(
+    "endpoint service address",
+    "host:port or unix:<path> of this node's endpoint service",
+    "unix:<state directory>/<node name>/endpoint.sock", ("CALICO_ENDPOINT_ADDR",),
+    parse_address)
 
 RPC_TIMEOUT = Param(
     "RPC timeout", "deadline in seconds for each call to a calico-py service",
     "10", ("CALICO_RPC_TIMEOUT",), parse_seconds)
 
-PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, RPC_TIMEOUT)
+PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR, RPC_TIMEOUT)
+
+
+def node_dir(node: str, environ: Mapping[str, str] | None = None) -> str:
+    """The folder of one node's sockets, pids and logs."""
+    return f"{STATE_DIR.resolve(environ=environ)}/{node}"
+
+
+def endpoint_addr(explicit: str | None = None, node: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> str:
+    """The endpoint service of ``node`` (default: this node)."""
+    environ = os.environ if environ is None else environ
+    if explicit is not None or environ.get("CALICO_ENDPOINT_ADDR"):
+        return ENDPOINT_ADDR.resolve(explicit, environ)
+    node = node or NODENAME.resolve(environ=environ)
+    return f"unix:{node_dir(node, environ)}/endpoint.sock"
 
 
 def describe() -> str:

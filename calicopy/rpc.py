@@ -38,6 +38,20 @@ def status_for(exc: errors.CalicoError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def error_from_rpc(exc: grpc.RpcError, service: str) -> errors.CalicoError:
+    """The domain error for a failed call to another calico-py service, so that
+    a service calling a service passes the callee's status and message on."""
+    code, details = exc.code(), exc.details() or ""
+    for cls, c in _CODES:
+        if c == code:
+            if cls is errors.Unavailable and not details.startswith("Error accessing"):
+                return errors.Unavailable(f"The {service} cannot be reached ({details}).")
+            return cls(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.Unavailable(f"The {service} did not answer in time.")
+    return errors.CalicoError(f"The {service} failed: {code.name}: {details}")
+
+
 def maps_errors(method: Callable) -> Callable:
     """Decorate a servicer method: domain errors abort the call with their
     status code and message; anything else is logged and reported INTERNAL."""
@@ -54,12 +68,13 @@ def maps_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def create_server(addr: str, register: Iterable[Callable[[grpc.Server], None]],
+def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Server], None]],
                   service_names: Iterable[str], max_workers: int = 16
                   ) -> tuple[grpc.Server, int]:
     """Build (not start) a server on ``addr`` with health and reflection.
 
-    ``addr`` may use port 0; the bound port is returned. ``unix:`` paths work too.
+    ``addr`` is one address or several (``host:port``, port 0 picks one, or
+    ``unix:<path>``); the port bound for the first is returned.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     for add in register:
@@ -72,10 +87,13 @@ def create_server(addr: str, register: Iterable[Callable[[grpc.Server], None]],
     reflection.enable_server_reflection(
         names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(addr)
-    if port == 0 and not addr.startswith("unix:"):
-        raise OSError(f"cannot listen on {addr}")
-    return server, port
+    ports = []
+    for a in [addr] if isinstance(addr, str) else addr:
+        port = server.add_insecure_port(a)
+        if port == 0 and not a.startswith("unix:"):
+            raise OSError(f"cannot listen on {a}")
+        ports.append(port)
+    return server, ports[0]
 
 
 def channel(addr: str) -> grpc.Channel:

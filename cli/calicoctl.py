@@ -7,6 +7,10 @@ Usage:
   calicoctl ipam show [--ip=<IP>]
   calicoctl ipam check
   calicoctl ipam release --ip=<IP>
+  calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
+  calicoctl container remove <CONTAINER> [--force]
+  calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
+  calicoctl container show
   calicoctl <command> --help
   calicoctl --help
 
@@ -23,11 +27,11 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import ipam, pool
+from cli import container, ipam, pool
 from cli.client import RpcFailure
 from cli.errors import CliError
 
-COMMANDS = {"pool": pool, "ipam": ipam}
+COMMANDS = {"pool": pool, "ipam": ipam, "container": container}
 
 
 def usage() -> str:

@@ -19,11 +19,12 @@ class RpcFailure(Exception):
 class Service:
     """One service's stub plus what is needed to explain a failure."""
 
-    def __init__(self, name: str, param: config.Param, stub_class):
+    def __init__(self, name: str, param: config.Param, stub_class, addr: str | None = None,
+                 hint: str = "'make up' starts it."):
         self.name = name
         self.param = param
-        host, port = param.resolve()
-        self.addr = f"{host}:{port}"
+        self.hint = hint
+        self.addr = addr or param.resolve()
         self.timeout = config.RPC_TIMEOUT.resolve()
         self._channel = grpc.insecure_channel(self.addr)
         self._stub = stub_class(self._channel)
@@ -36,7 +37,7 @@ class Service:
             if code == grpc.StatusCode.UNAVAILABLE and not details.startswith("Error accessing"):
                 raise CliError(
                     f"Could not reach the {self.name} at {self.addr} (set "
-                    f"{self.param.env[0]} to change it). Is it running? 'make up' starts it.")
+                    f"{self.param.env[0]} to change it). Is it running? {self.hint}")
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CliError(f"The {self.name} at {self.addr} did not answer within "
                                f"{self.timeout:g}s (CALICO_RPC_TIMEOUT).")
@@ -47,3 +48,11 @@ def ipam() -> Service:
     # Imported here so that commands which never talk to IPAM do not pay for it.
     from calico.ipam.v1 import ipam_pb2_grpc
     return Service("IPAM service", config.IPAM_ADDR, ipam_pb2_grpc.IpamServiceStub)
+
+
+def endpoint() -> Service:
+    """This node's endpoint service."""
+    from calico.endpoint.v1 import endpoint_pb2_grpc
+    return Service("endpoint service", config.ENDPOINT_ADDR,
+                   endpoint_pb2_grpc.EndpointServiceStub, addr=config.endpoint_addr(),
+                   hint="It runs on every node ('make up' starts one for this host).")

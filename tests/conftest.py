@@ -25,16 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def etcd():
-    """host:port of a real etcd for this test session."""
+def etcd_server():
+    """A real etcd for this test session: (host:port, unix socket endpoint)."""
     tmp = Path(tempfile.mkdtemp(prefix="calico-test-etcd-"))
     port = launch.free_port()
     proc = launch.start_etcd(tmp / "data", port, launch.free_port(), tmp / "etcd.log")
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", launch.etcd_unix_endpoint(tmp / "data", port)
     finally:
         launch.stop_pid(proc.pid)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def etcd(etcd_server):
+    """host:port of the session's etcd."""
+    return etcd_server[0]
 
 
 @pytest.fixture
@@ -50,14 +56,31 @@ def store(etcd):
 
 
 @pytest.fixture
-def ipam_addr(store):
-    """Address of an in-process IPAM service over the test etcd."""
-    server, port = create_server("127.0.0.1:0", Ipam(store))
+def ipam_server(store, tmp_path):
+    """An in-process IPAM service over the test etcd: (host:port, unix:<path>)."""
+    unix = f"unix:{tmp_path}/ipam.sock"
+    server, port = create_server(["127.0.0.1:0", unix], Ipam(store))
     server.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", unix
     finally:
         server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def ipam_addr(ipam_server):
+    return ipam_server[0]
+
+
+@pytest.fixture
+def lab(etcd_server, ipam_server, tmp_path):
+    """Simulated hosts and workloads in namespaces; all removed afterwards."""
+    from tests.lab import Lab
+    the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1])
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
 
 
 @pytest.fixture

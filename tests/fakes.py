@@ -48,3 +48,53 @@ class MemoryStore:
     def json(self, key):
         kv = self.data.get(key)
         return kv.json() if kv else None
+
+
+class FakeDataplane:
+    """The kernel as a dict: host interface -> what the workload side holds.
+
+    ``fail_on`` makes ensure() raise for chosen workloads, to test rollback;
+    ``namespaces`` stands for the workload namespaces and their other links.
+    """
+
+    def __init__(self):
+        self.interfaces: dict[str, dict] = {}
+        self.namespaces: dict[str, set[str]] = {}
+        self.fail_on: set[str] = set()
+        self._macs = 0
+
+    def ensure(self, spec):
+        from services.endpoint.errors import DataplaneError, InterfaceInUse
+        if spec.workload in self.fail_on:
+            raise DataplaneError(f"Kernel refused to create {spec.host_interface}.")
+        current = self.interfaces.get(spec.host_interface)
+        links = self.namespaces.setdefault(spec.netns, set())
+        if current is None:
+            if spec.interface_name in links:
+                raise InterfaceInUse(spec.interface_name, spec.workload)
+            self._macs += 1
+            current = {"netns": spec.netns, "name": spec.interface_name,
+                       "mac": spec.mac or f"02:00:00:00:00:{self._macs:02x}"}
+            links.add(spec.interface_name)
+        current["ips"] = sorted(spec.ips)
+        self.interfaces[spec.host_interface] = current
+        return current["mac"]
+
+    def remove(self, host_interface):
+        gone = self.interfaces.pop(host_interface, None)
+        if gone:
+            self.namespaces.get(gone["netns"], set()).discard(gone["name"])
+
+    def host_interfaces(self):
+        return set(self.interfaces)
+
+    def check_workload(self, path, workload):
+        from services.endpoint.errors import WorkloadNotRunning
+        if path not in self.namespaces:
+            raise WorkloadNotRunning(workload)
+
+    def workload_alive(self, path):
+        return path in self.namespaces
+
+    def workload_has_interface(self, path, name):
+        return name in self.namespaces.get(path, set())

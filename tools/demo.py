@@ -38,8 +38,7 @@ def main() -> int:
     step(f"Defining the pool {POOL}")
     calicoctl("pool", "add", POOL, "--nat-outgoing")
 
-    host, port = config.IPAM_ADDR.resolve()
-    with grpc.insecure_channel(f"{host}:{port}") as ch:
+    with grpc.insecure_channel(config.IPAM_ADDR.resolve()) as ch:
         ipam = ipam_pb2_grpc.IpamServiceStub(ch)
         for name, count in HOSTS.items():
             step(f"Allocating {count} addresses for {name} over gRPC (AutoAssign)")

@@ -26,12 +26,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log: Path, env: dict | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
@@ -90,14 +91,26 @@ def etcd_ready(client_port: int) -> bool:
         store.close()
 
 
+def etcd_unix_endpoint(data_dir: Path, client_port: int) -> str:
+    """The unix socket ``start_etcd`` also listens on, as an ETCD_ENDPOINTS entry.
+
+    Processes in other network namespaces (simulated hosts) reach etcd
+    through it without any IP route to this namespace. etcd names the socket
+    file after the URL's host:port, in its working directory.
+    """
+    return f"unix:{data_dir.parent}/localhost:{client_port}"
+
+
 def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path
                ) -> subprocess.Popen:
     client = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
+    listen = f"{client},unix://localhost:{client_port}"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     proc = spawn(["etcd", "--name", "calico-py", "--data-dir", str(data_dir),
-                  "--listen-client-urls", client, "--advertise-client-urls", client,
+                  "--listen-client-urls", listen, "--advertise-client-urls", client,
                   "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                  "--initial-cluster", f"calico-py={peer}"], log)
+                  "--initial-cluster", f"calico-py={peer}"], log, cwd=data_dir.parent)
     wait_until("etcd", lambda: etcd_ready(client_port), proc, log)
     return proc
 

@@ -34,8 +34,7 @@ def _running(name: str) -> int | None:
 def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     (etcd_host, etcd_port), = config.ETCD_ENDPOINTS.resolve()[:1]
-    ipam_host, ipam_port = config.IPAM_ADDR.resolve()
-    ipam_addr = f"{ipam_host}:{ipam_port}"
+    ipam_addr = config.IPAM_ADDR.resolve()
 
     if _running("etcd") and launch.etcd_ready(etcd_port):
         print(f"etcd          already running on {etcd_host}:{etcd_port}")

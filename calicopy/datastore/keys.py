@@ -6,6 +6,10 @@ not an edit in place. Names that may contain '/' (hosts, handles) are
 percent-encoded; CIDRs are written with '/' replaced by '-', as the original
 tool did.
 
+Hosts and their workloads' endpoints (as the original tool laid them out)::
+
+    /calico/v1/host/<node>/workload/<orchestrator>/<workload>/endpoint/<id>
+
 IPAM layout::
 
     /calico/v1/ipam/pools-rev                        bumped on every pool create/delete
@@ -101,3 +105,26 @@ def handle(handle_id: str) -> str:
 
 def parse_handle(key: str) -> str:
     return unquote(key[len(HANDLES):])
+
+
+# Endpoints -----------------------------------------------------------------
+
+HOSTS = PREFIX + "host/"
+
+
+def node_endpoints_prefix(node: str) -> str:
+    return f"{HOSTS}{_name(node)}/workload/"
+
+
+def workload_prefix(node: str, orchestrator: str, workload_id: str) -> str:
+    return f"{node_endpoints_prefix(node)}{_name(orchestrator)}/{_name(workload_id)}/endpoint/"
+
+
+def endpoint(node: str, orchestrator: str, workload_id: str, endpoint_id: str) -> str:
+    return workload_prefix(node, orchestrator, workload_id) + endpoint_id
+
+
+def is_endpoint(key: str) -> bool:
+    parts = key[len(HOSTS):].split("/")
+    return key.startswith(HOSTS) and len(parts) == 6 and parts[1] == "workload" \
+        and parts[4] == "endpoint"

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
-        host, port = config.IPAM_ADDR.resolve(args["--listen"])
+        listen = config.IPAM_ADDR.resolve(args["--listen"])
         endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
                 return 1
             time.sleep(0.5)
 
-    server, bound = create_server(f"{host}:{port}", Ipam(store))
+    server, bound = create_server(listen, Ipam(store))
     server.start()
-    log.info("IPAM service listening on %s:%d (etcd %s)", host, bound, store.endpoints)
+    log.info("IPAM service listening on %s (port %d; etcd %s)", listen, bound, store.endpoints)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -481,6 +481,23 @@ class Ipam:
                           attributes=owner.attributes)
         return result
 
+    def handle_allocations(self, handle_id: str) -> list[dict]:
+        validate_handle(handle_id)
+        kv = self.store.get(keys.handle(handle_id))
+        if kv is None:
+            return []
+        found = []
+        for cidr in Handle.from_json(handle_id, kv.json()).blocks:
+            block_kv = self.store.get(keys.block(ipaddress.ip_network(cidr)))
+            if block_kv is None:
+                continue
+            block = Block.from_json(block_kv.json())
+            for o, alloc in sorted(block.allocations.items()):
+                if alloc.handle_id == handle_id:
+                    found.append({"ip": block.ip(o), "host": alloc.host,
+                                  "attributes": alloc.attributes})
+        return found
+
     def usage(self, version: int | None = None) -> Usage:
         pools = self.pools.list(version)
         blocks = [Block.from_json(kv.json())

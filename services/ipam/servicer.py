@@ -78,6 +78,11 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
         return ipam_pb2.GetAllocationResponse(**self.ipam.get_allocation(request.ip))
 
     @maps_errors
+    def ListHandleAllocations(self, request, context):
+        return ipam_pb2.ListHandleAllocationsResponse(allocations=[
+            ipam_pb2.Allocation(**a) for a in self.ipam.handle_allocations(request.handle_id)])
+
+    @maps_errors
     def GetUsage(self, request, context):
         usage = self.ipam.usage(_VERSIONS.get(request.ip_version))
         return ipam_pb2.GetUsageResponse(

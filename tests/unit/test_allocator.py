@@ -71,6 +71,9 @@ def test_dual_stack_and_release_by_handle(ipam, store):
     v4, v6 = ipam.auto_assign(2, 1, "w", "host-a", {"ns": "x"})
     assert len(v4) == 2 and len(v6) == 1
     assert ipam.get_allocation(v6[0])["attributes"] == {"ns": "x"}
+    listed = ipam.handle_allocations("w")
+    assert sorted(a["ip"] for a in listed) == sorted(v4 + v6)
+    assert {a["host"] for a in listed} == {"host-a"}
     assert sorted(ipam.release_by_handle("w")) == sorted(v4 + v6)
     assert ipam.release_by_handle("w") == []
     assert store.get(keys.handle("w")) is None

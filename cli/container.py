@@ -1,0 +1,115 @@
+"""Give workloads Calico interfaces and addresses on this node.
+
+Usage:
+  calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
+  calicoctl container remove <CONTAINER> [--force]
+  calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
+  calicoctl container show
+
+Options:
+  --interface=<IF>  The interface inside the container [default: eth0].
+  --force           Remove the container's endpoints even if the container
+                    itself is gone.
+
+<CONTAINER> is netns:<name|path> for a network namespace (a name under
+/var/run/netns, or a path), or pid:<N> for the namespace of a process.
+<IP> is an address; "auto" or "ipv4" for an IPv4 address from any pool;
+"ipv6" for an IPv6 address; or a pool's CIDR for an address from that pool
+(`ip remove` takes an address).
+These commands talk to this node's endpoint service and must run as root.
+"""
+
+from __future__ import annotations
+
+import os
+
+from calico.endpoint.v1 import endpoint_pb2
+from cli import client, validate, workloads
+from cli.errors import CliError
+from cli.output import table
+
+
+def run(args: dict) -> None:
+    if os.geteuid() != 0:
+        raise CliError("This command must be run as root.", exit_code=2)
+    if args["show"]:
+        show()
+    elif args["add"] and not args["ip"]:
+        add(args["<CONTAINER>"], args["<IP>"], args["--interface"])
+    elif args["remove"] and not args["ip"]:
+        remove(args["<CONTAINER>"], args["--force"])
+    elif args["add"]:
+        address(args["<CONTAINER>"], args["<IP>"], args["--interface"], add=True)
+    else:
+        address(args["<CONTAINER>"], args["<IP>"], args["--interface"], add=False)
+
+
+def _call(method, request):
+    try:
+        return client.endpoint().call(method, request)
+    except client.RpcFailure as exc:
+        raise CliError(str(exc)) from None
+
+
+def address_request(spec: str) -> dict:
+    """The AddEndpoint fields for an <IP> argument."""
+    word = spec.lower()
+    if word in ("auto", "ipv4"):
+        return {"auto_ipv4": 1}
+    if word == "ipv6":
+        return {"auto_ipv6": 1}
+    if "/" in spec:
+        cidr, _ = validate.cidr(spec)
+        pools = "ipv6_pools" if ":" in cidr else "ipv4_pools"
+        return {pools: [cidr], "auto_ipv6" if ":" in cidr else "auto_ipv4": 1}
+    return {"ips": [validate.ip(spec)]}
+
+
+def add(container: str, spec: str, interface: str) -> None:
+    fields = address_request(spec)
+    workload = workloads.find(container)
+    request = endpoint_pb2.AddEndpointRequest(
+        orchestrator=workload.orchestrator, workload_id=workload.workload_id,
+        interface_name=interface, **fields)
+    if workload.pid:
+        request.pid = workload.pid
+    else:
+        request.netns_path = workload.netns_path
+    ep = _call("AddEndpoint", request).endpoint
+    for net in list(ep.ipv4_nets) + list(ep.ipv6_nets):
+        print(f"IP {net.split('/')[0]} added to {container}")
+
+
+def remove(container: str, force: bool) -> None:
+    workload = workloads.identify(container) if force else workloads.find(container)
+    _call("RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
+        orchestrator=workload.orchestrator, workload_id=workload.workload_id))
+    print(f"Removed Calico interface from {container}")
+
+
+def address(container: str, spec: str, interface: str, add: bool) -> None:
+    workload = workloads.find(container)
+    ids = dict(orchestrator=workload.orchestrator, workload_id=workload.workload_id,
+               interface_name=interface)
+    if not add:
+        ip = validate.ip(spec)
+        _call("RemoveAddress", endpoint_pb2.RemoveAddressRequest(ip=ip, **ids))
+        print(f"IP {ip} removed from {container}")
+        return
+    fields = address_request(spec)
+    fields["ip"] = fields.pop("ips", [""])[0]
+    before = {ep.endpoint_id: set(ep.ipv4_nets) | set(ep.ipv6_nets) for ep in _call(
+        "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+            orchestrator=workload.orchestrator, workload_id=workload.workload_id)).endpoints}
+    ep = _call("AddAddress", endpoint_pb2.AddAddressRequest(**ids, **fields)).endpoint
+    for net in sorted(set(ep.ipv4_nets) | set(ep.ipv6_nets) - before.get(ep.endpoint_id, set())):
+        print(f"IP {net.split('/')[0]} added to {container}")
+
+
+def show() -> None:
+    eps = _call("ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
+    rows = [[ep.workload_id, ep.interface_name, ep.host_interface,
+             ", ".join(list(ep.ipv4_nets) + list(ep.ipv6_nets)), ep.mac, ep.state,
+             ",".join(ep.profile_ids)] for ep in eps]
+    print(table(["Container", "Interface", "Host interface", "Addresses", "MAC", "State",
+                 "Profiles"], rows))

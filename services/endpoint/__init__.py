@@ -1,0 +1,1 @@
+"""The per-node endpoint service: workload interfaces, addresses and routes."""

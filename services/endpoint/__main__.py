@@ -1,0 +1,119 @@
+"""calico-endpoint: one node's endpoint service (the composition root).
+
+Run as `python -m services.endpoint` on the host (in the host's network
+namespace). It reconciles etcd with the kernel before it starts serving, and
+again every --resync seconds.
+
+Usage:
+  calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
+                  [--ipam=<ADDR>] [--no-ipv6] [--resync=<SECONDS>]
+
+Options:
+  --name=<NODE>            This node's name; else CALICO_NODENAME, else the
+                           hostname.
+  --listen=<ADDR>          unix:<path> or host:port to serve on; else
+                           CALICO_ENDPOINT_ADDR, else
+                           unix:<CALICO_STATE_DIR>/<node>/endpoint.sock.
+  --etcd-endpoints=<EPS>   etcd host:port list; else ETCD_ENDPOINTS or
+                           ETCD_AUTHORITY, else 127.0.0.1:2379.
+  --ipam=<ADDR>            The IPAM service; else CALICO_IPAM_ADDR, else
+                           127.0.0.1:50051.
+  --no-ipv6                Give workloads no IPv6 addresses even if the
+                           kernel could route them.
+  --resync=<SECONDS>       Seconds between full reconciliations (default 60).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from docopt import docopt
+
+from calicopy import config
+from calicopy.datastore.etcd import EtcdStore
+from calicopy.errors import Unavailable
+from services.endpoint import kernel
+from services.endpoint.endpoints import EndpointManager
+from services.endpoint.ipam_client import IpamClient
+from services.endpoint.server import create_server
+
+log = logging.getLogger("calico-endpoint")
+
+STARTUP_WAIT = 60.0
+
+
+def _retry_until_up(what, fn, deadline):
+    while True:
+        try:
+            return fn()
+        except Unavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for %s: %s", what, exc)
+            time.sleep(0.5)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = docopt(__doc__, argv)
+    try:
+        node = config.NODENAME.resolve(args["--name"])
+        listen = config.endpoint_addr(args["--listen"], node)
+        endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
+        ipam_addr = config.IPAM_ADDR.resolve(args["--ipam"])
+        resync = config.parse_seconds(args["--resync"] or "60")
+    except (config.ConfigError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    if listen.startswith("unix:"):
+        path = listen[len("unix:"):]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)          # a socket left by a previous run
+
+    store = EtcdStore(endpoints)
+    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve())
+    dataplane = kernel.KernelDataplane()
+    kernel.enable_forwarding()
+    manager = EndpointManager(store, ipam, dataplane, node,
+                              ipv6=dataplane.ipv6 and not args["--no-ipv6"])
+    deadline = time.monotonic() + STARTUP_WAIT
+    try:
+        counts = _retry_until_up("etcd and IPAM", lambda: manager.reconcile(startup=True),
+                                 deadline)
+    except Unavailable as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("start-up reconcile of node %s: %s", node, counts)
+
+    server, _ = create_server(listen, manager)
+    server.start()
+    log.info("endpoint service for node %s listening on %s (IPv6 %s)", node, listen,
+             "on" if manager.ipv6 else "off")
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(resync):
+        try:
+            counts = manager.reconcile()
+            if any(counts.values()):
+                log.info("reconcile: %s", counts)
+        except Exception:
+            log.exception("reconcile failed; will retry")
+    log.info("stopping")
+    server.stop(grace=5).wait()
+    ipam.close()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

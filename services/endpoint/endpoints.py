@@ -1,0 +1,372 @@
+"""Endpoints on one node: add, change, remove, and reconcile after a crash.
+
+Invariants, and how each operation keeps them:
+
+- Nothing is half made. ``add`` first records its intent in etcd (state
+  ``pending``), then claims addresses (each tagged with the endpoint id),
+  programs the kernel and finally marks the record ``active``. Any failure
+  undoes what was done; a crash leaves a pending record that the next start
+  tears down (interface removed, tagged addresses released, record deleted).
+- No address leaks. Every address this service claims carries the endpoint
+  id as an IPAM attribute; reconciling releases the endpoint's addresses that
+  its record does not list (a crash between claiming and recording).
+- The record is the truth for the kernel: ``reconcile`` makes every live
+  endpoint's interface, addresses and routes match it, tears down endpoints
+  whose workload is gone, and deletes ``cali`` interfaces nobody owns.
+
+Operations on one workload are serialised by a lock per workload; reconcile
+takes the same locks, so it never races an operation in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import re
+import threading
+from collections import defaultdict
+from typing import Protocol
+
+from calicopy import failpoints
+from calicopy.datastore import keys
+from calicopy.datastore.store import KV, Store, Txn
+from calicopy.errors import AlreadyExists, CalicoError, NotFound
+from services.endpoint import netns
+from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
+                                     InterfaceInUse, NoEndpoints, NoIpv6)
+from services.endpoint.kernel import InterfaceSpec
+from services.endpoint.model import ACTIVE, PENDING, Endpoint, endpoint_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERFACE = "eth0"
+MAX_AUTO = 64
+_ORCHESTRATOR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class IpamApi(Protocol):
+    """What endpoints need from IPAM (the IPAM service's client, or in unit
+    tests the IPAM domain object itself)."""
+
+    def auto_assign(self, num_ipv4, num_ipv6, handle_id, host, attributes,
+                    ipv4_pools, ipv6_pools) -> tuple[list[str], list[str]]: ...
+
+    def assign_ip(self, ip, handle_id, host, attributes): ...
+
+    def release_ips(self, ips, handle_id=None): ...
+
+    def handle_allocations(self, handle_id) -> list[dict]: ...
+
+    def get_allocation(self, ip) -> dict: ...
+
+
+class Dataplane(Protocol):
+    def check_workload(self, path: str, workload: str) -> None:
+        """Raise unless ``path`` is a live network namespace."""
+
+    def workload_alive(self, path: str) -> bool: ...
+
+    def ensure(self, spec: InterfaceSpec) -> str: ...
+
+    def remove(self, host_interface: str) -> None: ...
+
+    def host_interfaces(self) -> set[str]: ...
+
+    def workload_has_interface(self, path: str, name: str) -> bool: ...
+
+
+@dataclasses.dataclass
+class AddRequest:
+    orchestrator: str
+    workload_id: str
+    netns_path: str = ""
+    pid: int = 0
+    interface_name: str = ""
+    ips: list[str] = dataclasses.field(default_factory=list)
+    auto_ipv4: int = 0
+    auto_ipv6: int = 0
+    ipv4_pools: list[str] = dataclasses.field(default_factory=list)
+    ipv6_pools: list[str] = dataclasses.field(default_factory=list)
+    profile_ids: list[str] = dataclasses.field(default_factory=list)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _workload(orchestrator: str, workload_id: str) -> None:
+    if not _ORCHESTRATOR_RE.match(orchestrator or ""):
+        raise BadRequest(f"Invalid orchestrator '{orchestrator}': use lower-case letters, "
+                         "digits, '.', '_' or '-'.")
+    if not workload_id or len(workload_id) > 256 or not workload_id.isprintable() \
+            or any(c.isspace() for c in workload_id):
+        raise BadRequest(f"Invalid workload id '{workload_id}': it must be 1-256 printable "
+                         "characters without spaces.")
+
+
+def _interface(name: str) -> str:
+    name = name or DEFAULT_INTERFACE
+    if not _INTERFACE_RE.match(name) or name in (".", ".."):
+        raise BadRequest(f"Invalid interface name '{name}': use 1-15 letters, digits, "
+                         "'.', '_' or '-'.")
+    return name
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise BadRequest(f"Invalid IP address '{text}'.") from None
+
+
+class EndpointManager:
+    """The endpoints of one node."""
+
+    def __init__(self, store: Store, ipam: IpamApi, dataplane: Dataplane, node: str,
+                 ipv6: bool = True):
+        self.store = store
+        self.ipam = ipam
+        self.dataplane = dataplane
+        self.node = node
+        self.ipv6 = ipv6
+        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+    # Reads -------------------------------------------------------------------
+
+    def list(self, orchestrator: str = "", workload_id: str = "") -> list[Endpoint]:
+        return [ep for ep, _ in self._records(orchestrator, workload_id)]
+
+    def get(self, ep_id: str) -> Endpoint:
+        for ep, _ in self._records():
+            if ep.endpoint_id == ep_id:
+                return ep
+        raise EndpointNotFound(f"Endpoint {ep_id} not found on node {self.node}.")
+
+    def _records(self, orchestrator: str = "", workload_id: str = ""
+                 ) -> list[tuple[Endpoint, KV]]:
+        prefix = (keys.workload_prefix(self.node, orchestrator, workload_id) if workload_id
+                  else keys.node_endpoints_prefix(self.node))
+        found = [(Endpoint.from_json(kv.json()), kv) for kv in self.store.list(prefix)
+                 if keys.is_endpoint(kv.key)]
+        return sorted(found, key=lambda f: (f[0].orchestrator, f[0].workload_id,
+                                            f[0].interface_name))
+
+    def _one(self, orchestrator, workload_id, interface) -> tuple[Endpoint, KV]:
+        for ep, kv in self._records(orchestrator, workload_id):
+            if ep.interface_name == interface and ep.state == ACTIVE:
+                return ep, kv
+        raise NoEndpoints(workload_id)
+
+    # Add -----------------------------------------------------------------------
+
+    def add(self, req: AddRequest) -> Endpoint:
+        _workload(req.orchestrator, req.workload_id)
+        interface = _interface(req.interface_name)
+        explicit = [_ip(ip) for ip in req.ips]
+        for name, count in (("auto_ipv4", req.auto_ipv4), ("auto_ipv6", req.auto_ipv6)):
+            if not 0 <= count <= MAX_AUTO:
+                raise BadRequest(f"{name} must be between 0 and {MAX_AUTO}, not {count}.")
+        if not explicit and not req.auto_ipv4 and not req.auto_ipv6:
+            raise BadRequest("No address requested: give ips, auto_ipv4 or auto_ipv6.")
+        path = netns.path_for(req.netns_path, req.pid)
+        if not path:
+            raise BadRequest("Say where the workload is: netns_path or pid.")
+
+        with self._locks[(req.orchestrator, req.workload_id)]:
+            ep_id = endpoint_id(req.orchestrator, req.workload_id, interface)
+            key = keys.endpoint(self.node, req.orchestrator, req.workload_id, ep_id)
+            # The checks, in the order the original tool made them.
+            if self.store.get(key) is not None:
+                raise AlreadyNetworked(req.workload_id)
+            self.dataplane.check_workload(path, req.workload_id)
+            for ip in explicit:
+                self.ipam.get_allocation(ip)            # raises if outside every pool
+            if not self.ipv6 and (req.auto_ipv6 or any(":" in ip for ip in explicit)):
+                raise NoIpv6()
+            if self.dataplane.workload_has_interface(path, interface):
+                raise InterfaceInUse(interface, req.workload_id)
+
+            ep = Endpoint(ep_id, self.node, req.orchestrator, req.workload_id, interface,
+                          path, PENDING, profile_ids=list(req.profile_ids),
+                          labels=dict(req.labels))
+            if not self.store.commit(Txn().create(key, ep.to_json())):
+                raise AlreadyNetworked(req.workload_id)
+            try:
+                ips = []
+                for ip in explicit:
+                    self.ipam.assign_ip(ip, ep.workload_id, self.node, self._attrs(ep))
+                    ips.append(ip)
+                if req.auto_ipv4 or req.auto_ipv6:
+                    v4, v6 = self.ipam.auto_assign(
+                        req.auto_ipv4, req.auto_ipv6, ep.workload_id, self.node,
+                        self._attrs(ep), list(req.ipv4_pools), list(req.ipv6_pools))
+                    ips += v4 + v6
+                failpoints.reached("endpoint-add-after-claim")
+                ep.set_ips(ips)
+                ep.mac = self.dataplane.ensure(self._spec(ep))
+                failpoints.reached("endpoint-add-after-kernel")
+                ep.state = ACTIVE
+                self._write(key, ep)
+            except BaseException:
+                self._teardown(ep, key)
+                raise
+            log.info("added endpoint %s for %s/%s: %s", ep_id, ep.orchestrator,
+                     ep.workload_id, ", ".join(ep.ips))
+            return ep
+
+    def _attrs(self, ep: Endpoint) -> dict[str, str]:
+        return {"node": self.node, "endpoint": ep.endpoint_id, "interface": ep.interface_name}
+
+    @staticmethod
+    def _spec(ep: Endpoint) -> InterfaceSpec:
+        return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
+                             ep.workload_id)
+
+    def _write(self, key: str, ep: Endpoint) -> None:
+        kv = self.store.get(key)
+        if not self.store.commit(Txn().put(key, kv, ep.to_json())):
+            raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed under us.")
+
+    # Remove ----------------------------------------------------------------------
+
+    def remove(self, orchestrator: str, workload_id: str, interface: str = "") -> list[Endpoint]:
+        _workload(orchestrator, workload_id)
+        with self._locks[(orchestrator, workload_id)]:
+            eps = [(ep, kv) for ep, kv in self._records(orchestrator, workload_id)
+                   if not interface or ep.interface_name == interface]
+            if not eps:
+                raise NoEndpoints(workload_id)
+            for ep, kv in eps:
+                self._teardown(ep, kv.key)
+                log.info("removed endpoint %s of %s/%s", ep.endpoint_id, orchestrator,
+                         workload_id)
+            return [ep for ep, _ in eps]
+
+    def _teardown(self, ep: Endpoint, key: str) -> None:
+        """Undo everything an endpoint may have: interface, addresses, record.
+        The record goes last, so a failure part-way is retried by reconcile."""
+        self.dataplane.remove(ep.host_interface)
+        mine = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
+                if a["attributes"].get("endpoint") == ep.endpoint_id]
+        if mine:
+            self.ipam.release_ips(mine, ep.workload_id)
+        kv = self.store.get(key)
+        if kv is not None:
+            self.store.commit(Txn().delete(kv))
+
+    # Addresses -------------------------------------------------------------------
+
+    def add_address(self, orchestrator, workload_id, interface, ip_text="", auto_ipv4=0,
+                    auto_ipv6=0, ipv4_pools=(), ipv6_pools=()) -> Endpoint:
+        """Add a given address, or auto-assigned ones, to an endpoint."""
+        _workload(orchestrator, workload_id)
+        interface = _interface(interface)
+        ip = _ip(ip_text) if ip_text else ""
+        if bool(ip) == bool(auto_ipv4 or auto_ipv6) or not 0 <= auto_ipv4 + auto_ipv6 <= MAX_AUTO:
+            raise BadRequest("Give either one address or a small number of addresses to "
+                             "auto-assign.")
+        with self._locks[(orchestrator, workload_id)]:
+            ep, kv = self._one(orchestrator, workload_id, interface)
+            if ip:
+                if ip in ep.ips:
+                    raise AlreadyExists(f"{workload_id} already has the address {ip}.")
+                self.ipam.get_allocation(ip)
+            if not self.ipv6 and (auto_ipv6 or ":" in ip):
+                raise NoIpv6()
+            if ip:
+                self.ipam.assign_ip(ip, workload_id, self.node, self._attrs(ep))
+                new = [ip]
+            else:
+                v4, v6 = self.ipam.auto_assign(auto_ipv4, auto_ipv6, workload_id, self.node,
+                                               self._attrs(ep), list(ipv4_pools),
+                                               list(ipv6_pools))
+                new = v4 + v6
+            before = list(ep.ips)
+            try:
+                ep.set_ips(before + new)
+                self.dataplane.ensure(self._spec(ep))
+                if not self.store.commit(Txn().update(kv, ep.to_json())):
+                    raise CalicoError(f"The record of {workload_id} changed under us; retry.")
+            except BaseException:
+                ep.set_ips(before)
+                try:
+                    self.dataplane.ensure(self._spec(ep))
+                finally:
+                    self.ipam.release_ips(new, workload_id)
+                raise
+            return ep
+
+    def remove_address(self, orchestrator, workload_id, interface, ip_text) -> Endpoint:
+        _workload(orchestrator, workload_id)
+        interface = _interface(interface)
+        ip = _ip(ip_text)
+        with self._locks[(orchestrator, workload_id)]:
+            ep, kv = self._one(orchestrator, workload_id, interface)
+            if ip not in ep.ips:
+                raise NotFound("IP address is not assigned to container. Aborting.")
+            ep.set_ips([x for x in ep.ips if x != ip])
+            # Record first: after a crash, reconcile finishes the job from it.
+            if not self.store.commit(Txn().update(kv, ep.to_json())):
+                raise CalicoError(f"The record of {workload_id} changed under us; retry.")
+            self.dataplane.ensure(self._spec(ep))
+            self.ipam.release_ips([ip], workload_id)
+            return ep
+
+    # Profiles --------------------------------------------------------------------
+
+    def set_profiles(self, ep_id: str, profile_ids: list[str]) -> Endpoint:
+        ep = self.get(ep_id)
+        with self._locks[(ep.orchestrator, ep.workload_id)]:
+            for ep, kv in self._records(ep.orchestrator, ep.workload_id):
+                if ep.endpoint_id == ep_id:
+                    ep.profile_ids = list(profile_ids)
+                    if self.store.commit(Txn().update(kv, ep.to_json())):
+                        return ep
+            raise CalicoError(f"Endpoint {ep_id} changed under us; retry.")
+
+    # Reconcile -------------------------------------------------------------------
+
+    def reconcile(self, startup: bool = False) -> dict[str, int]:
+        """Make the kernel and IPAM match the records; see the module docstring.
+
+        At start-up every pending record is an add that died with the process;
+        later, pending records belong to adds in flight and are left alone.
+        """
+        counts = {"restored": 0, "removed": 0, "released": 0, "orphans": 0}
+        # Interfaces first: any interface seen here had its record written
+        # before it was created, so the record listing below includes it.
+        interfaces = self.dataplane.host_interfaces()
+        records = self._records()
+        for ep, kv in records:
+            with self._locks[(ep.orchestrator, ep.workload_id)]:
+                current = self.store.get(kv.key)
+                if current is None:
+                    continue
+                ep = Endpoint.from_json(current.json())
+                if (ep.state == PENDING and startup) or \
+                        (ep.state == ACTIVE and not self.dataplane.workload_alive(ep.netns)):
+                    log.info("tearing down %s endpoint %s of %s/%s", ep.state,
+                             ep.endpoint_id, ep.orchestrator, ep.workload_id)
+                    self._teardown(ep, kv.key)
+                    counts["removed"] += 1
+                    continue
+                if ep.state != ACTIVE:
+                    continue
+                mac = self.dataplane.ensure(self._spec(ep))
+                if mac != ep.mac:
+                    ep.mac = mac
+                    self.store.commit(Txn().update(current, ep.to_json()))
+                    counts["restored"] += 1
+                leaked = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
+                          if a["attributes"].get("endpoint") == ep.endpoint_id
+                          and a["ip"] not in ep.ips]
+                if leaked:
+                    log.info("releasing %s, claimed for %s but not recorded", leaked,
+                             ep.endpoint_id)
+                    self.ipam.release_ips(leaked, ep.workload_id)
+                    counts["released"] += len(leaked)
+        owned = {ep.host_interface for ep, _ in records}
+        for name in sorted(interfaces - owned):
+            log.info("removing %s, which no endpoint owns", name)
+            self.dataplane.remove(name)
+            counts["orphans"] += 1
+        return counts

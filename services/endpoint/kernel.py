@@ -1,0 +1,246 @@
+"""The kernel side of endpoints, through pyroute2 (netlink), behind a narrow interface.
+
+``ensure`` takes the desired state of one workload interface and makes the
+kernel match it: it reads what is there and changes only what differs, so it
+is both "create" and "repair" and can be repeated safely. ``remove`` deletes
+the veth pair, which takes its routes and neighbours with it.
+
+What an interface looks like once ensured:
+
+- host side ``cali<id>`` in this process's namespace, MAC ee:ee:ee:ee:ee:ee,
+  proxy ARP on (it answers for 169.254.1.1), IPv6 DAD off so its link-local
+  address (the workloads' IPv6 gateway) is usable at once; a /32 or /128 route
+  to each workload address (protocol ``ROUTE_PROTOCOL``) and a permanent
+  neighbour entry for it;
+- workload side, created directly inside the workload's namespace under its
+  final name, up, with the addresses as /32 and /128 (IPv6 without DAD), a
+  link route to 169.254.1.1 and a default route through it, and an IPv6
+  default route through the host side's link-local address.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import os
+import socket
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from services.endpoint import netns
+from services.endpoint.errors import DataplaneError, InterfaceInUse
+from services.endpoint.model import HOST_MAC, INTERFACE_PREFIX, IPV4_GATEWAY, IPV6_GATEWAY
+
+#: Routes we install carry this protocol number, so we can tell them apart
+#: from everyone else's (and BIRD can pick exactly them up).
+ROUTE_PROTOCOL = 80
+IFA_F_NODAD = 0x02
+NUD_PERMANENT = 0x80
+RT_TABLE_MAIN = 254
+
+
+@dataclasses.dataclass
+class InterfaceSpec:
+    """The desired state of one workload interface."""
+
+    host_interface: str
+    netns: str
+    interface_name: str
+    ips: list[str]
+    mac: str = ""           # keep this workload-side MAC when (re)creating
+    workload: str = ""      # for messages
+
+
+def write_sysctl(path: str, value: str) -> None:
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
+
+
+def enable_forwarding() -> None:
+    """Host-wide settings every node needs (in this process's namespace)."""
+    write_sysctl("net/ipv4/ip_forward", "1")
+    if os.path.exists("/proc/sys/net/ipv6"):
+        write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
+def ipv6_available() -> bool:
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
+def _family(ip) -> int:
+    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
+
+
+def _routes(ipr, family: int, index: int) -> list:
+    """Main-table routes out of ``index`` (a dump filtered here: asking the
+    kernel for a ``dst`` would be a route lookup, not a filter)."""
+    return [r for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN)
+            if r.get_attr("RTA_OIF") == index]
+
+
+def _host_route(ip, index: int) -> dict:
+    route = {"dst": f"{ip}/{ip.max_prefixlen}", "oif": index, "proto": ROUTE_PROTOCOL,
+             "family": _family(ip)}
+    if ip.version == 4:
+        route["scope"] = 253    # link: the workload is directly on the veth
+    return route
+
+
+def _dst(route) -> str:
+    family_any = "0.0.0.0" if route["family"] == socket.AF_INET else "::"
+    return f"{route.get_attr('RTA_DST') or family_any}/{route['dst_len']}"
+
+
+@contextmanager
+def _netlink(what: str):
+    try:
+        yield
+    except NetlinkError as exc:
+        raise DataplaneError(f"Kernel refused to {what}: {os.strerror(exc.code)}.") from None
+
+
+class KernelDataplane:
+    """Workload interfaces in the kernel. Safe to call from any thread: every
+    call opens its own netlink sockets (pyroute2 objects are per-thread)."""
+
+    def __init__(self):
+        self.ipv6 = ipv6_available()
+
+    # Queries -----------------------------------------------------------------
+
+    @staticmethod
+    def check_workload(path: str, workload: str) -> None:
+        netns.check(path, workload)
+
+    @staticmethod
+    def workload_alive(path: str) -> bool:
+        return netns.alive(path)
+
+    def host_interfaces(self) -> set[str]:
+        with IPRoute() as ipr:
+            names = (link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
+            return {n for n in names if n.startswith(INTERFACE_PREFIX)}
+
+    def workload_has_interface(self, path: str, name: str) -> bool:
+        with IPRoute(fileno=netns.netlink_socket(path).detach()) as wl:
+            return bool(wl.link_lookup(ifname=name))
+
+    # Changes -----------------------------------------------------------------
+
+    def remove(self, host_interface: str) -> None:
+        with IPRoute() as ipr, _netlink(f"delete {host_interface}"):
+            for index in ipr.link_lookup(ifname=host_interface):
+                try:
+                    ipr.link("del", index=index)
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:   # gone meanwhile: fine
+                        raise
+
+    def ensure(self, spec: InterfaceSpec) -> str:
+        """Make the kernel match ``spec``; returns the workload-side MAC."""
+        ips = [ipaddress.ip_address(ip) for ip in spec.ips]
+        with IPRoute() as host, \
+                IPRoute(fileno=netns.netlink_socket(spec.netns).detach()) as wl:
+            host_index, wl_index = self._ensure_veth(host, wl, spec)
+            with _netlink(f"configure {spec.interface_name} in {spec.workload}"):
+                wl.link("set", index=wl_index, state="up")
+                mac = wl.get_links(wl_index)[0].get_attr("IFLA_ADDRESS")
+                self._ensure_workload_addresses(wl, wl_index, ips)
+                self._ensure_workload_routes(wl, wl_index, ips)
+            with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
+                self._ensure_host_routes(host, host_index, ips, mac)
+            return mac
+
+    def _ensure_veth(self, host, wl, spec: InterfaceSpec) -> tuple[int, int]:
+        host_index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
+        wl_index = next(iter(wl.link_lookup(ifname=spec.interface_name)), None)
+        if host_index is not None and wl_index is not None:
+            peer = host.get_links(host_index)[0].get_attr("IFLA_LINK")
+            if peer == wl_index:
+                self._host_side_settings(host, spec.host_interface, host_index)
+                return host_index, wl_index
+        if host_index is not None:
+            # Our host side exists but its peer is not (or no longer) that
+            # interface in the workload: start again.
+            self.remove(spec.host_interface)
+        if wl_index is not None:
+            raise InterfaceInUse(spec.interface_name, spec.workload)
+        peer = {"ifname": spec.interface_name}
+        if spec.mac:
+            peer["address"] = spec.mac
+        fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer["net_ns_fd"] = fd
+            with _netlink(f"create {spec.host_interface} for {spec.workload}"):
+                host.link("add", ifname=spec.host_interface, kind="veth", address=HOST_MAC,
+                          peer=peer)
+        finally:
+            os.close(fd)
+        host_index = host.link_lookup(ifname=spec.host_interface)[0]
+        self._host_side_settings(host, spec.host_interface, host_index)
+        return host_index, wl.link_lookup(ifname=spec.interface_name)[0]
+
+    def _host_side_settings(self, host, name: str, index: int) -> None:
+        write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
+        write_sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
+        if self.ipv6:
+            # Before the link comes up, so its link-local address skips DAD.
+            write_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
+            write_sysctl(f"net/ipv6/conf/{name}/proxy_ndp", "1")
+        with _netlink(f"bring up {name}"):
+            host.link("set", index=index, state="up")
+
+    @staticmethod
+    def _ensure_workload_addresses(wl, index: int, ips) -> None:
+        have = set()
+        for msg in wl.get_addr(index=index):
+            addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
+            if not addr.is_link_local:
+                have.add((addr, msg["prefixlen"]))
+        want = {(ip, ip.max_prefixlen) for ip in ips}
+        for ip, prefixlen in have - want:
+            wl.addr("del", index=index, address=str(ip), prefixlen=prefixlen,
+                    family=_family(ip))
+        for ip, prefixlen in sorted(want - have, key=lambda a: (a[0].version, a[0])):
+            flags = IFA_F_NODAD if ip.version == 6 else 0
+            wl.addr("add", index=index, address=str(ip), prefixlen=prefixlen,
+                    family=_family(ip), flags=flags)
+
+    @staticmethod
+    def _ensure_workload_routes(wl, index: int, ips) -> None:
+        have = {_dst(r) for family in (socket.AF_INET, socket.AF_INET6)
+                for r in _routes(wl, family, index)}
+        if any(ip.version == 4 for ip in ips):
+            wl.route("replace", dst=f"{IPV4_GATEWAY}/32", oif=index, scope=253)
+            wl.route("replace", dst="0.0.0.0/0", gateway=IPV4_GATEWAY, oif=index)
+        else:
+            for dst in ("0.0.0.0/0", f"{IPV4_GATEWAY}/32"):
+                if dst in have:
+                    wl.route("del", dst=dst, oif=index)
+        if any(ip.version == 6 for ip in ips):
+            wl.route("replace", dst="::/0", gateway=IPV6_GATEWAY, oif=index,
+                     family=socket.AF_INET6)
+        elif "::/0" in have:
+            wl.route("del", dst="::/0", oif=index, family=socket.AF_INET6)
+
+    @staticmethod
+    def _ensure_host_routes(host, index: int, ips, mac: str) -> None:
+        have = {ipaddress.ip_address(r.get_attr("RTA_DST"))
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for r in _routes(host, family, index) if r["proto"] == ROUTE_PROTOCOL}
+        for ip in have - set(ips):
+            host.route("del", **_host_route(ip, index))
+            for entry in host.get_neighbours(family=_family(ip), ifindex=index):
+                if entry.get_attr("NDA_DST") == str(ip):
+                    host.neigh("del", dst=str(ip), ifindex=index, family=_family(ip))
+        for ip in ips:
+            host.route("replace", **_host_route(ip, index))
+            host.neigh("replace", dst=str(ip), lladdr=mac, ifindex=index,
+                       state=NUD_PERMANENT, family=_family(ip))

@@ -1,0 +1,91 @@
+"""The endpoint record: what etcd stores about one workload interface.
+
+The JSON field names follow the original tool's endpoint records (``name``
+for the host-side interface, ``ipv4_nets``...), so that tools reading etcd see
+the familiar shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+
+#: Every workload's IPv4 gateway: a link-local address the host answers by
+#: proxy ARP, so workloads need no per-host knowledge.
+IPV4_GATEWAY = "169.254.1.1"
+#: The MAC of every host-side interface, and the link-local address the kernel
+#: derives from it: the workloads' IPv6 gateway.
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+IPV6_GATEWAY = "fe80::ecee:eeff:feee:eeee"
+
+INTERFACE_PREFIX = "cali"
+PENDING, ACTIVE = "pending", "active"
+
+
+def endpoint_id(orchestrator: str, workload_id: str, interface: str) -> str:
+    """Derived, not random, so that a retried add finds the same endpoint."""
+    digest = hashlib.sha256(f"{orchestrator}\0{workload_id}\0{interface}".encode())
+    return digest.hexdigest()[:32]
+
+
+def host_interface(ep_id: str) -> str:
+    return INTERFACE_PREFIX + ep_id[:11]
+
+
+@dataclasses.dataclass
+class Endpoint:
+    endpoint_id: str
+    node: str
+    orchestrator: str
+    workload_id: str
+    interface_name: str
+    netns: str
+    state: str = PENDING
+    mac: str = ""
+    ipv4_nets: list[str] = dataclasses.field(default_factory=list)
+    ipv6_nets: list[str] = dataclasses.field(default_factory=list)
+    profile_ids: list[str] = dataclasses.field(default_factory=list)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def host_interface(self) -> str:
+        return host_interface(self.endpoint_id)
+
+    @property
+    def ips(self) -> list[str]:
+        return [n.split("/")[0] for n in self.ipv4_nets + self.ipv6_nets]
+
+    @property
+    def ipv4_gateway(self) -> str:
+        return IPV4_GATEWAY if self.ipv4_nets else ""
+
+    @property
+    def ipv6_gateway(self) -> str:
+        return IPV6_GATEWAY if self.ipv6_nets else ""
+
+    def set_ips(self, ips: list[str]) -> None:
+        addrs = sorted({ipaddress.ip_address(ip) for ip in ips},
+                       key=lambda a: (a.version, a))
+        self.ipv4_nets = [f"{a}/32" for a in addrs if a.version == 4]
+        self.ipv6_nets = [f"{a}/128" for a in addrs if a.version == 6]
+
+    def to_json(self) -> dict:
+        return {
+            "endpoint_id": self.endpoint_id, "node": self.node,
+            "orchestrator": self.orchestrator, "workload_id": self.workload_id,
+            "container:if_name": self.interface_name, "netns": self.netns,
+            "state": self.state, "name": self.host_interface, "mac": self.mac,
+            "ipv4_nets": self.ipv4_nets, "ipv6_nets": self.ipv6_nets,
+            "ipv4_gateway": self.ipv4_gateway, "ipv6_gateway": self.ipv6_gateway,
+            "profile_ids": self.profile_ids, "labels": self.labels,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Endpoint":
+        return cls(
+            data["endpoint_id"], data["node"], data["orchestrator"], data["workload_id"],
+            data["container:if_name"], data["netns"], data.get("state", PENDING),
+            data.get("mac", ""), list(data.get("ipv4_nets", [])),
+            list(data.get("ipv6_nets", [])), list(data.get("profile_ids", [])),
+            dict(data.get("labels", {})))

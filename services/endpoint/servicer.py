@@ -1,0 +1,74 @@
+"""EndpointService: translates between the proto contract and EndpointManager."""
+
+from __future__ import annotations
+
+from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
+from calicopy.rpc import maps_errors
+from services.endpoint.endpoints import AddRequest, EndpointManager
+from services.endpoint.model import Endpoint
+
+
+def endpoint_msg(ep: Endpoint) -> endpoint_pb2.Endpoint:
+    return endpoint_pb2.Endpoint(
+        endpoint_id=ep.endpoint_id, node=ep.node, orchestrator=ep.orchestrator,
+        workload_id=ep.workload_id, interface_name=ep.interface_name,
+        host_interface=ep.host_interface, mac=ep.mac, ipv4_nets=ep.ipv4_nets,
+        ipv6_nets=ep.ipv6_nets, ipv4_gateway=ep.ipv4_gateway, ipv6_gateway=ep.ipv6_gateway,
+        profile_ids=ep.profile_ids, labels=ep.labels, state=ep.state, netns=ep.netns)
+
+
+class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
+
+    def __init__(self, manager: EndpointManager):
+        self.manager = manager
+
+    @maps_errors
+    def AddEndpoint(self, request, context):
+        ep = self.manager.add(AddRequest(
+            orchestrator=request.orchestrator, workload_id=request.workload_id,
+            netns_path=request.netns_path, pid=request.pid,
+            interface_name=request.interface_name, ips=list(request.ips),
+            auto_ipv4=request.auto_ipv4, auto_ipv6=request.auto_ipv6,
+            ipv4_pools=list(request.ipv4_pools), ipv6_pools=list(request.ipv6_pools),
+            profile_ids=list(request.profile_ids), labels=dict(request.labels)))
+        return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
+
+    @maps_errors
+    def RemoveEndpoint(self, request, context):
+        removed = self.manager.remove(request.orchestrator, request.workload_id,
+                                      request.interface_name)
+        return endpoint_pb2.RemoveEndpointResponse(removed=[endpoint_msg(e) for e in removed])
+
+    @maps_errors
+    def AddAddress(self, request, context):
+        ep = self.manager.add_address(
+            request.orchestrator, request.workload_id, request.interface_name, request.ip,
+            request.auto_ipv4, request.auto_ipv6, list(request.ipv4_pools),
+            list(request.ipv6_pools))
+        return endpoint_pb2.AddAddressResponse(endpoint=endpoint_msg(ep))
+
+    @maps_errors
+    def RemoveAddress(self, request, context):
+        ep = self.manager.remove_address(request.orchestrator, request.workload_id,
+                                         request.interface_name, request.ip)
+        return endpoint_pb2.RemoveAddressResponse(endpoint=endpoint_msg(ep))
+
+    @maps_errors
+    def ListEndpoints(self, request, context):
+        eps = self.manager.list(request.orchestrator, request.workload_id)
+        return endpoint_pb2.ListEndpointsResponse(endpoints=[endpoint_msg(e) for e in eps])
+
+    @maps_errors
+    def GetEndpoint(self, request, context):
+        return endpoint_pb2.GetEndpointResponse(
+            endpoint=endpoint_msg(self.manager.get(request.endpoint_id)))
+
+    @maps_errors
+    def SetProfiles(self, request, context):
+        ep = self.manager.set_profiles(request.endpoint_id, list(request.profile_ids))
+        return endpoint_pb2.SetProfilesResponse(endpoint=endpoint_msg(ep))
+
+    @maps_errors
+    def GetNodeInfo(self, request, context):
+        return endpoint_pb2.GetNodeInfoResponse(node=self.manager.node, ipv4=True,
+                                                ipv6=self.manager.ipv6)

@@ -1,0 +1,109 @@
+"""Workloads on one simulated host, with real namespaces, etcd, IPAM and endpoint service."""
+
+import json
+
+import pytest
+
+from calicopy.datastore import keys
+
+
+@pytest.fixture
+def host(lab, ipam_client):
+    from calico.ipam.v1 import ipam_pb2
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.20.0.0/16"))
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="fd80:24e2:f998:72d6::/64"))
+    return lab.add_host("host1")
+
+
+def test_two_workloads_reach_each_other_and_their_host(host):
+    w1 = host.add_workload("w1")
+    w2 = host.add_workload("w2")
+    w1.assert_can_ping(w2.ip)
+    w2.assert_can_ping(w1.ip)
+    w1.assert_can_ping(host.ip)
+    assert host.ns.run("ping", "-c1", "-W1", w1.ip, check=False).returncode == 0
+
+
+def test_three_addresses_then_remove_one(host):
+    peer = host.add_workload("peer", "auto", "fd80:24e2:f998:72d6::20")
+    w = host.add_workload("multi", "10.20.0.10", "10.20.0.11", "fd80:24e2:f998:72d6::10")
+    assert len(w.ips) == 3
+    v6 = next(ip for ip in w.ips if ":" in ip)
+    for ip in w.ips:
+        peer.assert_can_ping(ip)
+
+    result = host.calicoctl("container", w.ref, "ip", "remove", "10.20.0.10")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"IP 10.20.0.10 removed from {w.ref}\n"
+    peer.assert_cant_ping("10.20.0.10")
+    peer.assert_can_ping("10.20.0.11")
+    peer.assert_can_ping(v6)
+
+
+def test_container_remove_leaves_nothing(host, store, ipam_client):
+    w = host.add_workload("gone", "auto", "ipv6")
+    shown = host.calicoctl("container", "show").stdout
+    assert w.ref.split(":", 1)[1] in shown
+    host_if = next(line.split("|")[3].strip() for line in shown.splitlines()
+                   if w.ns.name in line)
+    assert host_if.startswith("cali") and host_if in host.ns.run("ip", "link").stdout
+
+    result = host.calicoctl("container", "remove", w.ref)
+    assert (result.returncode, result.stdout) == (0, f"Removed Calico interface from {w.ref}\n")
+    assert host_if not in host.ns.run("ip", "link").stdout
+    routes = host.routes() + host.routes(v6=True)
+    assert all(ip not in routes for ip in w.ips)
+    assert store.list(keys.node_endpoints_prefix("host1")) == []
+    assert all(not ipam_client.get_allocation(ip=ip).allocated for ip in w.ips)
+    assert "no problems found" in host.calicoctl("ipam", "check").stdout
+    again = host.calicoctl("container", "remove", w.ref)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"Container {w.ref} doesn't contain any endpoints."
+
+
+def fails(result, message):
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_input_and_messages(host, lab, ipam_client):
+    w = host.add_workload("w1", "10.20.0.5")
+    from tests.lab import Namespace
+    other = Namespace(lab, f"{lab.prefix}-other")
+    ref = f"netns:{other.name}"
+    fails(host.calicoctl("container", "add", w.ref, "auto"),
+          f"{w.ref} has already been configured with Calico Networking.")
+    fails(host.calicoctl("container", "add", "netns:nonexistent", "auto"),
+          "Container netns:nonexistent not found.")
+    fails(host.calicoctl("container", "add", "netns:/etc/hostname", "auto"),
+          "/etc/hostname is not a network namespace.")
+    fails(host.calicoctl("container", "add", ref, "10.99.0.1"),
+          "10.99.0.1 is not in any configured pool.")
+    fails(host.calicoctl("container", "add", ref, "10.20.0.5"),
+          "IP address 10.20.0.5 is already assigned in pool 10.20.0.0/16.")
+    fails(host.calicoctl("container", "add", ref, "10.20.0.300"), "Invalid IP address specified.")
+    fails(host.calicoctl("container", "add", ref, "auto", "--interface=averyveryverylongname"),
+          "Invalid interface name 'averyveryverylongname': use 1-15 letters, digits, '.', '_' "
+          "or '-'.")
+    other.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    fails(host.calicoctl("container", "add", ref, "auto"),
+          f"Interface eth0 already exists in {ref}.")
+    fails(host.calicoctl("container", w.ref, "ip", "remove", "10.20.0.99"),
+          "IP address is not assigned to container. Aborting.")
+    fails(host.calicoctl("container", "add", "pid:999999", "auto"),
+          "pid:999999 is not currently running.")
+    # Nothing of that changed anything: one endpoint, one address, a clean check.
+    usage = ipam_client.get_usage()
+    assert sum(p.allocated for p in usage.pools) == 1
+    assert "no problems found" in host.calicoctl("ipam", "check").stdout
+
+
+def test_ipv6_refused_on_a_node_without_ipv6(lab, ipam_client):
+    from calico.ipam.v1 import ipam_pb2
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="fd80::/64"))
+    host = lab.add_host("v4only", ipv6=False)
+    from tests.lab import Namespace
+    ns = Namespace(lab, f"{lab.prefix}-x")
+    fails(host.calicoctl("container", "add", f"netns:{ns.name}", "fd80::5"),
+          "This node is not configured for IPv6.")

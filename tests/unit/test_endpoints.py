@@ -1,0 +1,182 @@
+"""EndpointManager over an in-memory store, the real IPAM domain and a fake kernel."""
+
+import pytest
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import Txn
+from calicopy.errors import AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument, NotFound
+from services.endpoint.endpoints import AddRequest, EndpointManager
+from services.endpoint.model import PENDING, Endpoint, endpoint_id
+from services.ipam.allocator import Ipam
+from tests.fakes import FakeDataplane, MemoryStore
+
+NS = "/var/run/netns/wl1"
+
+
+@pytest.fixture
+def world():
+    store = MemoryStore()
+    ipam = Ipam(store)
+    ipam.create_pool("10.0.0.0/24")
+    ipam.create_pool("fd00::/120")
+    dataplane = FakeDataplane()
+    dataplane.namespaces[NS] = {"lo"}
+    manager = EndpointManager(store, ipam, dataplane, "node-1")
+    return store, ipam, dataplane, manager
+
+
+def add(manager, **kw):
+    req = dict(orchestrator="netns", workload_id="wl1", netns_path=NS)
+    req.update(kw)
+    return manager.add(AddRequest(**req))
+
+
+def allocated(ipam):
+    return sum(p["allocated"] for p in ipam.usage().pools)
+
+
+def test_add_records_claims_and_plumbs(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=2, auto_ipv6=1, profile_ids=["web"])
+    assert ep.state == "active" and len(ep.ipv4_nets) == 2 and len(ep.ipv6_nets) == 1
+    assert ep.host_interface == "cali" + ep.endpoint_id[:11]
+    assert dataplane.interfaces[ep.host_interface]["ips"] == sorted(ep.ips)
+    assert manager.list() == [ep]
+    stored = store.json(keys.endpoint("node-1", "netns", "wl1", ep.endpoint_id))
+    assert stored["name"] == ep.host_interface and stored["ipv4_gateway"] == "169.254.1.1"
+    assert {a["ip"] for a in ipam.handle_allocations("wl1")} == set(ep.ips)
+
+
+def test_checks_in_the_original_order(world):
+    store, ipam, dataplane, manager = world
+    add(manager, ips=["10.0.0.5"])
+    with pytest.raises(AlreadyExists, match="wl1 has already been configured with Calico"):
+        add(manager, ips=["10.0.0.6"])
+    with pytest.raises(FailedPrecondition, match="wl2 is not currently running"):
+        add(manager, workload_id="wl2", netns_path="/var/run/netns/nope", ips=["10.9.9.9"])
+    dataplane.namespaces["/ns/wl2"] = set()
+    with pytest.raises(InvalidArgument, match="10.9.9.9 is not in any configured pool"):
+        add(manager, workload_id="wl2", netns_path="/ns/wl2", ips=["10.9.9.9"])
+    manager.ipv6 = False
+    with pytest.raises(FailedPrecondition, match="This node is not configured for IPv6"):
+        add(manager, workload_id="wl2", netns_path="/ns/wl2", ips=["fd00::9"])
+    manager.ipv6 = True
+    with pytest.raises(AlreadyExists, match="IP address 10.0.0.5 is already assigned in pool"):
+        add(manager, workload_id="wl2", netns_path="/ns/wl2", ips=["10.0.0.5"])
+    assert [e.workload_id for e in manager.list()] == ["wl1"]
+    assert allocated(ipam) == 1
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(ips=["10.0.0.300"]), "Invalid IP address"),
+    (dict(ips=[]), "No address requested"),
+    (dict(auto_ipv4=-1), "between 0 and 64"),
+    (dict(auto_ipv4=1, interface_name="a-very-long-interface"), "Invalid interface name"),
+    (dict(auto_ipv4=1, workload_id=""), "Invalid workload id"),
+    (dict(auto_ipv4=1, orchestrator="Bad Orch"), "Invalid orchestrator"),
+    (dict(auto_ipv4=1, netns_path=""), "netns_path or pid"),
+])
+def test_bad_input_changes_nothing(world, kw, message):
+    store, ipam, dataplane, manager = world
+    before = dict(store.data)
+    with pytest.raises(InvalidArgument, match=message):
+        add(manager, **kw)
+    assert store.data == before and not dataplane.interfaces
+
+
+def test_interface_already_in_workload(world):
+    store, ipam, dataplane, manager = world
+    dataplane.namespaces[NS].add("eth0")
+    with pytest.raises(AlreadyExists, match="Interface eth0 already exists in wl1"):
+        add(manager, auto_ipv4=1)
+    assert allocated(ipam) == 0 and not manager.list()
+
+
+def test_failure_mid_add_undoes_everything(world):
+    store, ipam, dataplane, manager = world
+    dataplane.fail_on.add("wl1")
+    with pytest.raises(CalicoError, match="Kernel refused"):
+        add(manager, ips=["10.0.0.7"], auto_ipv4=1, auto_ipv6=1)
+    assert manager.list() == [] and allocated(ipam) == 0 and not dataplane.interfaces
+    assert ipam.check()[0] == []
+
+
+def test_exhausted_pool_undoes_the_explicit_claim(world):
+    store, ipam, dataplane, manager = world
+    ipam.create_pool("fd01::/126")
+    with pytest.raises(CalicoError, match="Not enough free IPv6"):
+        add(manager, ips=["10.0.0.8"], auto_ipv6=5, ipv6_pools=["fd01::/126"])
+    assert allocated(ipam) == 0 and manager.list() == []
+
+
+def test_addresses_added_and_removed(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, ips=["10.0.0.10"])
+    ep = manager.add_address("netns", "wl1", "", "10.0.0.11")
+    assert ep.ipv4_nets == ["10.0.0.10/32", "10.0.0.11/32"]
+    assert dataplane.interfaces[ep.host_interface]["ips"] == ["10.0.0.10", "10.0.0.11"]
+    with pytest.raises(AlreadyExists):
+        manager.add_address("netns", "wl1", "", "10.0.0.11")
+    ep = manager.remove_address("netns", "wl1", "eth0", "10.0.0.10")
+    assert ep.ipv4_nets == ["10.0.0.11/32"]
+    assert ipam.get_allocation("10.0.0.10")["allocated"] is False
+    with pytest.raises(NotFound, match="IP address is not assigned to container. Aborting."):
+        manager.remove_address("netns", "wl1", "eth0", "10.0.0.10")
+    with pytest.raises(NotFound, match="Container wl9 doesn't contain any endpoints"):
+        manager.add_address("netns", "wl9", "", "10.0.0.12")
+
+
+def test_remove_releases_and_deletes(world):
+    store, ipam, dataplane, manager = world
+    add(manager, auto_ipv4=1, auto_ipv6=1)
+    removed = manager.remove("netns", "wl1")
+    assert len(removed) == 1
+    assert manager.list() == [] and not dataplane.interfaces and allocated(ipam) == 0
+    with pytest.raises(NotFound, match="Container wl1 doesn't contain any endpoints"):
+        manager.remove("netns", "wl1")
+
+
+def test_set_profiles(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1)
+    assert manager.set_profiles(ep.endpoint_id, ["a", "b"]).profile_ids == ["a", "b"]
+    assert manager.get(ep.endpoint_id).profile_ids == ["a", "b"]
+    with pytest.raises(NotFound):
+        manager.set_profiles("0" * 32, [])
+
+
+def test_startup_reconcile_tears_down_an_add_that_crashed(world):
+    store, ipam, dataplane, manager = world
+    # What a crash after claiming and plumbing, before activating, leaves.
+    ep_id = endpoint_id("netns", "wl1", "eth0")
+    ep = Endpoint(ep_id, "node-1", "netns", "wl1", "eth0", NS, PENDING)
+    store.commit(Txn().create(keys.endpoint("node-1", "netns", "wl1", ep_id), ep.to_json()))
+    ipam.auto_assign(1, 0, "wl1", "node-1", {"endpoint": ep_id})
+    ep.set_ips([a["ip"] for a in ipam.handle_allocations("wl1")])
+    from services.endpoint.kernel import InterfaceSpec
+    dataplane.ensure(InterfaceSpec(ep.host_interface, NS, "eth0", ep.ips, workload="wl1"))
+    dataplane.interfaces["caliorphan00"] = {"netns": "/x", "name": "eth0", "ips": []}
+
+    counts = manager.reconcile(startup=True)
+    assert counts["removed"] == 1 and counts["orphans"] == 1
+    assert manager.list() == [] and not dataplane.interfaces and allocated(ipam) == 0
+
+
+def test_reconcile_restores_and_releases_unrecorded_addresses(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1)
+    ipam.auto_assign(1, 0, "wl1", "node-1", {"endpoint": ep.endpoint_id})  # claimed, unrecorded
+    dataplane.interfaces.clear()                                          # interface lost
+    dataplane.namespaces[NS].discard("eth0")
+    counts = manager.reconcile()
+    assert counts["released"] == 1
+    assert dataplane.interfaces[ep.host_interface]["ips"] == ep.ips
+    assert allocated(ipam) == 1
+
+
+def test_reconcile_removes_endpoints_of_dead_workloads(world):
+    store, ipam, dataplane, manager = world
+    add(manager, auto_ipv4=1)
+    del dataplane.namespaces[NS]
+    assert manager.reconcile()["removed"] == 1
+    assert manager.list() == [] and allocated(ipam) == 0
