@@ -5,7 +5,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.state
-APT_PACKAGES := etcd-server
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := calico/.generated
 
@@ -15,10 +14,12 @@ export STATE_DIR
 
 install: deps $(GEN_STAMP) $(VENV)/.installed
 
-# Debian packages, installed only when a command they provide is missing.
+# Debian packages, each installed only when the command it provides is missing.
+DEB_COMMANDS := etcd:etcd-server ip:iproute2 ping:iputils-ping busybox:busybox-static
 deps:
-	@missing=""; \
-	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	@missing=""; for pair in $(DEB_COMMANDS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -60,6 +61,7 @@ test: install
 
 bench: install
 	$(PY) bench/ipam.py
+	$(PY) bench/endpoint.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -10,27 +10,15 @@ stopped, and its data removed, before it exits.
 from __future__ import annotations
 
 import json
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import grpc
 
-from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc  # noqa: E402
-from tools import launch  # noqa: E402
-
-import grpc  # noqa: E402
+from common import ROOT, control_plane, percentile
+from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 
 PER_CLIENT = {1: 600, 8: 150}
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def run_clients(addr: str, clients: int, run_id: str) -> dict:
@@ -56,13 +44,7 @@ def run_clients(addr: str, clients: int, run_id: str) -> dict:
 
 
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="calico-bench-ipam-"))
-    etcd_port = launch.free_port()
-    addr = f"127.0.0.1:{launch.free_port()}"
-    etcd = ipam = None
-    try:
-        etcd = launch.start_etcd(tmp / "etcd", etcd_port, launch.free_port(), tmp / "etcd.log")
-        ipam = launch.start_ipam(addr, f"127.0.0.1:{etcd_port}", tmp / "ipam.log")
+    with control_plane("ipam") as (_, _, _, addr, _):
         with grpc.insecure_channel(addr) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(
                 ipam_pb2.CreatePoolRequest(pool=ipam_pb2.Pool(cidr="10.128.0.0/16")),
@@ -70,11 +52,6 @@ def main() -> int:
         # Warm up (first block claims, connections) so the runs measure steady state.
         run_clients(addr, 1, "warmup")
         rows = [run_clients(addr, 1, "single"), run_clients(addr, 8, "eight")]
-    finally:
-        for proc in (ipam, etcd):
-            if proc is not None:
-                launch.stop_pid(proc.pid)
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print("IPAM AutoAssign (1 IPv4 per call), real etcd, service in its own process")
     print(f"{'clients':>8} {'hosts':>6} {'allocs':>7} {'allocs/s':>9} {'p50 ms':>8} "

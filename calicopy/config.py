@@ -48,6 +48,13 @@ def parse_address(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_addresses(text: str) -> list[str]:
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError("no address given")
+    return [parse_address(t) for t in items]
+
+
 def parse_name(text: str) -> str:
     text = text.strip()
     if not text or len(text) > 253 or not all(c.isalnum() or c in "._-" for c in text):
@@ -98,6 +105,10 @@ ETCD_ENDPOINTS = Param(
 IPAM_ADDR = Param(
     "IPAM service address", "host:port or unix:<path> of the IPAM service",
     "127.0.0.1:50051", ("CALICO_IPAM_ADDR",), parse_address)
+
+IPAM_LISTEN = Param(
+    "IPAM listen addresses", "comma-separated addresses the IPAM service serves on",
+    "127.0.0.1:50051", ("CALICO_IPAM_LISTEN", "CALICO_IPAM_ADDR"), parse_addresses)
 
 STATE_DIR = Param(
     "state directory", "where node processes keep sockets, pids and logs",

@@ -75,7 +75,7 @@ def ipam_addr(ipam_server):
 @pytest.fixture
 def lab(etcd_server, ipam_server, tmp_path):
     """Simulated hosts and workloads in namespaces; all removed afterwards."""
-    from tests.lab import Lab
+    from tools.lab import Lab
     the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1])
     try:
         yield the_lab

@@ -115,8 +115,10 @@ def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path
     return proc
 
 
-def start_ipam(listen: str, etcd: str, log: Path) -> subprocess.Popen:
-    proc = spawn([sys.executable, "-m", "services.ipam", f"--listen={listen}",
+def start_ipam(listen: str, etcd: str, log: Path, unix: str = "") -> subprocess.Popen:
+    """The IPAM service on ``listen`` (and on ``unix``, for simulated hosts)."""
+    addrs = ",".join(filter(None, [listen, unix]))
+    proc = spawn([sys.executable, "-m", "services.ipam", f"--listen={addrs}",
                   f"--etcd-endpoints={etcd}"], log)
     wait_until("IPAM service", lambda: check_health(listen), proc, log)
     return proc

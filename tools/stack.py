@@ -18,6 +18,15 @@ from tools import launch
 STATE = Path(os.environ.get("STATE_DIR", ".state")).resolve()
 
 
+# What simulated hosts (network namespaces) use to reach the control plane.
+IPAM_UNIX = f"unix:{STATE}/ipam.sock"
+
+
+def etcd_unix() -> str:
+    _, port = config.ETCD_ENDPOINTS.resolve()[0]
+    return launch.etcd_unix_endpoint(STATE / "etcd-data", port)
+
+
 def _pidfile(name: str) -> Path:
     return STATE / f"{name}.pid"
 
@@ -47,7 +56,8 @@ def up() -> None:
     if _running("ipam") and check_health(ipam_addr):
         print(f"IPAM service  already running on {ipam_addr}")
     else:
-        proc = launch.start_ipam(ipam_addr, f"{etcd_host}:{etcd_port}", STATE / "ipam.log")
+        proc = launch.start_ipam(ipam_addr, f"{etcd_host}:{etcd_port}", STATE / "ipam.log",
+                                 unix=IPAM_UNIX)
         _pidfile("ipam").write_text(str(proc.pid))
         print(f"IPAM service  started on {ipam_addr} (pid {proc.pid})")
     print(f"logs and pids in {STATE}")

@@ -57,6 +57,8 @@ class IpamApi(Protocol):
 
     def release_ips(self, ips, handle_id=None): ...
 
+    def release_by_handle(self, handle_id) -> list[str]: ...
+
     def handle_allocations(self, handle_id) -> list[dict]: ...
 
     def get_allocation(self, ip) -> dict: ...
@@ -231,24 +233,31 @@ class EndpointManager:
     def remove(self, orchestrator: str, workload_id: str, interface: str = "") -> list[Endpoint]:
         _workload(orchestrator, workload_id)
         with self._locks[(orchestrator, workload_id)]:
-            eps = [(ep, kv) for ep, kv in self._records(orchestrator, workload_id)
+            records = self._records(orchestrator, workload_id)
+            eps = [(ep, kv) for ep, kv in records
                    if not interface or ep.interface_name == interface]
             if not eps:
                 raise NoEndpoints(workload_id)
+            whole = len(eps) == len(records)
             for ep, kv in eps:
-                self._teardown(ep, kv.key)
+                self._teardown(ep, kv.key, whole_workload=whole)
                 log.info("removed endpoint %s of %s/%s", ep.endpoint_id, orchestrator,
                          workload_id)
             return [ep for ep, _ in eps]
 
-    def _teardown(self, ep: Endpoint, key: str) -> None:
+    def _teardown(self, ep: Endpoint, key: str, whole_workload: bool = False) -> None:
         """Undo everything an endpoint may have: interface, addresses, record.
-        The record goes last, so a failure part-way is retried by reconcile."""
+        The record goes last, so a failure part-way is retried by reconcile.
+        Addresses are found through IPAM, not the record, so that ones claimed
+        but never recorded go too."""
         self.dataplane.remove(ep.host_interface)
-        mine = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
-                if a["attributes"].get("endpoint") == ep.endpoint_id]
-        if mine:
-            self.ipam.release_ips(mine, ep.workload_id)
+        if whole_workload:
+            self.ipam.release_by_handle(ep.workload_id)
+        else:
+            mine = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
+                    if a["attributes"].get("endpoint") == ep.endpoint_id]
+            if mine:
+                self.ipam.release_ips(mine, ep.workload_id)
         kv = self.store.get(key)
         if kv is not None:
             self.store.commit(Txn().delete(kv))

@@ -43,6 +43,10 @@ class IpamClient:
             ips=list(ips), handle_id=handle_id or ""))
         return list(resp.released), list(resp.not_assigned)
 
+    def release_by_handle(self, handle_id):
+        return list(self._call("ReleaseByHandle", ipam_pb2.ReleaseByHandleRequest(
+            handle_id=handle_id)).released)
+
     def handle_allocations(self, handle_id):
         resp = self._call("ListHandleAllocations",
                           ipam_pb2.ListHandleAllocationsRequest(handle_id=handle_id))

@@ -79,10 +79,18 @@ def _family(ip) -> int:
 
 
 def _routes(ipr, family: int, index: int) -> list:
-    """Main-table routes out of ``index`` (a dump filtered here: asking the
-    kernel for a ``dst`` would be a route lookup, not a filter)."""
-    return [r for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN)
+    """Main-table routes out of ``index``. (Asking for a ``dst`` would be a
+    route lookup, not a filter; on a strict-checking socket the kernel filters
+    by ``oif`` itself, and we filter again for sockets that do not.)"""
+    return [r for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN, oif=index)
             if r.get_attr("RTA_OIF") == index]
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (so we need not read it back)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def _host_route(ip, index: int) -> dict:
@@ -146,38 +154,38 @@ class KernelDataplane:
     def ensure(self, spec: InterfaceSpec) -> str:
         """Make the kernel match ``spec``; returns the workload-side MAC."""
         ips = [ipaddress.ip_address(ip) for ip in spec.ips]
-        with IPRoute() as host, \
+        with IPRoute(strict_check=True) as host, \
                 IPRoute(fileno=netns.netlink_socket(spec.netns).detach()) as wl:
-            host_index, wl_index = self._ensure_veth(host, wl, spec)
+            host_index, wl_index, mac, fresh = self._ensure_veth(host, wl, spec)
             with _netlink(f"configure {spec.interface_name} in {spec.workload}"):
                 wl.link("set", index=wl_index, state="up")
-                mac = wl.get_links(wl_index)[0].get_attr("IFLA_ADDRESS")
-                self._ensure_workload_addresses(wl, wl_index, ips)
-                self._ensure_workload_routes(wl, wl_index, ips)
+                self._ensure_workload_addresses(wl, wl_index, ips, fresh)
+                self._ensure_workload_routes(wl, wl_index, ips, fresh)
             with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
-                self._ensure_host_routes(host, host_index, ips, mac)
+                self._ensure_host_routes(host, host_index, ips, mac, fresh)
             return mac
 
-    def _ensure_veth(self, host, wl, spec: InterfaceSpec) -> tuple[int, int]:
+    def _ensure_veth(self, host, wl, spec: InterfaceSpec) -> tuple[int, int, str, bool]:
+        """The pair's indexes, the workload side's MAC, and whether it is new
+        (a new pair has no addresses or routes yet: nothing to read back)."""
         host_index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
         wl_index = next(iter(wl.link_lookup(ifname=spec.interface_name)), None)
         if host_index is not None and wl_index is not None:
             peer = host.get_links(host_index)[0].get_attr("IFLA_LINK")
             if peer == wl_index:
                 self._host_side_settings(host, spec.host_interface, host_index)
-                return host_index, wl_index
+                mac = wl.get_links(wl_index)[0].get_attr("IFLA_ADDRESS")
+                return host_index, wl_index, mac, False
         if host_index is not None:
             # Our host side exists but its peer is not (or no longer) that
             # interface in the workload: start again.
             self.remove(spec.host_interface)
         if wl_index is not None:
             raise InterfaceInUse(spec.interface_name, spec.workload)
-        peer = {"ifname": spec.interface_name}
-        if spec.mac:
-            peer["address"] = spec.mac
+        mac = spec.mac or random_mac()
         fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            peer["net_ns_fd"] = fd
+            peer = {"ifname": spec.interface_name, "address": mac, "net_ns_fd": fd}
             with _netlink(f"create {spec.host_interface} for {spec.workload}"):
                 host.link("add", ifname=spec.host_interface, kind="veth", address=HOST_MAC,
                           peer=peer)
@@ -185,7 +193,7 @@ class KernelDataplane:
             os.close(fd)
         host_index = host.link_lookup(ifname=spec.host_interface)[0]
         self._host_side_settings(host, spec.host_interface, host_index)
-        return host_index, wl.link_lookup(ifname=spec.interface_name)[0]
+        return host_index, wl.link_lookup(ifname=spec.interface_name)[0], mac, True
 
     def _host_side_settings(self, host, name: str, index: int) -> None:
         write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
@@ -198,9 +206,9 @@ class KernelDataplane:
             host.link("set", index=index, state="up")
 
     @staticmethod
-    def _ensure_workload_addresses(wl, index: int, ips) -> None:
+    def _ensure_workload_addresses(wl, index: int, ips, fresh: bool) -> None:
         have = set()
-        for msg in wl.get_addr(index=index):
+        for msg in () if fresh else wl.get_addr(index=index):
             addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
             if not addr.is_link_local:
                 have.add((addr, msg["prefixlen"]))
@@ -214,9 +222,9 @@ class KernelDataplane:
                     family=_family(ip), flags=flags)
 
     @staticmethod
-    def _ensure_workload_routes(wl, index: int, ips) -> None:
-        have = {_dst(r) for family in (socket.AF_INET, socket.AF_INET6)
-                for r in _routes(wl, family, index)}
+    def _ensure_workload_routes(wl, index: int, ips, fresh: bool) -> None:
+        have = set() if fresh else {_dst(r) for family in (socket.AF_INET, socket.AF_INET6)
+                                    for r in _routes(wl, family, index)}
         if any(ip.version == 4 for ip in ips):
             wl.route("replace", dst=f"{IPV4_GATEWAY}/32", oif=index, scope=253)
             wl.route("replace", dst="0.0.0.0/0", gateway=IPV4_GATEWAY, oif=index)
@@ -231,10 +239,11 @@ class KernelDataplane:
             wl.route("del", dst="::/0", oif=index, family=socket.AF_INET6)
 
     @staticmethod
-    def _ensure_host_routes(host, index: int, ips, mac: str) -> None:
-        have = {ipaddress.ip_address(r.get_attr("RTA_DST"))
-                for family in (socket.AF_INET, socket.AF_INET6)
-                for r in _routes(host, family, index) if r["proto"] == ROUTE_PROTOCOL}
+    def _ensure_host_routes(host, index: int, ips, mac: str, fresh: bool) -> None:
+        have = set() if fresh else {
+            ipaddress.ip_address(r.get_attr("RTA_DST"))
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for r in _routes(host, family, index) if r["proto"] == ROUTE_PROTOCOL}
         for ip in have - set(ips):
             host.route("del", **_host_route(ip, index))
             for entry in host.get_neighbours(family=_family(ip), ifindex=index):

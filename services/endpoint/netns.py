@@ -57,8 +57,8 @@ def alive(path: str) -> bool:
         return False
 
 
-def netlink_socket(path: str) -> socket.socket:
-    """A NETLINK_ROUTE socket inside the namespace at ``path``."""
+def socket_in(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket created inside the namespace at ``path`` (it stays bound to it)."""
     box: dict = {}
 
     def enter_and_open():
@@ -70,8 +70,7 @@ def netlink_socket(path: str) -> socket.socket:
                     raise OSError(err, f"setns({path}): {os.strerror(err)}")
             finally:
                 os.close(fd)
-            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                        socket.NETLINK_ROUTE)
+            box["sock"] = socket.socket(family, kind, proto)
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 
@@ -81,3 +80,8 @@ def netlink_socket(path: str) -> socket.socket:
     if "error" in box:
         raise box["error"]
     return box["sock"]
+
+
+def netlink_socket(path: str) -> socket.socket:
+    """A NETLINK_ROUTE socket inside the namespace at ``path``."""
+    return socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)

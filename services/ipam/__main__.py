@@ -3,11 +3,12 @@
 Run as `python -m services.ipam`.
 
 Usage:
-  calico-ipam [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
+  calico-ipam [--listen=<ADDRS>] [--etcd-endpoints=<EPS>]
 
 Options:
-  --listen=<ADDR>          Address to serve on; else CALICO_IPAM_ADDR, else
-                           127.0.0.1:50051.
+  --listen=<ADDRS>         Comma-separated host:port or unix:<path> addresses
+                           to serve on; else CALICO_IPAM_LISTEN, else
+                           CALICO_IPAM_ADDR, else 127.0.0.1:50051.
   --etcd-endpoints=<EPS>   Comma-separated etcd host:port list; else
                            ETCD_ENDPOINTS or ETCD_AUTHORITY, else 127.0.0.1:2379.
 """
@@ -15,6 +16,7 @@ Options:
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
-        listen = config.IPAM_ADDR.resolve(args["--listen"])
+        listen = config.IPAM_LISTEN.resolve(args["--listen"])
         endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -56,9 +58,12 @@ def main(argv=None) -> int:
                 return 1
             time.sleep(0.5)
 
-    server, bound = create_server(listen, Ipam(store))
+    for addr in listen:
+        if addr.startswith("unix:") and os.path.exists(addr[len("unix:"):]):
+            os.unlink(addr[len("unix:"):])      # left by a previous run
+    server, _ = create_server(listen, Ipam(store))
     server.start()
-    log.info("IPAM service listening on %s (port %d; etcd %s)", listen, bound, store.endpoints)
+    log.info("IPAM service listening on %s (etcd %s)", ", ".join(listen), store.endpoints)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,7 @@ import pytest
 
 from calico.ipam.v1 import ipam_pb2
 from calicopy.datastore import keys
-from tests.lab import ROOT, Namespace
+from tools.lab import ROOT, Namespace
 
 
 def wait_for(what, condition, timeout=20):

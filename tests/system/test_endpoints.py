@@ -69,7 +69,7 @@ def fails(result, message):
 
 def test_bad_input_and_messages(host, lab, ipam_client):
     w = host.add_workload("w1", "10.20.0.5")
-    from tests.lab import Namespace
+    from tools.lab import Namespace
     other = Namespace(lab, f"{lab.prefix}-other")
     ref = f"netns:{other.name}"
     fails(host.calicoctl("container", "add", w.ref, "auto"),
@@ -103,7 +103,7 @@ def test_ipv6_refused_on_a_node_without_ipv6(lab, ipam_client):
     from calico.ipam.v1 import ipam_pb2
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="fd80::/64"))
     host = lab.add_host("v4only", ipv6=False)
-    from tests.lab import Namespace
+    from tools.lab import Namespace
     ns = Namespace(lab, f"{lab.prefix}-x")
     fails(host.calicoctl("container", "add", f"netns:{ns.name}", "fd80::5"),
           "This node is not configured for IPv6.")

@@ -1,4 +1,4 @@
-"""Simulated hosts and workloads made of real network namespaces.
+"""Simulated hosts and workloads made of real network namespaces (tests, demo, bench).
 
 A ``Lab`` owns everything it creates and removes all of it in ``close()``,
 which the fixtures call in ``finally``: node processes are stopped by the PID
@@ -26,7 +26,7 @@ from pathlib import Path
 from calicopy.rpc import check_health
 from tools import launch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 UNDERLAY_V4 = "172.30.0"
 UNDERLAY_V6 = "fd99::"
 _counter = itertools.count(1)
@@ -52,9 +52,9 @@ class Namespace:
 
 
 class Lab:
-    def __init__(self, tmp: Path, etcd: str, ipam: str):
+    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = ""):
         self.tmp, self.etcd, self.ipam = tmp, etcd, ipam
-        self.prefix = f"cp{os.getpid() % 100000}x{next(_counter)}"
+        self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
         self.procs: list[subprocess.Popen] = []
         self.hosts: dict[str, Host] = {}
@@ -69,6 +69,14 @@ class Lab:
         host = Host(self, name, len(self.hosts) + 2, ipv6)
         self.hosts[name] = host
         return host
+
+    @staticmethod
+    def remove_leftovers(prefix: str) -> None:
+        """Delete namespaces a killed run with this fixed prefix left behind."""
+        for line in sh("ip", "netns", "list").stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(f"{prefix}-"):
+                sh("ip", "netns", "del", name, check=False)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
