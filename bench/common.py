@@ -30,7 +30,8 @@ def control_plane(name: str):
         port = launch.free_port()
         etcd = launch.start_etcd(tmp / "etcd", port, launch.free_port(), tmp / "etcd.log")
         ipam_tcp, ipam_unix = f"127.0.0.1:{launch.free_port()}", f"unix:{tmp}/ipam.sock"
-        ipam = launch.start_ipam(ipam_tcp, f"127.0.0.1:{port}", tmp / "ipam.log", unix=ipam_unix)
+        ipam = launch.start_service("services.ipam", ipam_tcp, f"127.0.0.1:{port}",
+                                    tmp / "ipam.log", unix=ipam_unix)
         yield (tmp, f"127.0.0.1:{port}", launch.etcd_unix_endpoint(tmp / "etcd", port),
                ipam_tcp, ipam_unix)
     finally:

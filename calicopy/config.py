@@ -110,6 +110,14 @@ IPAM_LISTEN = Param(
     "IPAM listen addresses", "comma-separated addresses the IPAM service serves on",
     "127.0.0.1:50051", ("CALICO_IPAM_LISTEN", "CALICO_IPAM_ADDR"), parse_addresses)
 
+BGP_ADDR = Param(
+    "BGP service address", "host:port or unix:<path> of the BGP service",
+    "127.0.0.1:50053", ("CALICO_BGP_ADDR",), parse_address)
+
+BGP_LISTEN = Param(
+    "BGP listen addresses", "comma-separated addresses the BGP service serves on",
+    "127.0.0.1:50053", ("CALICO_BGP_LISTEN", "CALICO_BGP_ADDR"), parse_addresses)
+
 STATE_DIR = Param(
     "state directory", "where node processes keep sockets, pids and logs",
     "/var/run/calico-py", ("CALICO_STATE_DIR",), parse_path)
@@ -128,7 +136,8 @@ RPC_TIMEOUT = Param(
     "RPC timeout", "deadline in seconds for each call to a calico-py service",
     "10", ("CALICO_RPC_TIMEOUT",), parse_seconds)
 
-PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR, RPC_TIMEOUT)
+PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
+          RPC_TIMEOUT)
 
 
 def node_dir(node: str, environ: Mapping[str, str] | None = None) -> str:

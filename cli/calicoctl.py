@@ -11,6 +11,20 @@ Usage:
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
   calicoctl container show
+  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
+  calicoctl node stop [--force]
+  calicoctl node bgp peer (add|remove) <PEER_IP> as <AS_NUM>
+  calicoctl node bgp peer show [--ipv4 | --ipv6]
+  calicoctl status
+  calicoctl shownodes [--detailed]
+  calicoctl bgppeer rr (add|remove) <IP>
+  calicoctl bgppeer rr show [--ipv4 | --ipv6]
+  calicoctl bgp default-node-as [<AS_NUM>]
+  calicoctl bgp node-mesh [on|off]
+  calicoctl bgp peer (add|remove) <PEER_IP> as <AS_NUM>
+  calicoctl bgp peer show [--ipv4 | --ipv6]
+  calicoctl diags [--output=<DIR>]
+  calicoctl reset [--yes]
   calicoctl <command> --help
   calicoctl --help
 
@@ -27,11 +41,13 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import container, ipam, pool
+from cli import bgp, bgppeer, container, diags, ipam, node, pool, reset, shownodes, status
 from cli.client import RpcFailure
 from cli.errors import CliError
 
-COMMANDS = {"pool": pool, "ipam": ipam, "container": container}
+COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
+            "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
+            "diags": diags, "reset": reset}
 
 
 def usage() -> str:

@@ -56,3 +56,16 @@ def endpoint() -> Service:
     return Service("endpoint service", config.ENDPOINT_ADDR,
                    endpoint_pb2_grpc.EndpointServiceStub, addr=config.endpoint_addr(),
                    hint="It runs on every node ('make up' starts one for this host).")
+
+
+def bgp() -> Service:
+    from calico.bgp.v1 import bgp_pb2_grpc
+    return Service("BGP service", config.BGP_ADDR, bgp_pb2_grpc.BgpServiceStub)
+
+
+def call(service: Service, method: str, request):
+    """A call whose failure is simply the service's message (exit 1)."""
+    try:
+        return service.call(method, request)
+    except RpcFailure as exc:
+        raise CliError(str(exc)) from None

@@ -21,8 +21,6 @@ These commands talk to this node's endpoint service and must run as root.
 
 from __future__ import annotations
 
-import os
-
 from calico.endpoint.v1 import endpoint_pb2
 from cli import client, validate, workloads
 from cli.errors import CliError
@@ -30,8 +28,7 @@ from cli.output import table
 
 
 def run(args: dict) -> None:
-    if os.geteuid() != 0:
-        raise CliError("This command must be run as root.", exit_code=2)
+    validate.root()
     if args["show"]:
         show()
     elif args["add"] and not args["ip"]:

@@ -21,3 +21,25 @@ def ip(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise CliError("Invalid IP address specified.") from None
+
+
+def ip_of_version(text: str, version: int, message: str) -> str:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise CliError(message) from None
+    if ip.version != version:
+        raise CliError(message)
+    return str(ip)
+
+
+def as_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 4294967295:
+        raise CliError("Invalid AS Number specified.")
+    return int(text)
+
+
+def root() -> None:
+    import os
+    if os.geteuid() != 0:
+        raise CliError("This command must be run as root.", exit_code=2)

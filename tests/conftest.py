@@ -73,10 +73,24 @@ def ipam_addr(ipam_server):
 
 
 @pytest.fixture
-def lab(etcd_server, ipam_server, tmp_path):
+def bgp_server(store, tmp_path):
+    """An in-process BGP service over the test etcd: (host:port, unix:<path>)."""
+    from services.bgp.registry import BgpRegistry
+    from services.bgp.server import create_server as create_bgp_server
+    unix = f"unix:{tmp_path}/bgp.sock"
+    server, port = create_bgp_server(["127.0.0.1:0", unix], BgpRegistry(store))
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", unix
+    finally:
+        server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def lab(etcd_server, ipam_server, bgp_server, tmp_path):
     """Simulated hosts and workloads in namespaces; all removed afterwards."""
     from tools.lab import Lab
-    the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1])
+    the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1], bgp=bgp_server[1])
     try:
         yield the_lab
     finally:

@@ -69,7 +69,7 @@ def ipam_story() -> None:
 
 def workload_story() -> None:
     Lab.remove_leftovers(LAB_PREFIX)
-    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.IPAM_UNIX, prefix=LAB_PREFIX)
+    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"), prefix=LAB_PREFIX)
     try:
         step("Starting a simulated host: namespace demo-host1 on an underlay, "
              "running its own endpoint service")

@@ -8,10 +8,13 @@ Topology: one "underlay" namespace holds a bridge with the router address
 (172.30.0.1, fd99::1); each host is a namespace with a veth on that bridge,
 its own address and a default route through the router (proxy ARP for
 169.254.1.1 only answers when the host has a route off the workload's link).
-Each host runs its own endpoint service inside its namespace; it reaches etcd
-and the IPAM service over unix sockets, so no IP traffic crosses into the
-test's own namespace. Workloads are namespaces given to a host with
-``calicoctl container add``, run inside that host.
+Each host runs, inside its namespace, either the whole node (``calicoctl
+node``: endpoint service, BIRD, renderer under the node supervisor) or just
+the endpoint service. Nodes reach etcd and the cluster services over unix
+sockets, so no IP traffic crosses into the test's own namespace. Workloads are
+namespaces given to a host with ``calicoctl container add``, run inside that
+host. Routers (a route reflector, an upstream router) are plain BIRDs in
+namespaces of their own on the underlay, configured by the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from string import Template
 
 from calicopy.rpc import check_health
 from tools import launch
@@ -52,8 +56,8 @@ class Namespace:
 
 
 class Lab:
-    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = ""):
-        self.tmp, self.etcd, self.ipam = tmp, etcd, ipam
+    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = "", bgp: str = ""):
+        self.tmp, self.etcd, self.ipam, self.bgp = tmp, etcd, ipam, bgp
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
         self.procs: list[subprocess.Popen] = []
@@ -65,10 +69,30 @@ class Lab:
         u.run("ip", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")
         u.run("ip", "link", "set", "br0", "up")
 
-    def add_host(self, name: str, ipv6: bool = True) -> "Host":
-        host = Host(self, name, len(self.hosts) + 2, ipv6)
+    def add_host(self, name: str, ipv6: bool = True, node: bool = False,
+                 as_num: int = 0) -> "Host":
+        """A host; with ``node`` it runs ``calicoctl node`` (BGP and all),
+        else only the endpoint service."""
+        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num)
         self.hosts[name] = host
         return host
+
+    def add_router(self, name: str, index: int, bird_conf: str) -> "Router":
+        return Router(self, name, index, bird_conf)
+
+    def _underlay_link(self, ns: "Namespace", index: int) -> tuple[str, str]:
+        """Put ``ns`` on the underlay as .<index>; returns its IPv4 and IPv6."""
+        ip, ip6 = f"{UNDERLAY_V4}.{index}", f"{UNDERLAY_V6}{index}"
+        peer = f"{self.prefix}{index}"[-15:]
+        sh("ip", "link", "add", "eth0", "netns", ns.name, "type", "veth", "peer", "name",
+           peer, "netns", self.underlay.name)
+        self.underlay.run("ip", "link", "set", peer, "master", "br0", "up")
+        ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        ns.run("ip", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
+        ns.run("ip", "link", "set", "eth0", "up")
+        ns.run("ip", "route", "add", "default", "via", f"{UNDERLAY_V4}.1")
+        ns.run("ip", "-6", "route", "add", "default", "via", f"{UNDERLAY_V6}1")
+        return ip, ip6
 
     @staticmethod
     def remove_leftovers(prefix: str) -> None:
@@ -79,6 +103,8 @@ class Lab:
                 sh("ip", "netns", "del", name, check=False)
 
     def close(self) -> None:
+        for host in self.hosts.values():
+            host.stop_node()
         for proc in reversed(self.procs):
             launch.stop_pid(proc.pid)
         for ns in reversed(self.namespaces):
@@ -88,31 +114,49 @@ class Lab:
 class Host:
     """A simulated host: a namespace on the underlay running its own node."""
 
-    def __init__(self, lab: Lab, name: str, index: int, ipv6: bool):
-        self.lab, self.name = lab, name
+    def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int):
+        self.lab, self.name, self.ipv6, self.as_num = lab, name, ipv6, as_num
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
-        self.ip = f"{UNDERLAY_V4}.{index}"
-        self.ip6 = f"{UNDERLAY_V6}{index}"
         self.state_dir = lab.tmp / "state"
         self.workloads: dict[str, Workload] = {}
-        # Underlay link: host end "eth0" in the host, other end on the bridge.
-        peer = f"{lab.prefix}{index}"[-15:]
-        sh("ip", "link", "add", "eth0", "netns", self.ns.name, "type", "veth", "peer", "name",
-           peer, "netns", lab.underlay.name)
-        lab.underlay.run("ip", "link", "set", peer, "master", "br0", "up")
-        self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
-        self.ns.run("ip", "addr", "add", f"{self.ip6}/64", "dev", "eth0", "nodad")
-        self.ns.run("ip", "link", "set", "eth0", "up")
-        self.ns.run("ip", "route", "add", "default", "via", f"{UNDERLAY_V4}.1")
-        self.ns.run("ip", "-6", "route", "add", "default", "via", f"{UNDERLAY_V6}1")
+        self.ip, self.ip6 = lab._underlay_link(self.ns, index)
         self.proc = None
-        self.start_node(ipv6)
+        self.is_node = node
+        if node:
+            self.start_calico_node()
+        else:
+            self.start_node(ipv6)
 
     @property
     def env(self) -> dict[str, str]:
         return {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
                 "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
-                "PYTHONPATH": str(ROOT)}
+                "CALICO_BGP_ADDR": self.lab.bgp, "PYTHONPATH": str(ROOT)}
+
+    @property
+    def node_dir(self) -> Path:
+        return self.state_dir / self.name
+
+    def start_calico_node(self) -> subprocess.CompletedProcess:
+        args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
+            ([f"--as={self.as_num}"] if self.as_num else [])
+        result = self.calicoctl(*args)
+        if result.returncode != 0:
+            raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")
+        return result
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int((self.node_dir / "node.pid").read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def child_pid(self, name: str) -> int | None:
+        import json
+        status = json.loads((self.node_dir / "status.json").read_text())
+        return status["children"][name]["pid"]
 
     @property
     def endpoint_addr(self) -> str:
@@ -129,6 +173,17 @@ class Host:
                           lambda: check_health(self.endpoint_addr), self.proc, log)
 
     def stop_node(self, kill: bool = False) -> None:
+        """Stop this host's processes (the supervisor and all it runs, or the
+        endpoint service alone), by the PIDs we started."""
+        pid = self.supervisor_pid() if self.is_node else None
+        if pid:
+            launch.stop_pid(pid, timeout=15)
+            try:
+                os.killpg(pid, 9)           # anything of its group still there
+            except ProcessLookupError:
+                pass
+        if self.proc is None:
+            return
         if kill:
             self.proc.kill()
             self.proc.wait()
@@ -151,6 +206,31 @@ class Host:
                 raise AssertionError(f"calicoctl {' '.join(args)} failed: {result.stderr}")
         workload.refresh()
         return workload
+
+    def routes(self, v6: bool = False) -> str:
+        return self.ns.run("ip", "-6" if v6 else "-4", "route").stdout
+
+
+class Router:
+    """A plain BIRD on the underlay, configured by the test (not calico-py);
+    ``$ip`` and ``$ip6`` in its configuration become its addresses."""
+
+    def __init__(self, lab: Lab, name: str, index: int, bird_conf: str):
+        self.lab, self.name = lab, name
+        self.ns = Namespace(lab, f"{lab.prefix}-{name}")
+        self.ip, self.ip6 = lab._underlay_link(self.ns, index)
+        folder = lab.tmp / name
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf, self.ctl = folder / "bird.conf", folder / "bird.ctl"
+        self.conf.write_text(Template(bird_conf).substitute(ip=self.ip, ip6=self.ip6))
+        sh("bird", "-p", "-c", str(self.conf))
+        proc = launch.spawn(["ip", "netns", "exec", self.ns.name, "bird", "-f", "-c",
+                             str(self.conf), "-s", str(self.ctl)], folder / "bird.log")
+        lab.procs.append(proc)
+        launch.wait_until(f"BIRD of {name}", self.ctl.exists, proc, folder / "bird.log")
+
+    def birdc(self, *args: str) -> str:
+        return sh("birdc", "-s", str(self.ctl), *args).stdout
 
     def routes(self, v6: bool = False) -> str:
         return self.ns.run("ip", "-6" if v6 else "-4", "route").stdout

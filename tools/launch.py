@@ -115,10 +115,12 @@ def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path
     return proc
 
 
-def start_ipam(listen: str, etcd: str, log: Path, unix: str = "") -> subprocess.Popen:
-    """The IPAM service on ``listen`` (and on ``unix``, for simulated hosts)."""
+def start_service(module: str, listen: str, etcd: str, log: Path, unix: str = ""
+                  ) -> subprocess.Popen:
+    """A cluster service (``services.ipam``, ``services.bgp``...) on ``listen``
+    (and on ``unix``, for simulated hosts); returns once it is healthy."""
     addrs = ",".join(filter(None, [listen, unix]))
-    proc = spawn([sys.executable, "-m", "services.ipam", f"--listen={addrs}",
+    proc = spawn([sys.executable, "-m", module, f"--listen={addrs}",
                   f"--etcd-endpoints={etcd}"], log)
-    wait_until("IPAM service", lambda: check_health(listen), proc, log)
+    wait_until(module, lambda: check_health(listen), proc, log)
     return proc

@@ -18,8 +18,9 @@ from tools import launch
 STATE = Path(os.environ.get("STATE_DIR", ".state")).resolve()
 
 
-# What simulated hosts (network namespaces) use to reach the control plane.
-IPAM_UNIX = f"unix:{STATE}/ipam.sock"
+def unix_addr(service: str) -> str:
+    """Where simulated hosts (network namespaces) reach a service."""
+    return f"unix:{STATE}/{service}.sock"
 
 
 def etcd_unix() -> str:
@@ -40,10 +41,15 @@ def _running(name: str) -> int | None:
         return None
 
 
+SERVICES = [  # name, module, client address parameter
+    ("ipam", "services.ipam", config.IPAM_ADDR),
+    ("bgp", "services.bgp", config.BGP_ADDR),
+]
+
+
 def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     (etcd_host, etcd_port), = config.ETCD_ENDPOINTS.resolve()[:1]
-    ipam_addr = config.IPAM_ADDR.resolve()
 
     if _running("etcd") and launch.etcd_ready(etcd_port):
         print(f"etcd          already running on {etcd_host}:{etcd_port}")
@@ -53,18 +59,21 @@ def up() -> None:
         _pidfile("etcd").write_text(str(proc.pid))
         print(f"etcd          started on {etcd_host}:{etcd_port} (pid {proc.pid})")
 
-    if _running("ipam") and check_health(ipam_addr):
-        print(f"IPAM service  already running on {ipam_addr}")
-    else:
-        proc = launch.start_ipam(ipam_addr, f"{etcd_host}:{etcd_port}", STATE / "ipam.log",
-                                 unix=IPAM_UNIX)
-        _pidfile("ipam").write_text(str(proc.pid))
-        print(f"IPAM service  started on {ipam_addr} (pid {proc.pid})")
+    for name, module, param in SERVICES:
+        addr = param.resolve()
+        label = f"{name} service".ljust(13)
+        if _running(name) and check_health(addr):
+            print(f"{label} already running on {addr}")
+            continue
+        proc = launch.start_service(module, addr, f"{etcd_host}:{etcd_port}",
+                                    STATE / f"{name}.log", unix=unix_addr(name))
+        _pidfile(name).write_text(str(proc.pid))
+        print(f"{label} started on {addr} (pid {proc.pid})")
     print(f"logs and pids in {STATE}")
 
 
 def down() -> None:
-    for name in ("ipam", "etcd"):
+    for name in [s[0] for s in reversed(SERVICES)] + ["etcd"]:
         pid = _running(name)
         if pid:
             launch.stop_pid(pid)

@@ -40,6 +40,10 @@ class EtcdStore:
         except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
                 etcd_exc.NoServerAvailableError) as exc:
             raise DatastoreUnavailable(self.endpoints, str(exc)) from None
+        except grpc.RpcError as exc:   # from calls pyetcd does not wrap (streams)
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise DatastoreUnavailable(self.endpoints, exc.details() or "") from None
+            raise
 
     def check(self) -> None:
         """Raise DatastoreUnavailable unless etcd answers."""
@@ -69,8 +73,9 @@ class EtcdStore:
                 compares.append(etcdrpc.Compare(key=c.key.encode(), result=etcdrpc.Compare.EQUAL,
                                                 target=etcdrpc.Compare.MOD,
                                                 mod_revision=c.mod_revision))
-        ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k.encode(), value=v.encode()))
-               for k, v in txn.puts.items()]
+        ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
+            key=k.encode(), value=v.encode(), lease=txn.leases.get(k, 0)))
+            for k, v in txn.puts.items()]
         ops += [etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=k.encode()))
                 for k in txn.deletes]
         request = etcdrpc.TxnRequest(compare=compares, success=ops, failure=[])
@@ -85,6 +90,22 @@ class EtcdStore:
                                      metadata=client.metadata)
         except grpc.RpcError as exc:
             client._manage_grpc_errors(exc)  # pyetcd's failover and error mapping
+
+    def grant_lease(self, ttl: int) -> int:
+        return self._call(self._client.lease, ttl).id
+
+    def refresh_lease(self, lease: int) -> bool:
+        responses = self._call(lambda: list(self._client.refresh_lease(lease)))
+        return all(r.TTL > 0 for r in responses)
+
+    def watch(self, prefix: str, on_event):
+        return self._call(self._client.add_watch_prefix_callback, prefix, on_event)
+
+    def cancel_watch(self, handle) -> None:
+        try:
+            self._client.cancel_watch(handle)
+        except Exception:   # the watch or the connection is gone already
+            pass
 
     def delete_prefix(self, prefix: str) -> int:
         resp = self._call(self._client.delete_prefix, prefix)

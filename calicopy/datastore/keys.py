@@ -9,6 +9,15 @@ tool did.
 Hosts and their workloads' endpoints (as the original tool laid them out)::
 
     /calico/v1/host/<node>/workload/<orchestrator>/<workload>/endpoint/<id>
+    /calico/v1/host/<node>/node                    {"name", "ipv4", "ipv6", "as_num"}
+    /calico/v1/host/<node>/bgp_peer_v4/<ip>        a per-node BGP peer (v6 likewise)
+    /calico/v1/host/<node>/bgp_status              sessions as the node sees them (leased)
+
+BGP settings::
+
+    /calico/v1/config/bgp_as                       default AS number
+    /calico/v1/config/bgp_node_mesh                {"enabled": bool}
+    /calico/v1/config/bgp_peer_v4/<ip>             a global BGP peer (v6 likewise)
 
 IPAM layout::
 
@@ -128,3 +137,50 @@ def is_endpoint(key: str) -> bool:
     parts = key[len(HOSTS):].split("/")
     return key.startswith(HOSTS) and len(parts) == 6 and parts[1] == "workload" \
         and parts[4] == "endpoint"
+
+
+def host(node: str) -> str:
+    """Everything of one node (removed when the node is)."""
+    return f"{HOSTS}{_name(node)}/"
+
+
+def parse_host(key: str) -> str:
+    return unquote(key[len(HOSTS):].split("/")[0])
+
+
+# Nodes and BGP -----------------------------------------------------------------
+
+CONFIG = PREFIX + "config/"
+BGP_AS = CONFIG + "bgp_as"
+BGP_NODE_MESH = CONFIG + "bgp_node_mesh"
+
+
+def node(name: str) -> str:
+    return host(name) + "node"
+
+
+def is_node(key: str) -> bool:
+    return key.startswith(HOSTS) and key.endswith("/node") and key.count("/") == 5
+
+
+def bgp_status(name: str) -> str:
+    return host(name) + "bgp_status"
+
+
+def is_bgp_status(key: str) -> bool:
+    return key.startswith(HOSTS) and key.endswith("/bgp_status") and key.count("/") == 5
+
+
+def peers_prefix(version: int, node_name: str | None = None) -> str:
+    base = host(node_name) if node_name else CONFIG
+    return f"{base}bgp_peer_{family(version)}/"
+
+
+def peer(ip, node_name: str | None = None) -> str:
+    return peers_prefix(ip.version, node_name) + str(ip)
+
+
+def parse_peer(key: str) -> tuple[str | None, str]:
+    """(node or None for a global peer, peer address)."""
+    node_name = parse_host(key) if key.startswith(HOSTS) else None
+    return node_name, key.rsplit("/", 1)[1]

@@ -67,6 +67,7 @@ class Txn:
     compares: list[Compare] = dataclasses.field(default_factory=list)
     puts: dict[str, str] = dataclasses.field(default_factory=dict)
     deletes: list[str] = dataclasses.field(default_factory=list)
+    leases: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def create(self, key: str, value: Any) -> "Txn":
         """Write a new key; fails the commit if it exists."""
@@ -80,8 +81,11 @@ class Txn:
         self.puts[kv.key] = _dump(value)
         return self
 
-    def put(self, key: str, old: KV | None, value: Any) -> "Txn":
-        """Create or update, whichever ``old`` (the read) says applies."""
+    def put(self, key: str, old: KV | None, value: Any, lease: int = 0) -> "Txn":
+        """Create or update, whichever ``old`` (the read) says applies; with a
+        lease the key disappears when the lease expires."""
+        if lease:
+            self.leases[key] = lease
         return self.update(old, value) if old else self.create(key, value)
 
     def delete(self, kv: KV) -> "Txn":
@@ -122,6 +126,18 @@ class Store(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Unconditionally delete a subtree (reset and test teardown only)."""
+
+    def grant_lease(self, ttl: int) -> int:
+        """A lease that expires ``ttl`` seconds after its last refresh."""
+
+    def refresh_lease(self, lease: int) -> bool:
+        """Keep a lease alive; False if it has expired already."""
+
+    def watch(self, prefix: str, on_event) -> object:
+        """Call ``on_event()`` after changes under ``prefix`` (and with the
+        exception if the watch fails); returns a handle for ``cancel_watch``."""
+
+    def cancel_watch(self, handle) -> None: ...
 
 
 def retry(what: str, attempt: Callable[[], T | None],

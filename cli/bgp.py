@@ -1,0 +1,70 @@
+"""Cluster-wide BGP settings and peers.
+
+Usage:
+  calicoctl bgp default-node-as [<AS_NUM>]
+  calicoctl bgp node-mesh [on|off]
+  calicoctl bgp peer add <PEER_IP> as <AS_NUM>
+  calicoctl bgp peer remove <PEER_IP> [as <AS_NUM>]
+  calicoctl bgp peer show [--ipv4 | --ipv6]
+
+Options:
+  --ipv4    Show only IPv4 peers.
+  --ipv6    Show only IPv6 peers.
+
+Without a value, `default-node-as` and `node-mesh` print the current setting.
+Nodes use the default AS unless started with `calicoctl node --as`. With the
+node mesh on (the default) and no route reflector configured, every node
+peers with every other; global peers added here peer with every node.
+"""
+
+from __future__ import annotations
+
+from calico.bgp.v1 import bgp_pb2
+from cli import client, validate
+from cli.node import _peer_ip
+from cli.output import table
+
+
+def run(args: dict) -> None:
+    bgp = client.bgp()
+    if args["default-node-as"]:
+        if args["<AS_NUM>"] is None:
+            config = client.call(bgp, "GetBgpConfig", bgp_pb2.GetBgpConfigRequest()).config
+            print(config.default_as)
+            return
+        as_num = validate.as_number(args["<AS_NUM>"])
+        client.call(bgp, "SetBgpConfig", bgp_pb2.SetBgpConfigRequest(default_as=as_num))
+        print(f"Default node AS number set to {as_num}.")
+    elif args["node-mesh"]:
+        if not args["on"] and not args["off"]:
+            config = client.call(bgp, "GetBgpConfig", bgp_pb2.GetBgpConfigRequest()).config
+            print("on" if config.node_mesh else "off")
+            return
+        client.call(bgp, "SetBgpConfig", bgp_pb2.SetBgpConfigRequest(node_mesh=args["on"]))
+        print(f"Node-to-node mesh turned {'on' if args['on'] else 'off'}.")
+    elif args["show"]:
+        show_peers(bgp, args, route_reflector=False, title="Global IPv{v} BGP Peer")
+    elif args["add"]:
+        ip = _peer_ip(args["<PEER_IP>"])
+        as_num = validate.as_number(args["<AS_NUM>"])
+        client.call(bgp, "AddPeer", bgp_pb2.AddPeerRequest(peer=bgp_pb2.Peer(ip=ip,
+                                                                             as_num=as_num)))
+        print(f"Added global BGP peer {ip} (AS {as_num}).")
+    else:
+        ip = _peer_ip(args["<PEER_IP>"])
+        client.call(bgp, "RemovePeer", bgp_pb2.RemovePeerRequest(ip=ip))
+        print(f"Removed global BGP peer {ip}.")
+
+
+def show_peers(bgp, args: dict, route_reflector: bool, title: str) -> None:
+    version = 4 if args["--ipv4"] else 6 if args["--ipv6"] else 0
+    found = [p for p in client.call(bgp, "ListPeers", bgp_pb2.ListPeersRequest(
+        ip_version=version)).peers if p.route_reflector == route_reflector]
+    for v in (4, 6):
+        if version not in (0, v):
+            continue
+        rows = [[p.ip, p.as_num or "(default)"] for p in found if (":" in p.ip) == (v == 6)]
+        if rows:
+            print(table([title.format(v=v), "AS Num"], rows))
+        else:
+            print(f"No IPv{v} BGP Peers defined.")

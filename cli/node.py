@@ -1,0 +1,210 @@
+"""Start, stop and configure the calico-py node on this host.
+
+Usage:
+  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
+  calicoctl node stop [--force] [--name=<NAME>]
+  calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
+  calicoctl node bgp peer remove <PEER_IP> [as <AS_NUM>] [--name=<NAME>]
+  calicoctl node bgp peer show [--ipv4 | --ipv6] [--name=<NAME>]
+
+Options:
+  --ip=<IP>        This host's IPv4 address: its BGP router id and session address.
+  --ip6=<IP6>      This host's IPv6 address, for IPv6 workloads and sessions.
+  --as=<AS_NUM>    This node's AS number (default: the cluster's, see `calicoctl bgp`).
+  --name=<NAME>    The node's name (default: CALICO_NODENAME, else the hostname).
+  --force          Stop even though workloads run here: their endpoints are
+                   removed and their addresses released.
+  --ipv4           Show only IPv4 peers.
+  --ipv6           Show only IPv6 peers.
+
+`calicoctl node` checks the kernel, creates the default pools if there are
+none, registers the node and starts its processes (endpoint service, BIRD and
+its config renderer) under a supervisor that restarts them if they die. Run
+again, it only updates the registration. `node stop` stops them and removes
+the node's configuration. Both must run as root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from calico.bgp.v1 import bgp_pb2
+from calico.endpoint.v1 import endpoint_pb2
+from calico.ipam.v1 import ipam_pb2
+from calicopy import config
+from calicopy.rpc import check_health
+from cli import client, validate
+from cli.errors import CliError
+from cli.output import table
+
+DEFAULT_POOLS = ("192.168.0.0/16", "fd80:24e2:f998:72d6::/64")
+START_WAIT = 30.0
+STOP_WAIT = 15.0
+
+
+def run(args: dict) -> None:
+    validate.root()
+    name = config.NODENAME.resolve(args["--name"])
+    if args["bgp"]:
+        peers(args, name)
+    elif args["stop"]:
+        stop(name, args["--force"])
+    else:
+        start(name, args["--ip"], args["--ip6"], args["--as"])
+
+
+def node_dir(name: str) -> Path:
+    return Path(config.node_dir(name))
+
+
+def supervisor_pid(name: str) -> int | None:
+    try:
+        pid = int((node_dir(name) / "node.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _local_addresses() -> set[str]:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
+
+
+def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) -> None:
+    ip = validate.ip_of_version(ip_text, 4, "Invalid IPv4 address specified with --ip argument.")
+    ip6 = validate.ip_of_version(ip6_text, 6, "Invalid IPv6 address specified with --ip6 "
+                                 "argument.") if ip6_text else ""
+    as_num = validate.as_number(as_text) if as_text else 0
+    from node import features
+    problems = features.missing()
+    if problems:
+        raise CliError(" ".join(problems))
+    local = _local_addresses()
+    for addr, flag in ((ip, "--ip"), (ip6, "--ip6")):
+        if addr and str(ipaddress.ip_address(addr)) not in local:
+            print(f"WARNING: {addr} ({flag}) is not an address of this host; BGP sessions "
+                  "to it will not come up.", file=sys.stderr)
+
+    ipam = client.ipam()
+    if not client.call(ipam, "ListPools", ipam_pb2.ListPoolsRequest()).pools:
+        for cidr in DEFAULT_POOLS:
+            client.call(ipam, "CreatePool", ipam_pb2.CreatePoolRequest(
+                pool=ipam_pb2.Pool(cidr=cidr)))
+        print(f"No pools were defined: created {' and '.join(DEFAULT_POOLS)}.")
+    resp = client.call(client.bgp(), "RegisterNode", bgp_pb2.RegisterNodeRequest(
+        node=bgp_pb2.Node(name=name, ipv4=ip, ipv6=ip6, as_num=as_num)))
+
+    if supervisor_pid(name):
+        changed = "its registration was updated" if resp.changed else "nothing changed"
+        print(f"Calico node {name} is already running; {changed}.")
+        return
+    folder = node_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
+    with open(folder / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + START_WAIT
+    endpoint = config.endpoint_addr(node=name)
+    while not (check_health(endpoint, timeout=0.5) and (folder / "bird.ctl").exists()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise CliError(f"Calico node {name} did not start; see the logs in {folder}.")
+        time.sleep(0.2)
+    print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}); logs in {folder}.")
+
+
+def stop(name: str, force: bool) -> None:
+    bgp = client.bgp()
+    try:
+        nodes = bgp.call("ListNodes", bgp_pb2.ListNodesRequest()).nodes
+    except client.RpcFailure as exc:
+        raise CliError(str(exc)) from None
+    mine = next((n for n in nodes if n.node.name == name), None)
+    if mine is None and not supervisor_pid(name):
+        raise CliError(f"Node {name} is not running and not registered.")
+    if mine is not None and mine.endpoint_count and not force:
+        raise CliError("Current host has active endpoints so can't be stopped. "
+                       "Force with --force")
+    if mine is not None and mine.endpoint_count:
+        _remove_endpoints(name)
+    pid = supervisor_pid(name)
+    if pid:
+        _stop_process_group(pid)
+    _flush_bird_routes()
+    if mine is not None:
+        client.call(bgp, "DeleteNode", bgp_pb2.DeleteNodeRequest(name=name, force=True))
+    print("Node stopped and all configuration removed")
+
+
+def _remove_endpoints(name: str) -> None:
+    service = client.endpoint()
+    eps = client.call(service, "ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
+    for workload in sorted({(e.orchestrator, e.workload_id) for e in eps}):
+        client.call(service, "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
+            orchestrator=workload[0], workload_id=workload[1]))
+
+
+def _stop_process_group(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)      # the supervisor leads its own process group
+
+
+def _flush_bird_routes() -> None:
+    """BIRD leaves its routes in the kernel when it stops (so restarts do not
+    interrupt traffic); a node that is stopped for good removes them."""
+    import socket
+    from pyroute2 import IPRoute
+    RTPROT_BIRD = 12
+    with IPRoute() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, proto=RTPROT_BIRD):
+                if route["proto"] == RTPROT_BIRD:
+                    ipr.route("del", family=family, dst=f"{route.get_attr('RTA_DST')}/"
+                              f"{route['dst_len']}", proto=RTPROT_BIRD, type=route["type"],
+                              table=route.get_attr("RTA_TABLE") or 254)
+
+
+def peers(args: dict, name: str) -> None:
+    bgp = client.bgp()
+    if args["show"]:
+        version = 4 if args["--ipv4"] else 6 if args["--ipv6"] else 0
+        found = client.call(bgp, "ListPeers", bgp_pb2.ListPeersRequest(
+            node=name, ip_version=version)).peers
+        for v in (4, 6):
+            if version in (0, v):
+                rows = [[p.ip, p.as_num] for p in found if (":" in p.ip) == (v == 6)]
+                print(table([f"Node specific IPv{v} BGP Peer", "AS Num"], rows) if rows
+                      else f"No IPv{v} BGP Peers defined for node {name}.")
+        return
+    ip = _peer_ip(args["<PEER_IP>"])
+    if args["add"]:
+        as_num = validate.as_number(args["<AS_NUM>"])
+        client.call(bgp, "AddPeer", bgp_pb2.AddPeerRequest(
+            peer=bgp_pb2.Peer(ip=ip, as_num=as_num, node=name)))
+        print(f"Added BGP peer {ip} (AS {as_num}) to node {name}.")
+    else:
+        client.call(bgp, "RemovePeer", bgp_pb2.RemovePeerRequest(ip=ip, node=name))
+        print(f"Removed BGP peer {ip} from node {name}.")
+
+
+def _peer_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise CliError(f"{text} is not a valid IP address.") from None

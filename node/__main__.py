@@ -1,0 +1,67 @@
+"""calico-node: the per-host supervisor (the node's composition root).
+
+Started by `calicoctl node`, in the host's network namespace. It runs, and
+restarts when they die: the endpoint service, the BIRD config renderer and
+BIRD. Sockets, configuration, pids and logs live in the node's state folder.
+
+Usage:
+  calico-node --name=<NODE> [--no-ipv6]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from docopt import docopt
+
+from calicopy import config
+from node.supervisor import Child, Supervisor
+
+
+def paths(node_dir: Path) -> dict[str, Path]:
+    return {"bird_conf": node_dir / "bird.conf", "bird_ctl": node_dir / "bird.ctl",
+            "bird_pid": node_dir / "bird.pid", "status": node_dir / "status.json",
+            "pid": node_dir / "node.pid", "endpoint": node_dir / "endpoint.sock"}
+
+
+def main(argv=None) -> int:
+    args = docopt(__doc__, argv)
+    name = args["--name"]
+    node_dir = Path(config.node_dir(name))
+    node_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    p = paths(node_dir)
+    p["pid"].write_text(str(os.getpid()))
+    python = sys.executable
+    env = {"CALICO_NODENAME": name}
+    endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
+                     f"--listen=unix:{p['endpoint']}"] + (["--no-ipv6"] if args["--no-ipv6"]
+                                                          else [])
+    children = [
+        Child("endpoint service", endpoint_argv, node_dir / "endpoint.log", env),
+        Child("bird renderer", [python, "-m", "node.renderer", f"--name={name}",
+                                f"--config={p['bird_conf']}", f"--ctl={p['bird_ctl']}"],
+              node_dir / "renderer.log", env),
+        # -R: graceful-restart recovery, so a restarted BIRD keeps the routes
+        # it left in the kernel until its peers have re-sent theirs.
+        Child("bird", ["bird", "-f", "-R", "-c", str(p["bird_conf"]), "-s", str(p["bird_ctl"]),
+                       "-P", str(p["bird_pid"])], node_dir / "bird.log",
+              needs_file=p["bird_conf"]),
+    ]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.getLogger("calico-node").info("node %s starting in %s", name, node_dir)
+    Supervisor(children, p["status"]).run(stop)
+    p["pid"].unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

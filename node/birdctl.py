@@ -1,0 +1,68 @@
+"""Talking to a running BIRD through its control socket: reload, check, read sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+from calicopy.errors import CalicoError
+from node.bird import parse_protocol_name
+
+
+class BirdError(CalicoError):
+    """A BIRD command failed; carries what it ran and what it said."""
+
+    def __init__(self, argv, code, output):
+        super().__init__(f"{' '.join(argv)} exited {code}: {output.strip()[-500:]}")
+        self.argv, self.code, self.output = argv, code, output
+
+
+def _run(argv: list[str], timeout: float = 10) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BirdError(argv, "timeout", str(exc.stdout or "")) from None
+    if done.returncode != 0:
+        raise BirdError(argv, done.returncode, done.stdout + done.stderr)
+    return done.stdout
+
+
+def check_config(path: str) -> None:
+    """Raise BirdError unless BIRD accepts the configuration file."""
+    _run(["bird", "-p", "-c", path])
+
+
+def configure(ctl: str, path: str) -> None:
+    out = _run(["birdc", "-s", ctl, "configure", f'"{path}"'])
+    if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+        raise BirdError(["birdc", "configure"], 0, out)
+
+
+@dataclasses.dataclass
+class Session:
+    peer: str
+    peer_type: str
+    state: str
+    since: str
+    info: str
+    ip_version: int
+
+
+def sessions(ctl: str) -> list[Session]:
+    """The BGP protocols BIRD runs for calico peers, from `show protocols`."""
+    out = _run(["birdc", "-s", ctl, "show", "protocols"])
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[1] != "BGP":
+            continue
+        parsed = parse_protocol_name(parts[0])
+        if parsed is None:
+            continue
+        kind, ip, version = parsed
+        # Name Proto Table State Since [Since2] Info...; Since may be "date time".
+        rest = parts[4:]
+        since = " ".join(rest[:2]) if len(rest) > 1 and ":" in rest[1] else rest[0]
+        info = " ".join(rest[len(since.split()):])
+        found.append(Session(ip, kind, parts[3], since, info, version))
+    return found

@@ -1,0 +1,110 @@
+"""Runs a node's processes and keeps them running.
+
+Children start in order; a child may wait for a file (BIRD needs its first
+configuration). A child that exits is restarted after a back-off that grows
+with quick successive failures. The supervisor writes what it runs to a
+status file (``status.json``) that ``calicoctl status`` reads. On SIGTERM it
+stops the children in reverse order: SIGTERM, then SIGKILL after a grace time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("calico-node")
+
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0     # a child up this long gets its back-off reset
+STOP_GRACE = 10.0
+
+
+@dataclasses.dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    needs_file: Path | None = None
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = 0.0
+    backoff: float = 0.5
+    next_start: float = 0.0
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env})
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def state(self) -> dict:
+        running = self.proc is not None and self.proc.poll() is None
+        return {"pid": self.proc.pid if running else None,
+                "state": "running" if running else "stopped", "restarts": self.restarts}
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], status_file: Path):
+        self.children = children
+        self.status_file = status_file
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                for child in self.children:
+                    self._tend(child, now)
+                self._write_status()
+                stop.wait(0.2)
+        finally:
+            self.stop_all()
+
+    def _tend(self, child: Child, now: float) -> None:
+        if child.proc is not None and child.proc.poll() is None:
+            if now - child.started > STABLE_AFTER:
+                child.backoff = 0.5
+            return
+        if child.proc is not None:               # it exited: schedule a restart
+            log.warning("%s exited with %s; restarting in %.1fs", child.name,
+                        child.proc.returncode, child.backoff)
+            child.proc = None
+            child.restarts += 1
+            child.next_start = now + child.backoff
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            return
+        if now < child.next_start or (child.needs_file and not child.needs_file.exists()):
+            return
+        child.start()
+
+    def _write_status(self) -> None:
+        status = {"pid": os.getpid(), "updated": time.time(),
+                  "children": {c.name: c.state() for c in self.children}}
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.status_file)
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+            log.info("stopped %s", child.name)
+        self._write_status()

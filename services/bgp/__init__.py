@@ -1,0 +1,1 @@
+"""The BGP service: node registry, BGP settings, peers and session status."""

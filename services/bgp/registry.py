@@ -1,0 +1,206 @@
+"""Nodes, cluster BGP settings, peers and session reports, as stored in etcd.
+
+Plain reads and conditional writes; no gRPC. Session reports are written by
+each node's agent (with a lease, so a dead node's report disappears) and only
+read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import KV, Store, Txn, retry
+from services.bgp.errors import BadInput, NodeInUse, NodeNotFound, PeerNotFound
+from services.endpoint.model import Endpoint
+
+DEFAULT_AS = 64511
+MAX_AS = 4294967295
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_TXN_OPS = 100     # etcd caps the operations of one transaction (128 by default)
+
+
+def parse_ip(text: str, version: int | None = None, what: str = "IP address"):
+    try:
+        ip = ipaddress.ip_address((text or "").strip())
+    except ValueError:
+        raise BadInput(f"{text} is not a valid {what}.") from None
+    if version and ip.version != version:
+        raise BadInput(f"{text} is not a valid IPv{version} address.")
+    return ip
+
+
+def check_as(num: int) -> int:
+    if not 1 <= num <= MAX_AS:
+        raise BadInput(f"Invalid AS number {num}: use 1-{MAX_AS}.")
+    return num
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise BadInput(f"Invalid node name '{name}': use 1-253 letters, digits, '.', '-' "
+                       "or '_'.")
+    return name
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    ipv4: str
+    ipv6: str = ""
+    as_num: int = 0          # 0: the cluster default
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Node":
+        return cls(data["name"], data.get("ipv4", ""), data.get("ipv6", ""),
+                   int(data.get("as_num") or 0))
+
+
+@dataclasses.dataclass
+class Peer:
+    ip: str
+    as_num: int = 0          # 0: the cluster default (iBGP)
+    node: str = ""           # "" for a global peer
+    route_reflector: bool = False
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Peer":
+        return cls(data["ip"], int(data.get("as_num") or 0), data.get("node", ""),
+                   bool(data.get("route_reflector")))
+
+
+@dataclasses.dataclass
+class BgpConfig:
+    default_as: int = DEFAULT_AS
+    node_mesh: bool = True
+
+
+class BgpRegistry:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # Nodes -------------------------------------------------------------------
+
+    def register(self, node: Node) -> tuple[Node, bool]:
+        check_name(node.name)
+        node.ipv4 = str(parse_ip(node.ipv4, 4))
+        node.ipv6 = str(parse_ip(node.ipv6, 6)) if node.ipv6 else ""
+        if node.as_num:
+            check_as(node.as_num)
+        for other in self.list_nodes():
+            if other.name != node.name and node.ipv4 == other.ipv4:
+                raise BadInput(f"{node.ipv4} is already the address of node {other.name}.")
+
+        def attempt():
+            kv = self.store.get(keys.node(node.name))
+            if kv is not None and Node.from_json(kv.json()) == node:
+                return node, False
+            txn = Txn().put(keys.node(node.name), kv, node.to_json())
+            return (node, True) if self.store.commit(txn) else None
+        return retry(f"registering node {node.name}", attempt)
+
+    def get_node(self, name: str) -> Node:
+        kv = self.store.get(keys.node(check_name(name)))
+        if kv is None:
+            raise NodeNotFound(name)
+        return Node.from_json(kv.json())
+
+    def list_nodes(self) -> list[Node]:
+        return sorted((Node.from_json(kv.json()) for kv in self.store.list(keys.HOSTS)
+                       if keys.is_node(kv.key)), key=lambda n: n.name)
+
+    def endpoints(self, name: str) -> list[Endpoint]:
+        return [Endpoint.from_json(kv.json())
+                for kv in self.store.list(keys.node_endpoints_prefix(name))
+                if keys.is_endpoint(kv.key)]
+
+    def delete_node(self, name: str, force: bool = False) -> None:
+        self.get_node(name)
+        count = len(self.endpoints(name))
+        if count and not force:
+            raise NodeInUse(name, count)
+        kvs = self.store.list(keys.host(name))
+        for start in range(0, len(kvs), _TXN_OPS):
+            txn = Txn()
+            for kv in kvs[start:start + _TXN_OPS]:
+                txn.delete(kv)
+            self.store.commit(txn)   # a key changed meanwhile stays; reported below
+        left = [kv.key for kv in self.store.list(keys.host(name)) if not keys.is_bgp_status(kv.key)]
+        if left:
+            raise BadInput(f"Node {name} changed while being deleted; run the command again.")
+
+    # Settings ----------------------------------------------------------------
+
+    def config(self) -> BgpConfig:
+        as_kv, mesh_kv = self.store.get(keys.BGP_AS), self.store.get(keys.BGP_NODE_MESH)
+        return BgpConfig(int(as_kv.json()) if as_kv else DEFAULT_AS,
+                         bool(mesh_kv.json().get("enabled", True)) if mesh_kv else True)
+
+    def set_config(self, default_as: int | None = None, node_mesh: bool | None = None
+                   ) -> BgpConfig:
+        if default_as is not None:
+            check_as(default_as)
+            self._set(keys.BGP_AS, default_as)
+        if node_mesh is not None:
+            self._set(keys.BGP_NODE_MESH, {"enabled": node_mesh})
+        return self.config()
+
+    def _set(self, key: str, value) -> None:
+        def attempt():
+            kv = self.store.get(key)
+            return self.store.commit(Txn().put(key, kv, value)) or None
+        retry(f"writing {key}", attempt)
+
+    # Peers ---------------------------------------------------------------------
+
+    def add_peer(self, peer: Peer) -> Peer:
+        ip = parse_ip(peer.ip)
+        peer.ip = str(ip)
+        if peer.as_num:
+            check_as(peer.as_num)
+        if peer.node:
+            self.get_node(peer.node)
+        if peer.route_reflector and peer.node:
+            raise BadInput("Route reflectors are global peers; give no node.")
+        for node in self.list_nodes():
+            if peer.ip in (node.ipv4, node.ipv6) and (not peer.node or peer.node == node.name):
+                raise BadInput(f"{peer.ip} is the address of node {node.name} itself.")
+        key = keys.peer(ip, peer.node or None)
+
+        def attempt():
+            kv = self.store.get(key)
+            return peer if self.store.commit(Txn().put(key, kv, peer.to_json())) else None
+        return retry(f"adding peer {peer.ip}", attempt)
+
+    def remove_peer(self, ip_text: str, node: str = "", route_reflector: bool = False) -> None:
+        ip = parse_ip(ip_text)
+        kv = self.store.get(keys.peer(ip, node or None))
+        if kv is None or Peer.from_json(kv.json()).route_reflector != route_reflector:
+            kind = "route reflector" if route_reflector else "BGP peer"
+            where = f" of node {node}" if node else ""
+            raise PeerNotFound(f"{ip} is not a configured {kind}{where}.")
+        if not self.store.commit(Txn().delete(kv)):
+            raise PeerNotFound(f"{ip} changed while being removed; run the command again.")
+
+    def peers(self, node: str = "", version: int = 0) -> list[Peer]:
+        versions = [version] if version else [4, 6]
+        found = [Peer.from_json(kv.json()) for v in versions
+                 for kv in self.store.list(keys.peers_prefix(v, node or None))]
+        return sorted(found, key=lambda p: (ipaddress.ip_address(p.ip).version,
+                                            ipaddress.ip_address(p.ip)))
+
+    # Status --------------------------------------------------------------------
+
+    def status(self, node: str = "") -> list[dict]:
+        kvs: list[KV] = ([kv for kv in [self.store.get(keys.bgp_status(node))] if kv]
+                         if node else [kv for kv in self.store.list(keys.HOSTS)
+                                       if keys.is_bgp_status(kv.key)])
+        return [kv.json() for kv in kvs]

@@ -1,0 +1,85 @@
+"""BgpService: translates between the proto contract and BgpRegistry."""
+
+from __future__ import annotations
+
+from calico.bgp.v1 import bgp_pb2, bgp_pb2_grpc
+from calicopy.rpc import maps_errors
+from services.bgp.registry import BgpRegistry, Node, Peer
+from services.endpoint.servicer import endpoint_msg
+
+
+def _node_msg(node: Node) -> bgp_pb2.Node:
+    return bgp_pb2.Node(name=node.name, ipv4=node.ipv4, ipv6=node.ipv6, as_num=node.as_num)
+
+
+def _peer_msg(peer: Peer) -> bgp_pb2.Peer:
+    return bgp_pb2.Peer(ip=peer.ip, as_num=peer.as_num, node=peer.node,
+                        route_reflector=peer.route_reflector)
+
+
+class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
+
+    def __init__(self, registry: BgpRegistry):
+        self.registry = registry
+
+    @maps_errors
+    def RegisterNode(self, request, context):
+        n = request.node
+        node, changed = self.registry.register(Node(n.name, n.ipv4, n.ipv6, n.as_num))
+        return bgp_pb2.RegisterNodeResponse(node=_node_msg(node), changed=changed)
+
+    @maps_errors
+    def GetNode(self, request, context):
+        return bgp_pb2.GetNodeResponse(node=_node_msg(self.registry.get_node(request.name)))
+
+    @maps_errors
+    def ListNodes(self, request, context):
+        infos = []
+        for node in self.registry.list_nodes():
+            eps = self.registry.endpoints(node.name)
+            infos.append(bgp_pb2.NodeInfo(
+                node=_node_msg(node), endpoint_count=len(eps),
+                endpoints=[endpoint_msg(e) for e in eps] if request.with_endpoints else []))
+        return bgp_pb2.ListNodesResponse(nodes=infos)
+
+    @maps_errors
+    def DeleteNode(self, request, context):
+        self.registry.delete_node(request.name, request.force)
+        return bgp_pb2.DeleteNodeResponse()
+
+    def _config_msg(self, config):
+        return bgp_pb2.BgpConfig(default_as=config.default_as, node_mesh=config.node_mesh)
+
+    @maps_errors
+    def GetBgpConfig(self, request, context):
+        return bgp_pb2.GetBgpConfigResponse(config=self._config_msg(self.registry.config()))
+
+    @maps_errors
+    def SetBgpConfig(self, request, context):
+        config = self.registry.set_config(
+            request.default_as if request.HasField("default_as") else None,
+            request.node_mesh if request.HasField("node_mesh") else None)
+        return bgp_pb2.SetBgpConfigResponse(config=self._config_msg(config))
+
+    @maps_errors
+    def AddPeer(self, request, context):
+        p = request.peer
+        peer = self.registry.add_peer(Peer(p.ip, p.as_num, p.node, p.route_reflector))
+        return bgp_pb2.AddPeerResponse(peer=_peer_msg(peer))
+
+    @maps_errors
+    def RemovePeer(self, request, context):
+        self.registry.remove_peer(request.ip, request.node, request.route_reflector)
+        return bgp_pb2.RemovePeerResponse()
+
+    @maps_errors
+    def ListPeers(self, request, context):
+        peers = self.registry.peers(request.node, request.ip_version)
+        return bgp_pb2.ListPeersResponse(peers=[_peer_msg(p) for p in peers])
+
+    @maps_errors
+    def GetNodeStatus(self, request, context):
+        return bgp_pb2.GetNodeStatusResponse(nodes=[
+            bgp_pb2.NodeStatus(node=r["node"], reported_at=r.get("reported_at", 0),
+                               sessions=[bgp_pb2.Session(**s) for s in r.get("sessions", [])])
+            for r in self.registry.status(request.node)])
