@@ -15,7 +15,8 @@ export STATE_DIR
 install: deps $(GEN_STAMP) $(VENV)/.installed
 
 # Debian packages, each installed only when the command it provides is missing.
-DEB_COMMANDS := etcd:etcd-server ip:iproute2 ping:iputils-ping busybox:busybox-static
+DEB_COMMANDS := etcd:etcd-server bird:bird2 ip:iproute2 ping:iputils-ping \
+	busybox:busybox-static
 deps:
 	@missing=""; for pair in $(DEB_COMMANDS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
@@ -62,6 +63,7 @@ test: install
 bench: install
 	$(PY) bench/ipam.py
 	$(PY) bench/endpoint.py
+	$(PY) bench/bgp.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -43,16 +43,17 @@ def main(argv=None) -> int:
     endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
                      f"--listen=unix:{p['endpoint']}"] + (["--no-ipv6"] if args["--no-ipv6"]
                                                           else [])
+    bird_argv = ["bird", "-f", "-c", str(p["bird_conf"]), "-s", str(p["bird_ctl"]),
+                 "-P", str(p["bird_pid"])]
     children = [
         Child("endpoint service", endpoint_argv, node_dir / "endpoint.log", env),
         Child("bird renderer", [python, "-m", "node.renderer", f"--name={name}",
                                 f"--config={p['bird_conf']}", f"--ctl={p['bird_ctl']}"],
               node_dir / "renderer.log", env),
-        # -R: graceful-restart recovery, so a restarted BIRD keeps the routes
-        # it left in the kernel until its peers have re-sent theirs.
-        Child("bird", ["bird", "-f", "-R", "-c", str(p["bird_conf"]), "-s", str(p["bird_ctl"]),
-                       "-P", str(p["bird_pid"])], node_dir / "bird.log",
-              needs_file=p["bird_conf"]),
+        Child("bird", bird_argv, node_dir / "bird.log", needs_file=p["bird_conf"],
+              # After a crash: graceful-restart recovery, so BIRD keeps the routes
+              # it left in the kernel until its peers have re-sent theirs.
+              restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
     ]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,6 +33,7 @@ class Child:
     log: Path
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     needs_file: Path | None = None
+    restart_argv: list[str] | None = None    # when a restart must run differently
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
@@ -40,8 +41,9 @@ class Child:
     next_start: float = 0.0
 
     def start(self) -> None:
+        argv = self.restart_argv if self.restarts and self.restart_argv else self.argv
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL,
                                          env={**os.environ, **self.env})
         self.started = time.monotonic()

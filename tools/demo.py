@@ -1,20 +1,22 @@
 """`make demo`: the main job, end to end, on this machine.
 
-1. The control plane: etcd and the IPAM service (as `make up`).
+1. The control plane: etcd, the IPAM and BGP services (as `make up`).
 2. IPAM: a pool defined with calicoctl; addresses allocated for two hosts over
    gRPC, as a scheduler would; `calicoctl pool show` and `ipam show`.
-3. A simulated host (a network namespace on an underlay, running its own
-   endpoint service) gets two workloads with `calicoctl container add`; they
-   ping each other and their host.
+3. Two simulated hosts (network namespaces on an underlay) each run
+   `calicoctl node`; workloads on both get IPv4 and IPv6 addresses with
+   `calicoctl container add`, BGP carries the routes, and every workload pings
+   every other across hosts; then `calicoctl status` and `shownodes`.
 
 Safe to run again: it releases its own earlier allocations and removes its
-simulated host when it ends. The control plane stays up; `make down` stops it.
+simulated hosts when it ends. The control plane stays up; `make down` stops it.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import grpc
 
@@ -23,7 +25,7 @@ from calicopy import config
 from tools import stack
 from tools.lab import Lab, Workload
 
-POOL = "10.20.0.0/16"
+POOL, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
 HOSTS = {"host-a": 3, "host-b": 2}
 LAB_PREFIX = "demo"
 
@@ -47,8 +49,9 @@ def show(host, *args: str) -> str:
 
 
 def ipam_story() -> None:
-    step(f"Defining the pool {POOL}")
+    step(f"Defining the pools {POOL} and {POOL6}")
     calicoctl("pool", "add", POOL, "--nat-outgoing")
+    calicoctl("pool", "add", POOL6)
     with grpc.insecure_channel(config.IPAM_ADDR.resolve()) as ch:
         ipam = ipam_pb2_grpc.IpamServiceStub(ch)
         for name, count in HOSTS.items():
@@ -69,42 +72,66 @@ def ipam_story() -> None:
 
 def workload_story() -> None:
     Lab.remove_leftovers(LAB_PREFIX)
-    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"), prefix=LAB_PREFIX)
+    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"),
+              prefix=LAB_PREFIX, bgp=stack.unix_addr("bgp"))
     try:
-        step("Starting a simulated host: namespace demo-host1 on an underlay, "
-             "running its own endpoint service")
-        host = lab.add_host("host1")
-        print(f"    host1 underlay address {host.ip}; endpoint service on {host.endpoint_addr}")
-        step("Giving two workloads (namespaces) Calico addresses on host1")
+        step("Starting two simulated hosts (network namespaces on one underlay), each "
+             "running 'calicoctl node': endpoint service, BIRD and its renderer")
+        hosts = [lab.add_host(name, node=True) for name in ("host1", "host2")]
+        for host in hosts:
+            print(f"    {host.name}: {host.ip}, {host.ip6}; node state in {host.node_dir}")
+        step("Giving workloads (namespaces) Calico addresses: two on host1, one on host2")
         workloads = []
-        for name in ("w1", "w2"):
+        for host, name in ((hosts[0], "w1"), (hosts[0], "w2"), (hosts[1], "w3")):
             w = Workload(host, name)
             show(host, "container", "add", w.ref, "auto")
+            show(host, "container", w.ref, "ip", "add", "ipv6")
             w.refresh()
             workloads.append(w)
-        show(host, "container", "show")
-        step("Connectivity: routed /32s through the host, no bridge, no NAT")
-        w1, w2 = workloads
-        for src, dst, label in ((w1, w2.ip, "w2"), (w2, w1.ip, "w1"), (w1, host.ip, "host1")):
-            src.assert_can_ping(dst)
-            print(f"    {src.name} ({src.ip}) -> {label} ({dst}): ping ok")
-        if host.ns.run("ping", "-c1", "-W1", w1.ip, check=False).returncode != 0:
-            raise RuntimeError(f"host1 cannot ping {w1.ip}")
-        print(f"    host1 ({host.ip}) -> w1 ({w1.ip}): ping ok")
-        print("    host1 routes to its workloads:")
-        for line in host.routes().splitlines():
-            if "cali" in line:
-                print(f"      {line}")
-        step("Removing the workloads: interfaces, routes and addresses go")
+        show(hosts[0], "container", "show")
+        step("Waiting for the BGP sessions")
+        for host in hosts:
+            wait_established(host)
+        step("Connectivity: routed addresses, no bridge, no NAT, no encapsulation")
+        w1, w2, w3 = workloads
+        for src, dst in ((w1, w2), (w2, w1), (w1, w3), (w3, w1), (w3, w2)):
+            for ip in dst.ips:
+                src.assert_can_ping(ip)
+                print(f"    {src.name}@{src.host.name} -> {dst.name}@{dst.host.name} "
+                      f"{ip:<28} ping ok")
+        w1.assert_can_ping(hosts[0].ip)
+        print(f"    w1@host1 -> host1 {hosts[0].ip:<28} ping ok")
+        for host in hosts:
+            print(f"    {host.name} routes learned over BGP:")
+            for line in (host.routes() + host.routes(v6=True)).splitlines():
+                if "proto bird" in line and not line.startswith("blackhole"):
+                    print(f"      {line}")
+        for host in hosts:
+            step(f"calicoctl status on {host.name}")
+            show(host, "status")
+        step("calicoctl shownodes --detailed")
+        show(hosts[0], "shownodes", "--detailed")
+        step("Removing the workloads and stopping the nodes")
         for w in workloads:
-            show(host, "container", "remove", w.ref)
+            show(w.host, "container", "remove", w.ref)
+        for host in hosts:
+            show(host, "node", "stop")
         calicoctl("ipam", "check")
     finally:
         lab.close()
 
 
+def wait_established(host, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while "Established" not in host.calicoctl("status").stdout:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{host.name} has no established BGP session")
+        time.sleep(0.5)
+    print(f"    {host.name}: established")
+
+
 def main() -> int:
-    step("Starting etcd and the IPAM service (make up)")
+    step("Starting etcd and the cluster services (make up)")
     stack.up()
     ipam_story()
     workload_story()

@@ -1,0 +1,70 @@
+"""The BIRD configuration model and its rendering (golden files pin the output)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from node.bird import (GLOBAL, MESH, NODE, ROUTE_REFLECTOR, build_model, parse_protocol_name,
+                       protocol_name, render)
+from services.bgp.registry import BgpConfig, Node, Peer
+
+GOLDEN = Path(__file__).with_name("golden")
+H1 = Node("h1", "172.30.0.2", "fd99::2")
+H2 = Node("h2", "172.30.0.3", "fd99::3", as_num=65002)
+H3 = Node("h3", "172.30.0.4")
+POOLS = ["fd80::/64", "10.20.0.0/16"]
+
+
+def names(model):
+    return [(p.name, p.kind, p.as_num) for p in model.peers]
+
+
+def test_full_mesh_per_family_with_per_node_as():
+    model = build_model(H1, [H1, H2, H3], BgpConfig(), [], [], POOLS, ["10.20.1.0/26"])
+    assert names(model) == [("Mesh_172_30_0_3", MESH, 65002), ("Mesh_172_30_0_4", MESH, 64511),
+                            ("Mesh6_fd99__3", MESH, 65002)]
+    assert model.local_as == 64511 and model.pools == ["10.20.0.0/16", "fd80::/64"]
+
+
+def test_route_reflectors_replace_the_mesh_and_peers_add_to_it():
+    rr = Peer("172.30.0.250", route_reflector=True)
+    upstream = Peer("172.30.0.251", 65000)
+    own = Peer("172.30.0.252", 65001, node="h1")
+    model = build_model(H1, [H1, H2], BgpConfig(), [rr, upstream], [own], POOLS, [])
+    assert names(model) == [("RR_172_30_0_250", ROUTE_REFLECTOR, 64511),
+                            ("Global_172_30_0_251", GLOBAL, 65000),
+                            ("Node_172_30_0_252", NODE, 65001)]
+    off = build_model(H1, [H1, H2], BgpConfig(node_mesh=False), [upstream], [], POOLS, [])
+    assert names(off) == [("Global_172_30_0_251", GLOBAL, 65000)]
+
+
+def test_no_ipv6_sessions_without_an_ipv6_address():
+    model = build_model(H3, [H1, H3], BgpConfig(default_as=65100), [], [], POOLS, [])
+    assert names(model) == [("Mesh_172_30_0_2", MESH, 65100)]
+
+
+@pytest.mark.parametrize("kind,ip", [(MESH, "172.30.0.3"), (ROUTE_REFLECTOR, "fd99::250"),
+                                     (GLOBAL, "10.0.0.1"), (NODE, "2001:db8::1")])
+def test_protocol_names_round_trip(kind, ip):
+    assert parse_protocol_name(protocol_name(kind, ip))[:2] == (kind, ip)
+    assert parse_protocol_name("kernel4") is None
+
+
+@pytest.mark.parametrize("case", ["mesh", "empty"])
+def test_rendering_matches_golden_and_bird_accepts_it(case, tmp_path):
+    if case == "mesh":
+        model = build_model(H1, [H1, H2, H3], BgpConfig(), [Peer("172.30.0.251", 65000)], [],
+                            POOLS, ["10.20.1.0/26", "fd80::40/122"])
+    else:
+        model = build_model(H3, [H3], BgpConfig(), [], [], [], [])
+    text = render(model)
+    golden = GOLDEN / f"bird-{case}.conf"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert render(model) == text                      # deterministic
+    conf = tmp_path / "bird.conf"
+    conf.write_text(text)
+    subprocess.run(["bird", "-p", "-c", str(conf)], check=True)
