@@ -118,6 +118,14 @@ BGP_LISTEN = Param(
     "BGP listen addresses", "comma-separated addresses the BGP service serves on",
     "127.0.0.1:50053", ("CALICO_BGP_LISTEN", "CALICO_BGP_ADDR"), parse_addresses)
 
+POLICY_ADDR = Param(
+    "policy service address", "host:port or unix:<path> of the policy service",
+    "127.0.0.1:50052", ("CALICO_POLICY_ADDR",), parse_address)
+
+POLICY_LISTEN = Param(
+    "policy listen addresses", "comma-separated addresses the policy service serves on",
+    "127.0.0.1:50052", ("CALICO_POLICY_LISTEN", "CALICO_POLICY_ADDR"), parse_addresses)
+
 STATE_DIR = Param(
     "state directory", "where node processes keep sockets, pids and logs",
     "/var/run/calico-py", ("CALICO_STATE_DIR",), parse_path)
@@ -136,7 +144,7 @@ RPC_TIMEOUT = Param(
     "RPC timeout", "deadline in seconds for each call to a calico-py service",
     "10", ("CALICO_RPC_TIMEOUT",), parse_seconds)
 
-PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
+PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, POLICY_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
           RPC_TIMEOUT)
 
 

@@ -23,6 +23,15 @@ Usage:
   calicoctl bgp node-mesh [on|off]
   calicoctl bgp peer (add|remove) <PEER_IP> as <AS_NUM>
   calicoctl bgp peer show [--ipv4 | --ipv6]
+  calicoctl profile show [--detailed]
+  calicoctl profile (add|remove) <PROFILE> [--force]
+  calicoctl profile <PROFILE> tag show
+  calicoctl profile <PROFILE> tag (add|remove) <TAG>
+  calicoctl profile <PROFILE> rule (show|json|update)
+  calicoctl profile <PROFILE> member add <CONTAINER>
+  calicoctl endpoint <ENDPOINT_ID> profile show
+  calicoctl endpoint <ENDPOINT_ID> profile (set|append|remove) [<PROFILES>...]
+  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl <command> --help
@@ -41,13 +50,15 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import bgp, bgppeer, container, diags, ipam, node, pool, reset, shownodes, status
+from cli import (bgp, bgppeer, container, diags, endpoint, ipam, node, policy, pool, profile,
+                 reset, shownodes, status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
 COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
             "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
-            "diags": diags, "reset": reset}
+            "diags": diags, "reset": reset, "profile": profile, "endpoint": endpoint,
+            "policy": policy}
 
 
 def usage() -> str:

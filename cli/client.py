@@ -63,6 +63,11 @@ def bgp() -> Service:
     return Service("BGP service", config.BGP_ADDR, bgp_pb2_grpc.BgpServiceStub)
 
 
+def policy() -> Service:
+    from calico.policy.v1 import policy_pb2_grpc
+    return Service("policy service", config.POLICY_ADDR, policy_pb2_grpc.PolicyServiceStub)
+
+
 def call(service: Service, method: str, request):
     """A call whose failure is simply the service's message (exit 1)."""
     try:

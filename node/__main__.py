@@ -1,8 +1,8 @@
 """calico-node: the per-host supervisor (the node's composition root).
 
 Started by `calicoctl node`, in the host's network namespace. It runs, and
-restarts when they die: the endpoint service, the BIRD config renderer and
-BIRD. Sockets, configuration, pids and logs live in the node's state folder.
+restarts when they die: the policy agent, the endpoint service, the BIRD
+config renderer and BIRD. Sockets, configuration, pids and logs live in the node's state folder.
 
 Usage:
   calico-node --name=<NODE> [--no-ipv6]
@@ -21,6 +21,8 @@ from docopt import docopt
 
 from calicopy import config
 from node.supervisor import Child, Supervisor
+
+POLICY_WAIT = 10   # seconds an add may wait for the policy agent
 
 
 def paths(node_dir: Path) -> dict[str, Path]:
@@ -41,11 +43,14 @@ def main(argv=None) -> int:
     python = sys.executable
     env = {"CALICO_NODENAME": name}
     endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
-                     f"--listen=unix:{p['endpoint']}"] + (["--no-ipv6"] if args["--no-ipv6"]
-                                                          else [])
+                     f"--listen=unix:{p['endpoint']}", f"--policy-wait={POLICY_WAIT}"] + \
+        (["--no-ipv6"] if args["--no-ipv6"] else [])
     bird_argv = ["bird", "-f", "-c", str(p["bird_conf"]), "-s", str(p["bird_ctl"]),
                  "-P", str(p["bird_pid"])]
     children = [
+        # The policy agent first: endpoints must never be up without their policy.
+        Child("policy agent", [python, "-m", "node.policy", f"--name={name}"],
+              node_dir / "policy.log", env),
         Child("endpoint service", endpoint_argv, node_dir / "endpoint.log", env),
         Child("bird renderer", [python, "-m", "node.renderer", f"--name={name}",
                                 f"--config={p['bird_conf']}", f"--ctl={p['bird_ctl']}"],

@@ -62,6 +62,11 @@ class Renderer:
         self._report_kv: KV | None = None
         self._lease = 0
 
+    def _on_event(self, response) -> None:
+        events = getattr(response, "events", None)
+        if events is None or any(not keys.is_report(e.key.decode()) for e in events):
+            self.changed.set()      # a real change, or the watch failed: look again
+
     def sync(self) -> bool:
         """Render and, if the text changed, install and reload. Says whether it did."""
         model = current_model(self.store, self.name)
@@ -103,7 +108,7 @@ class Renderer:
         while not stop.is_set():
             try:
                 if watch is None:
-                    watch = self.store.watch(keys.PREFIX, lambda _event: self.changed.set())
+                    watch = self.store.watch(keys.PREFIX, self._on_event)
                 self.changed.clear()
                 self.sync()
                 if time.monotonic() >= next_report:

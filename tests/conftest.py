@@ -87,10 +87,25 @@ def bgp_server(store, tmp_path):
 
 
 @pytest.fixture
-def lab(etcd_server, ipam_server, bgp_server, tmp_path):
+def policy_server(store, tmp_path):
+    """An in-process policy service over the test etcd: (host:port, unix:<path>)."""
+    from services.policy.registry import PolicyRegistry
+    from services.policy.server import create_server as create_policy_server
+    unix = f"unix:{tmp_path}/policy.sock"
+    server, port = create_policy_server(["127.0.0.1:0", unix], PolicyRegistry(store))
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", unix
+    finally:
+        server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def lab(etcd_server, ipam_server, bgp_server, policy_server, tmp_path):
     """Simulated hosts and workloads in namespaces; all removed afterwards."""
     from tools.lab import Lab
-    the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1], bgp=bgp_server[1])
+    the_lab = Lab(tmp_path, etcd_server[1], ipam_server[1], bgp=bgp_server[1],
+                  policy=policy_server[1])
     try:
         yield the_lab
     finally:

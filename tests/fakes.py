@@ -24,6 +24,10 @@ class MemoryStore:
     def list(self, prefix):
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)]
 
+    def snapshot(self, prefix):
+        with self.lock:
+            return self.revision, self.list(prefix)
+
     def commit(self, txn: Txn) -> int:
         with self.lock:
             for c in txn.compares:

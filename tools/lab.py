@@ -56,8 +56,9 @@ class Namespace:
 
 
 class Lab:
-    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = "", bgp: str = ""):
-        self.tmp, self.etcd, self.ipam, self.bgp = tmp, etcd, ipam, bgp
+    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = "", bgp: str = "",
+                 policy: str = ""):
+        self.tmp, self.etcd, self.ipam, self.bgp, self.policy = tmp, etcd, ipam, bgp, policy
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
         self.procs: list[subprocess.Popen] = []
@@ -131,7 +132,8 @@ class Host:
     def env(self) -> dict[str, str]:
         return {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
                 "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
-                "CALICO_BGP_ADDR": self.lab.bgp, "PYTHONPATH": str(ROOT)}
+                "CALICO_BGP_ADDR": self.lab.bgp, "CALICO_POLICY_ADDR": self.lab.policy,
+                "PYTHONPATH": str(ROOT)}
 
     @property
     def node_dir(self) -> Path:
@@ -195,12 +197,15 @@ class Host:
                                "cli.calicoctl", *args], input=input, capture_output=True,
                               text=True, timeout=60, cwd=ROOT, env={**os.environ, **self.env})
 
-    def add_workload(self, name: str, *ips: str) -> "Workload":
-        """A workload namespace networked with ``calicoctl container add``."""
+    def add_workload(self, name: str, *ips: str, profiles: tuple[str, ...] = ()) -> "Workload":
+        """A workload namespace networked with ``calicoctl container add``, then
+        made a member of ``profiles`` with ``calicoctl profile <P> member add``."""
         workload = Workload(self, name)
-        for i, ip in enumerate(ips or ("auto",)):
-            args = ["container", "add", workload.ref, ip] if i == 0 else \
-                ["container", workload.ref, "ip", "add", ip]
+        steps = [["container", "add", workload.ref, ip] if i == 0 else
+                 ["container", workload.ref, "ip", "add", ip]
+                 for i, ip in enumerate(ips or ("auto",))]
+        steps += [["profile", p, "member", "add", workload.ref] for p in profiles]
+        for args in steps:
             result = self.calicoctl(*args)
             if result.returncode != 0:
                 raise AssertionError(f"calicoctl {' '.join(args)} failed: {result.stderr}")

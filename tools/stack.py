@@ -43,6 +43,7 @@ def _running(name: str) -> int | None:
 
 SERVICES = [  # name, module, client address parameter
     ("ipam", "services.ipam", config.IPAM_ADDR),
+    ("policy", "services.policy", config.POLICY_ADDR),
     ("bgp", "services.bgp", config.BGP_ADDR),
 ]
 

@@ -49,6 +49,13 @@ class EtcdStore:
         """Raise DatastoreUnavailable unless etcd answers."""
         self._call(self._client.status)
 
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
+        """Every key under ``prefix`` and the revision they are consistent at."""
+        resp = self._call(self._client.get_prefix_response, prefix, sort_order="ascend",
+                          sort_target="key")
+        return resp.header.revision, [KV(kv.key.decode(), kv.value.decode(), kv.mod_revision)
+                                      for kv in resp.kvs]
+
     def get(self, key: str) -> KV | None:
         value, meta = self._call(self._client.get, key)
         if meta is None:

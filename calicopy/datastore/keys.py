@@ -13,6 +13,13 @@ Hosts and their workloads' endpoints (as the original tool laid them out)::
     /calico/v1/host/<node>/bgp_peer_v4/<ip>        a per-node BGP peer (v6 likewise)
     /calico/v1/host/<node>/bgp_status              sessions as the node sees them (leased)
 
+Policy (as the original tool laid it out), and each node's progress::
+
+    /calico/v1/policy/profile/<name>/tags          JSON list of tags
+    /calico/v1/policy/profile/<name>/rules         {"inbound_rules": [...], "outbound_rules": [...]}
+    /calico/v1/host/<node>/policy_applied          {"revision": N}: the agent's dataplane
+                                                   reflects etcd as of revision N
+
 BGP settings::
 
     /calico/v1/config/bgp_as                       default AS number
@@ -184,3 +191,32 @@ def parse_peer(key: str) -> tuple[str | None, str]:
     """(node or None for a global peer, peer address)."""
     node_name = parse_host(key) if key.startswith(HOSTS) else None
     return node_name, key.rsplit("/", 1)[1]
+
+
+# Policy ------------------------------------------------------------------------
+
+PROFILES = PREFIX + "policy/profile/"
+
+
+def profile_tags(name: str) -> str:
+    return f"{PROFILES}{name}/tags"
+
+
+def profile_rules(name: str) -> str:
+    return f"{PROFILES}{name}/rules"
+
+
+def parse_profile(key: str) -> tuple[str, str]:
+    """(profile name, "tags" or "rules")."""
+    name, _, part = key[len(PROFILES):].partition("/")
+    return name, part
+
+
+def policy_applied(node_name: str) -> str:
+    return host(node_name) + "policy_applied"
+
+
+def is_report(key: str) -> bool:
+    """Keys nodes write about themselves (status, progress): watchers that
+    react to configuration changes skip them."""
+    return key.endswith(("/bgp_status", "/policy_applied"))

@@ -117,6 +117,9 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[KV]:
         """Every key under ``prefix``, sorted by key."""
 
+    def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
+        """Like ``list``, with the store revision the keys are consistent at."""
+
     def commit(self, txn: Txn) -> int:
         """Apply ``txn`` atomically if every compare holds.
 

@@ -7,6 +7,7 @@ again every --resync seconds.
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
                   [--ipam=<ADDR>] [--no-ipv6] [--resync=<SECONDS>]
+                  [--policy-wait=<SECONDS>]
 
 Options:
   --name=<NODE>            This node's name; else CALICO_NODENAME, else the
@@ -21,6 +22,9 @@ Options:
   --no-ipv6                Give workloads no IPv6 addresses even if the
                            kernel could route them.
   --resync=<SECONDS>       Seconds between full reconciliations (default 60).
+  --policy-wait=<SECONDS>  A policy agent runs on this node: an add returns
+                           only once it has programmed the endpoint, and fails
+                           if that takes longer than this. Default: no agent.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ def main(argv=None) -> int:
         endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
         ipam_addr = config.IPAM_ADDR.resolve(args["--ipam"])
         resync = config.parse_seconds(args["--resync"] or "60")
+        policy_wait = config.parse_seconds(args["--policy-wait"]) if args["--policy-wait"] \
+            else 0.0
     except (config.ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -83,7 +89,8 @@ def main(argv=None) -> int:
     dataplane = kernel.KernelDataplane()
     kernel.enable_forwarding()
     manager = EndpointManager(store, ipam, dataplane, node,
-                              ipv6=dataplane.ipv6 and not args["--no-ipv6"])
+                              ipv6=dataplane.ipv6 and not args["--no-ipv6"],
+                              policy_wait=policy_wait)
     deadline = time.monotonic() + STARTUP_WAIT
     try:
         counts = _retry_until_up("etcd and IPAM", lambda: manager.reconcile(startup=True),

@@ -25,13 +25,14 @@ import ipaddress
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from typing import Protocol
 
 from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
-from calicopy.errors import AlreadyExists, CalicoError, NotFound
+from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
 from services.endpoint import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
                                      InterfaceInUse, NoEndpoints, NoIpv6)
@@ -124,12 +125,15 @@ class EndpointManager:
     """The endpoints of one node."""
 
     def __init__(self, store: Store, ipam: IpamApi, dataplane: Dataplane, node: str,
-                 ipv6: bool = True):
+                 ipv6: bool = True, policy_wait: float = 0.0):
         self.store = store
         self.ipam = ipam
         self.dataplane = dataplane
         self.node = node
         self.ipv6 = ipv6
+        # With a policy agent on the node: how long an add waits for it to
+        # program the endpoint before giving up (0: no agent, no wait).
+        self.policy_wait = policy_wait
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
     # Reads -------------------------------------------------------------------
@@ -207,7 +211,7 @@ class EndpointManager:
                 ep.mac = self.dataplane.ensure(self._spec(ep))
                 failpoints.reached("endpoint-add-after-kernel")
                 ep.state = ACTIVE
-                self._write(key, ep)
+                self._await_policy(self._write(key, ep))
             except BaseException:
                 self._teardown(ep, key)
                 raise
@@ -223,10 +227,29 @@ class EndpointManager:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id)
 
-    def _write(self, key: str, ep: Endpoint) -> None:
+    def _write(self, key: str, ep: Endpoint) -> int:
         kv = self.store.get(key)
-        if not self.store.commit(Txn().put(key, kv, ep.to_json())):
+        revision = self.store.commit(Txn().put(key, kv, ep.to_json()))
+        if not revision:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed under us.")
+        return revision
+
+    def _await_policy(self, revision: int) -> None:
+        """Return once the node's policy agent has programmed etcd as of
+        ``revision`` (so a new workload never runs without its policy)."""
+        if not self.policy_wait:
+            return
+        key = keys.policy_applied(self.node)
+        deadline = time.monotonic() + self.policy_wait
+        while True:
+            kv = self.store.get(key)
+            if kv is not None and kv.json().get("revision", 0) >= revision:
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"The policy agent of node {self.node} did not program the "
+                                  f"endpoint within {self.policy_wait:g}s; is it running? "
+                                  "(see policy.log in the node's state folder)")
+            time.sleep(0.005)
 
     # Remove ----------------------------------------------------------------------
 
@@ -293,8 +316,10 @@ class EndpointManager:
             try:
                 ep.set_ips(before + new)
                 self.dataplane.ensure(self._spec(ep))
-                if not self.store.commit(Txn().update(kv, ep.to_json())):
+                revision = self.store.commit(Txn().update(kv, ep.to_json()))
+                if not revision:
                     raise CalicoError(f"The record of {workload_id} changed under us; retry.")
+                self._await_policy(revision)
             except BaseException:
                 ep.set_ips(before)
                 try:

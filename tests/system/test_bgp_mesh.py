@@ -25,9 +25,17 @@ def established(host, count):
     out = host.calicoctl("status").stdout
     return out.count("Established") >= count
 
+NET = ("net",)
+
 
 @pytest.fixture
-def pools(ipam_client):
+def pools(ipam_client, policy_server):
+    """Pools, and a profile "net" whose members reach each other."""
+    from calico.policy.v1 import policy_pb2, policy_pb2_grpc
+    import grpc
+    with grpc.insecure_channel(policy_server[0]) as ch:
+        policy_pb2_grpc.PolicyServiceStub(ch).CreateProfile(
+            policy_pb2.CreateProfileRequest(name="net"), timeout=10)
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
 
@@ -39,7 +47,7 @@ def test_three_hosts_full_mesh(lab, pools):
     status = hosts[0].calicoctl("status")
     assert status.returncode == 0
     assert "IPv4 BGP status" in status.stdout and "node-to-node mesh" in status.stdout
-    workloads = [h.add_workload(f"w{h.name}", "auto", "ipv6") for h in hosts]
+    workloads = [h.add_workload(f"w{h.name}", "auto", "ipv6", profiles=NET) for h in hosts]
     reach = [(a, ip) for a in workloads for b in workloads if a is not b for ip in b.ips]
     assert_connectivity(reach)
 
@@ -52,7 +60,8 @@ def block_routes(host, v6=False):
 
 def test_ipv6_and_node_stop_withdraws_routes(lab, pools, ipam_client):
     h1, h2 = lab.add_host("h1", node=True), lab.add_host("h2", node=True)
-    w1, w2 = h1.add_workload("w1", "auto", "ipv6"), h2.add_workload("w2", "auto", "ipv6")
+    w1 = h1.add_workload("w1", "auto", "ipv6", profiles=NET)
+    w2 = h2.add_workload("w2", "auto", "ipv6", profiles=NET)
     assert_connectivity([(w1, ip) for ip in w2.ips] + [(w2, ip) for ip in w1.ips])
     wait_for("h1 to learn h2's blocks", lambda: len(block_routes(h1)) >= 1)
     assert any(w2.ips[0].rsplit(".", 1)[0] in r for r in block_routes(h1))
@@ -73,7 +82,7 @@ def test_ipv6_and_node_stop_withdraws_routes(lab, pools, ipam_client):
 
 def test_bird_and_renderer_restart_without_interrupting_traffic(lab, pools):
     h1, h2 = lab.add_host("h1", node=True), lab.add_host("h2", node=True)
-    w1, w2 = h1.add_workload("w1"), h2.add_workload("w2")
+    w1, w2 = h1.add_workload("w1", profiles=NET), h2.add_workload("w2", profiles=NET)
     w1.assert_can_ping(w2.ip)
     wait_for("sessions", lambda: established(h1, 2))
     # A steady ping across hosts while BIRD on h1 is killed and comes back.
@@ -92,7 +101,7 @@ def test_bird_and_renderer_restart_without_interrupting_traffic(lab, pools):
     os.kill(renderer_pid, signal.SIGKILL)
     wait_for("the renderer to be restarted",
              lambda: h1.child_pid("bird renderer") not in (None, renderer_pid))
-    w3 = h2.add_workload("w3", "10.20.250.1")       # a new block: needs the renderer
+    w3 = h2.add_workload("w3", "10.20.250.1", profiles=NET)   # a new block: needs the renderer
     wait_for("h1 to learn the new block",
              lambda: any(r.startswith("10.20.250.") for r in block_routes(h1)))
     w1.assert_can_ping(w3.ip)

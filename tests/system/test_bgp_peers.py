@@ -35,15 +35,23 @@ protocol bgp host{i} {{
 }}
 """ for i in (2, 3, 4))
 
+NET = ("net",)
+
 
 @pytest.fixture
-def pools(ipam_client):
+def pools(ipam_client, policy_server):
+    """Pools, and a profile "net" whose members reach each other."""
+    from calico.policy.v1 import policy_pb2, policy_pb2_grpc
+    import grpc
+    with grpc.insecure_channel(policy_server[0]) as ch:
+        policy_pb2_grpc.PolicyServiceStub(ch).CreateProfile(
+            policy_pb2.CreateProfileRequest(name="net"), timeout=10)
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.20.0.0/16"))
 
 
 def test_mesh_off_then_route_reflector(lab, pools):
     h1, h2 = lab.add_host("h1", node=True, ipv6=False), lab.add_host("h2", node=True, ipv6=False)
-    w1, w2 = h1.add_workload("w1"), h2.add_workload("w2")
+    w1, w2 = h1.add_workload("w1", profiles=NET), h2.add_workload("w2", profiles=NET)
     assert_connectivity([(w1, w2.ip), (w2, w1.ip)])
 
     result = h1.calicoctl("bgp", "node-mesh", "off")
@@ -67,7 +75,7 @@ def test_mesh_off_then_route_reflector(lab, pools):
 
 def test_upstream_router_learns_block_routes(lab, pools):
     h1 = lab.add_host("h1", node=True, ipv6=False)
-    w1 = h1.add_workload("w1")
+    w1 = h1.add_workload("w1", profiles=NET)
     upstream = lab.add_router("up", UPSTREAM_INDEX, UPSTREAM_CONF)
     result = h1.calicoctl("bgp", "peer", "add", upstream.ip, "as", "65000")
     assert result.returncode == 0, result.stderr
@@ -82,7 +90,7 @@ def test_upstream_router_learns_block_routes(lab, pools):
 
 def test_node_specific_peer(lab, pools):
     h1 = lab.add_host("h1", node=True, ipv6=False)
-    h1.add_workload("w1")
+    h1.add_workload("w1", profiles=NET)
     upstream = lab.add_router("up", UPSTREAM_INDEX, UPSTREAM_CONF)
     result = h1.calicoctl("node", "bgp", "peer", "add", upstream.ip, "as", "65000")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,59 @@
+"""Why a packet between two workloads passes or is dropped.
+
+Usage:
+  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
+
+Options:
+  --protocol=<P>   tcp, udp, icmp or icmpv6 (default: a ping).
+  --port=<N>       The destination port, for tcp and udp.
+
+<SRC> and <DST> are addresses, or containers on this node (netns:<name>,
+pid:<N>), which stand for their first address. The verdict is computed from
+the same model the policy agents program into iptables: the source's
+outbound rules, then the destination's inbound rules, naming the profile rule
+that decided.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from calico.endpoint.v1 import endpoint_pb2
+from calico.policy.v1 import policy_pb2
+from cli import client, workloads
+from cli.errors import CliError
+
+
+def _address(text: str, want_version: int | None = None) -> tuple[str, str]:
+    """(address, label) for an address or a container reference."""
+    try:
+        return str(ipaddress.ip_address(text)), text
+    except ValueError:
+        pass
+    workload = workloads.identify(text)
+    eps = client.call(client.endpoint(), "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+        orchestrator=workload.orchestrator, workload_id=workload.workload_id)).endpoints
+    ips = [n.split("/")[0] for ep in eps for n in list(ep.ipv4_nets) + list(ep.ipv6_nets)]
+    if want_version:
+        ips = [ip for ip in ips if ipaddress.ip_address(ip).version == want_version]
+    if not ips:
+        raise CliError(f"{text} has no Calico address on this node.")
+    return ips[0], f"{ips[0]} ({text})"
+
+
+def run(args: dict) -> None:
+    port = args["--port"]
+    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise CliError(f"Invalid port '{port}'.")
+    src, src_label = _address(args["<SRC>"])
+    dst, dst_label = _address(args["<DST>"], ipaddress.ip_address(src).version)
+    resp = client.call(client.policy(), "Explain", policy_pb2.ExplainRequest(
+        src=src, dst=dst, protocol=args["--protocol"] or "", port=int(port or 0)))
+    what = args["--protocol"] or "ping"
+    if port:
+        what += f" port {port}"
+    print(f"{'ALLOWED' if resp.allowed else 'DENIED'}: {what} from {src_label} to {dst_label}")
+    for step in resp.steps:
+        print(f"  {step.direction:<8} {step.text}")
+    for note in resp.notes:
+        print(f"  note: {note}")

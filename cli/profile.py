@@ -1,0 +1,142 @@
+"""Profiles: groups of workloads with tags and allow/deny rules.
+
+Usage:
+  calicoctl profile show [--detailed]
+  calicoctl profile (add|remove) <PROFILE> [--force]
+  calicoctl profile <PROFILE> tag show
+  calicoctl profile <PROFILE> tag (add|remove) <TAG>
+  calicoctl profile <PROFILE> rule show
+  calicoctl profile <PROFILE> rule json
+  calicoctl profile <PROFILE> rule update
+  calicoctl profile <PROFILE> member add <CONTAINER>
+
+Options:
+  --detailed   Also list each profile's member endpoints.
+  --force      Remove the profile even though endpoints carry it (it is
+               taken off them).
+
+A new profile is tagged with its own name; its members accept traffic from
+members (inbound: allow from tag <PROFILE>, then deny) and may send anything.
+`rule update` reads the rules as JSON on standard input, in the format that
+`rule json` prints; it is checked completely before anything changes.
+A workload with several profiles accepts what any of them allows; a workload
+with none is isolated.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import grpc
+
+from calico.endpoint.v1 import endpoint_pb2
+from calico.policy.v1 import policy_pb2
+from cli import client, workloads
+from cli.errors import CliError
+from cli.output import table
+from services.policy.rules import NAME_RE, TAG_RE, parse_rules
+
+NAME_MESSAGE = ("Profile names must be <30 character long and can only contain numbers, "
+                "letters and underscores.")
+
+
+def run(args: dict) -> None:
+    name = args["<PROFILE>"]
+    if name is not None and not NAME_RE.match(name):
+        raise CliError(NAME_MESSAGE)
+    if args["tag"] and args["<TAG>"] is not None and not TAG_RE.match(args["<TAG>"]):
+        raise CliError("Tag names can only contain letters, numbers and underscores.")
+    policy = client.policy()
+    if args["show"] and not args["tag"] and not args["rule"]:
+        show(policy, args["--detailed"])
+    elif args["tag"]:
+        tags(policy, name, args)
+    elif args["rule"]:
+        rules(policy, name, args)
+    elif args["member"]:
+        member_add(policy, name, args["<CONTAINER>"])
+    elif args["add"]:
+        try:
+            policy.call("CreateProfile", policy_pb2.CreateProfileRequest(name=name))
+            print(f"Created profile {name}")
+        except client.RpcFailure as exc:
+            if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise CliError(str(exc)) from None
+            print(f"Profile {name} already exists.")
+    else:
+        try:
+            policy.call("DeleteProfile", policy_pb2.DeleteProfileRequest(
+                name=name, force=args["--force"]))
+        except client.RpcFailure as exc:
+            hint = " Use --force." if exc.code == grpc.StatusCode.FAILED_PRECONDITION else ""
+            raise CliError(f"{exc}{hint}") from None
+        print(f"Deleted profile {name}")
+
+
+def show(policy, detailed: bool) -> None:
+    profiles = client.call(policy, "ListProfiles", policy_pb2.ListProfilesRequest(
+        with_members=detailed)).profiles
+    if not detailed:
+        print(table(["Name"], [[p.name] for p in profiles]))
+        return
+    print(table(["Name", "Tags", "Member endpoints"],
+                [[p.name, ",".join(p.tags), ", ".join(p.member_endpoint_ids) or "-"]
+                 for p in profiles]))
+
+
+def tags(policy, name: str, args: dict) -> None:
+    if args["show"]:
+        for tag in client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(
+                name=name)).profile.tags:
+            print(tag)
+        return
+    tag = args["<TAG>"]
+    if args["add"]:
+        client.call(policy, "UpdateTags", policy_pb2.UpdateTagsRequest(name=name, add=tag))
+        print(f"Tag {tag} added to profile {name}")
+    else:
+        client.call(policy, "UpdateTags", policy_pb2.UpdateTagsRequest(name=name, remove=tag))
+        print(f"Tag {tag} removed from profile {name}")
+
+
+def rules(policy, name: str, args: dict) -> None:
+    if args["update"]:
+        text = sys.stdin.read()
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"The rules on standard input are not valid JSON: {exc}.") from None
+        if isinstance(document, dict) and document.get("id", name) != name:
+            raise CliError(f"Rules id '{document['id']}' does not match profile name "
+                           f"'{name}'.")
+        client.call(policy, "UpdateRules", policy_pb2.UpdateRulesRequest(
+            name=name, rules_json=json.dumps(document)))
+        print(f"Successfully updated rules on profile {name}")
+        return
+    profile = client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(name=name)).profile
+    if args["json"]:
+        print(profile.rules_json)
+        return
+    inbound, outbound = parse_rules(json.loads(profile.rules_json), name)
+    for title, rules_ in (("Inbound rules:", inbound), ("Outbound rules:", outbound)):
+        print(title)
+        for i, rule in enumerate(rules_, 1):
+            print(f"  {i:>2} {rule.describe()}")
+
+
+def member_add(policy, name: str, container: str) -> None:
+    workload = workloads.find(container)
+    client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(name=name))  # exists?
+    eps = client.call(client.endpoint(), "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+        orchestrator=workload.orchestrator, workload_id=workload.workload_id)).endpoints
+    if not eps:
+        raise CliError(f"{container} has not been configured with Calico Networking; use "
+                       "'calicoctl container add' first.")
+    for ep in eps:
+        current = client.call(policy, "GetEndpointProfiles", policy_pb2.GetEndpointProfilesRequest(
+            endpoint_id=ep.endpoint_id)).profile_ids
+        if name not in current:
+            client.call(policy, "SetEndpointProfiles", policy_pb2.SetEndpointProfilesRequest(
+                endpoint_id=ep.endpoint_id, profile_ids=list(current) + [name]))
+    print(f"Added {container} to {name}")

@@ -1,0 +1,1 @@
+"""The policy agent: programs iptables and ipsets on one node from etcd."""

@@ -1,0 +1,54 @@
+"""calico-policy-agent: one node's policy dataplane (the composition root).
+
+Run as `python -m node.policy` in the host's network namespace (the node
+supervisor does).
+
+Usage:
+  calico-policy-agent [--name=<NODE>] [--backend=<B>]
+
+Options:
+  --name=<NODE>    This node's name; else CALICO_NODENAME, else the hostname.
+  --backend=<B>    iptables backend, nft or legacy; default: the one the host's
+                   existing rules use.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from docopt import docopt
+
+from calicopy import config
+from calicopy.datastore.etcd import EtcdStore
+from node.policy.agent import Agent
+from node.policy.iptables import detect_backend
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = docopt(__doc__, argv)
+    try:
+        node = config.NODENAME.resolve(args["--name"])
+        store = EtcdStore(config.ETCD_ENDPOINTS.resolve())
+    except config.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    backend = args["--backend"] or detect_backend()
+    if backend not in ("nft", "legacy"):
+        print(f"Invalid --backend '{backend}': use nft or legacy.", file=sys.stderr)
+        return 1
+    logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Agent(store, node, backend).run(stop)
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

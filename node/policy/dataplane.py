@@ -1,0 +1,209 @@
+"""The iptables chains and ipsets one node needs, computed from a policy Snapshot.
+
+Pure: no commands are run here. The layout (per IP version, filter table):
+
+- ``cali-INPUT`` (from INPUT) and ``cali-FORWARD`` (from FORWARD) send
+  traffic from workload interfaces to ``cali-from-wl`` and traffic to them to
+  ``cali-to-wl``. Those dispatch by interface to per-endpoint chains and end in
+  DROP, so an interface we do not know gets nothing (fail closed).
+- ``cali-fw-<id>`` (from an endpoint): drop INVALID, accept ESTABLISHED and
+  RELATED, drop a wrong source MAC, go to ``cali-fp-<id>`` only for the
+  endpoint's own source addresses, else drop. ``cali-fp-<id>`` runs the
+  endpoint's profiles' outbound chains in order and returns (allowed) as soon
+  as one marks the packet; else drops.
+- ``cali-tw-<id>`` (to an endpoint): the same for the profiles' inbound chains.
+- ``cali-pi-<hash>`` / ``cali-po-<hash>``: one chain per profile and direction,
+  one iptables rule per profile rule (two for allow: mark, then return), each
+  commented with the profile and rule number, so iptables-save and packet
+  counters say which rule decided.
+- Tags are ipsets (``cali4-t-<hash>``, hash:ip), so a tag rule is one rule
+  whatever the member count. In the nat table, ``cali-POSTROUTING``
+  masquerades traffic from nat-outgoing pools to anywhere outside all pools.
+
+Traffic from the host to its own workloads (OUTPUT) is not policed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+
+from services.endpoint.model import Endpoint
+from services.policy.model import Snapshot
+from services.policy.rules import INBOUND, OUTBOUND, Rule
+
+MARK = "0x1000000"
+ACCEPT_MARK = f"{MARK}/{MARK}"
+PREFIX = "cali-"
+SET_PREFIX = ("cali4-", "cali6-")
+HOOKS = {"filter": [("INPUT", "cali-INPUT"), ("FORWARD", "cali-FORWARD")],
+         "nat": [("POSTROUTING", "cali-POSTROUTING")]}
+# Neighbour discovery and MLD that workloads must be able to send their host.
+ICMPV6_TO_HOST = (130, 131, 132, 133, 135, 136)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def profile_chain(name: str, direction: str) -> str:
+    return f"{PREFIX}p{'i' if direction == INBOUND else 'o'}-{_hash(name)}"
+
+
+def tag_set(tag: str, version: int) -> str:
+    return f"cali{version}-t-{_hash(tag)}"
+
+
+def pool_set(kind: str, version: int) -> str:
+    return f"cali{version}-pools-{kind}"
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text[:250]}"'
+
+
+@dataclasses.dataclass
+class IpSet:
+    name: str
+    kind: str                 # hash:ip or hash:net
+    version: int
+    members: frozenset[str]
+
+
+@dataclasses.dataclass
+class Desired:
+    """Per IP version: table -> chain -> rules; plus the ipsets."""
+    tables: dict[int, dict[str, dict[str, list[str]]]]
+    ipsets: dict[str, IpSet]
+
+
+def rule_matches(rule: Rule, version: int) -> list[str]:
+    """The iptables match clauses of a rule (several when ports must be split)."""
+    parts = []
+    if rule.protocol:
+        parts.append(f"-p {'ipv6-icmp' if rule.protocol == 'icmpv6' else rule.protocol}")
+    if rule.src_net:
+        parts.append(f"-s {rule.src_net}")
+    if rule.dst_net:
+        parts.append(f"-d {rule.dst_net}")
+    if rule.src_tag:
+        parts.append(f"-m set --match-set {tag_set(rule.src_tag, version)} src")
+    if rule.dst_tag:
+        parts.append(f"-m set --match-set {tag_set(rule.dst_tag, version)} dst")
+    if rule.icmp_type is not None:
+        value = str(rule.icmp_type) + (f"/{rule.icmp_code}" if rule.icmp_code is not None
+                                       else "")
+        parts.append(f"-m icmp --icmp-type {value}" if version == 4 else
+                     f"-m icmp6 --icmpv6-type {value}")
+    base = " ".join(parts)
+    port_sets = [(flag, _chunks(ports)) for flag, ports in
+                 (("--sports", rule.src_ports), ("--dports", rule.dst_ports)) if ports]
+    if not port_sets:
+        return [base]
+    clauses = [base]
+    for flag, chunks in port_sets:
+        clauses = [f"{c} -m multiport {flag} {chunk}".strip() for c in clauses
+                   for chunk in chunks]
+    return clauses
+
+
+def _chunks(ports) -> list[str]:
+    """multiport takes 15 ports per rule, a range counting as two."""
+    chunks, current, weight = [], [], 0
+    for p in ports:
+        w = 2 if isinstance(p, str) else 1
+        if weight + w > 15:
+            chunks.append(current)
+            current, weight = [], 0
+        current.append(str(p))
+        weight += w
+    chunks.append(current)
+    return [",".join(c) for c in chunks]
+
+
+def _profile_rules(name: str, direction: str, rules: list[Rule], version: int) -> list[str]:
+    out = []
+    for i, rule in enumerate(rules, 1):
+        if version not in rule.versions:
+            continue
+        comment = _comment(f"profile {name} {direction} rule {i}: {rule.describe()}")
+        for match in rule_matches(rule, version):
+            lead = f"{match} " if match else ""
+            if rule.action == "allow":
+                out.append(f"{lead}{comment} -j MARK --set-xmark {ACCEPT_MARK}")
+                out.append(f"-m mark --mark {ACCEPT_MARK} -j RETURN")
+            else:
+                out.append(f"{lead}{comment} -j RETURN")
+    return out
+
+
+def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str, list[str]]:
+    short = ep.endpoint_id[:11]
+    fw, fp, tw = f"{PREFIX}fw-{short}", f"{PREFIX}fp-{short}", f"{PREFIX}tw-{short}"
+    who = f"{ep.orchestrator} {ep.workload_id}"
+    conntrack = ["-m conntrack --ctstate INVALID -j DROP",
+                 "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    ips = [ip for ip in ep.ips if ipaddress.ip_address(ip).version == version]
+    from_chain = conntrack + [f"-m mac ! --mac-source {ep.mac} {_comment(f'{who}: spoofed MAC')}"
+                              f" -j DROP"]
+    from_chain += [f"-s {ip}/{32 if version == 4 else 128} -g {fp}" for ip in ips]
+    from_chain.append(f"{_comment(f'{who}: source address is not its own')} -j DROP")
+
+    def profiles(direction):
+        rules = [f"-j MARK --set-xmark 0x0/{MARK}"]
+        for name in ep.profile_ids:
+            if name in snapshot.profiles:
+                rules += [f"-j {profile_chain(name, direction)}",
+                          f"-m mark --mark {ACCEPT_MARK} -j RETURN"]
+        rules.append(f"{_comment(f'{who}: no profile allowed it ({direction})')} -j DROP")
+        return rules
+    return {fw: from_chain, fp: profiles(OUTBOUND), tw: conntrack + profiles(INBOUND)}
+
+
+def compute(snapshot: Snapshot, node: str) -> Desired:
+    local = [ep for ep in snapshot.endpoints if ep.node == node and ep.mac]
+    members = snapshot.tag_members()
+    ipsets: dict[str, IpSet] = {}
+    tables: dict[int, dict[str, dict[str, list[str]]]] = {}
+    for version in (4, 6):
+        for tag in snapshot.referenced_tags():
+            name = tag_set(tag, version)
+            ipsets[name] = IpSet(name, "hash:ip", version,
+                                 frozenset(members.get(tag, {}).get(version, set())))
+        chains: dict[str, list[str]] = {}
+        to_host = []
+        if version == 6:
+            to_host = [f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
+                       for t in ICMPV6_TO_HOST]
+        chains[f"{PREFIX}INPUT"] = to_host + [f"-i cali+ -j {PREFIX}from-wl",
+                                              "-i cali+ -j ACCEPT"]
+        chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
+                                      f"-o cali+ -j {PREFIX}to-wl",
+                                      "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
+        chains[f"{PREFIX}from-wl"] = [f"-i {ep.host_interface} -g {PREFIX}fw-{ep.endpoint_id[:11]}"
+                                      for ep in local]
+        chains[f"{PREFIX}from-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
+        chains[f"{PREFIX}to-wl"] = [f"-o {ep.host_interface} -g {PREFIX}tw-{ep.endpoint_id[:11]}"
+                                    for ep in local]
+        chains[f"{PREFIX}to-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
+        used = {name for ep in local for name in ep.profile_ids if name in snapshot.profiles}
+        for name in sorted(used):
+            profile = snapshot.profiles[name]
+            for direction in (INBOUND, OUTBOUND):
+                chains[profile_chain(name, direction)] = _profile_rules(
+                    name, direction, profile.rules(direction), version)
+        for ep in local:
+            chains.update(_endpoint_chains(ep, version, snapshot))
+        nat: dict[str, list[str]] = {}
+        if version == 4:
+            pools = [p for p in snapshot.pools if ipaddress.ip_network(p["cidr"]).version == 4]
+            every, masq = pool_set("all", 4), pool_set("masq", 4)
+            ipsets[every] = IpSet(every, "hash:net", 4, frozenset(p["cidr"] for p in pools))
+            ipsets[masq] = IpSet(masq, "hash:net", 4,
+                                 frozenset(p["cidr"] for p in pools if p.get("nat_outgoing")))
+            nat[f"{PREFIX}POSTROUTING"] = [
+                f"-m set --match-set {masq} src -m set ! --match-set {every} dst "
+                f"{_comment('nat-outgoing pools')} -j MASQUERADE"] if ipsets[masq].members else []
+        tables[version] = {"filter": chains, "nat": nat} if version == 4 else {"filter": chains}
+    return Desired(tables, ipsets)

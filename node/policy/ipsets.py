@@ -1,0 +1,51 @@
+"""Our ipsets in the kernel: each changed set is built aside and swapped in.
+
+A tag's set is filled under a temporary name and swapped with the live one in
+one `ipset restore`, so rules matching it never see a half-filled set.
+"""
+
+from __future__ import annotations
+
+from node.policy import commands
+from node.policy.dataplane import SET_PREFIX, IpSet
+
+
+def current() -> dict[str, set[str]]:
+    """Our sets and their members."""
+    sets: dict[str, set[str]] = {}
+    for line in commands.run(["ipset", "save"]).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith(SET_PREFIX):
+            if parts[0] == "create":
+                sets.setdefault(parts[1], set())
+            elif parts[0] == "add":
+                sets.setdefault(parts[1], set()).add(parts[2])
+    return sets
+
+
+def update(desired: dict[str, IpSet]) -> int:
+    """Create or refill sets that differ; returns how many changed."""
+    have = current()
+    script = []
+    for s in desired.values():
+        if have.get(s.name) == set(s.members):
+            continue
+        family = "inet" if s.version == 4 else "inet6"
+        tmp = f"{s.name}-tmp"
+        script += [f"create {s.name} {s.kind} family {family} maxelem 1048576",
+                   f"create {tmp} {s.kind} family {family} maxelem 1048576",
+                   f"flush {tmp}"]
+        script += [f"add {tmp} {m}" for m in sorted(s.members)]
+        script += [f"swap {tmp} {s.name}", f"destroy {tmp}"]
+    if script:
+        commands.run(["ipset", "restore", "-exist"], "\n".join(script) + "\n")
+    return sum(1 for line in script if line.startswith("swap"))
+
+
+def remove_stale(desired: dict[str, IpSet]) -> int:
+    """Destroy our sets nothing refers to any more (after the rules changed)."""
+    stale = [name for name in current() if name not in desired]
+    if stale:
+        commands.run(["ipset", "restore", "-exist"],
+                     "".join(f"destroy {name}\n" for name in stale))
+    return len(stale)

@@ -1,0 +1,89 @@
+"""Our chains in the kernel: read what is there, write only what changed.
+
+One ``iptables-restore --noflush`` transaction per table and IP version
+writes every changed chain whole (declaring a chain empties it), deletes our
+chains that are no longer wanted, and inserts the jumps from the built-in
+chains if they are missing. The backend (nf_tables or legacy) is the one the
+host already uses; legacy writes wait for the xtables lock.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from node.policy import commands
+from node.policy.dataplane import HOOKS, PREFIX
+
+
+def _count_rules(tool: str) -> int:
+    if not shutil.which(tool):
+        return -1
+    out = commands.run([tool], check=False)
+    return sum(1 for line in out.splitlines() if line.startswith("-A"))
+
+
+def detect_backend() -> str:
+    """"legacy" if the host's rules live in the legacy tables, else "nft"."""
+    legacy, nft = _count_rules("iptables-legacy-save"), _count_rules("iptables-nft-save")
+    if nft < 0 or legacy > nft:
+        return "legacy"
+    return "nft"
+
+
+class Tables:
+    """One IP version's tables through one backend."""
+
+    def __init__(self, version: int, backend: str):
+        stem = "iptables" if version == 4 else "ip6tables"
+        self.version = version
+        self.save = [f"{stem}-{backend}-save"]
+        self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait"]
+        # What we wrote last, per table and chain: the kernel prints rules in
+        # its own canonical form, so comparing against our own text is exact.
+        self.written: dict[str, dict[str, list[str]]] = {}
+
+    def current(self, table: str) -> tuple[dict[str, int], set[str]]:
+        """Our chains with their rule counts, and the built-in chains that jump to ours."""
+        out = commands.run(self.save + ["-t", table])
+        chains: dict[str, int] = {}
+        hooked = set()
+        for line in out.splitlines():
+            if line.startswith(":") and line[1:].startswith(PREFIX):
+                chains[line[1:].split()[0]] = 0
+            elif line.startswith("-A "):
+                chain = line.split()[1]
+                if chain in chains:
+                    chains[chain] += 1
+                elif f"-j {PREFIX}" in line and chain.isupper():
+                    hooked.add(line.split("-j ")[1].split()[0])
+        return chains, hooked
+
+    def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
+        """Make the table's calico chains match ``desired``; returns the number
+        of chains written. ``full`` rewrites every chain whatever we think is there."""
+        current, hooked = self.current(table)
+        written = self.written.setdefault(table, {})
+        lines = [f"*{table}"]
+        changed = []
+        for chain, rules in desired.items():
+            fresh = (full or chain not in current or written.get(chain) != rules or
+                     current[chain] != len(rules))
+            if fresh:
+                changed.append(chain)
+                lines.append(f":{chain} - [0:0]")
+        for chain in changed:
+            lines += [f"-A {chain} {rule}" for rule in desired[chain]]
+        for builtin, ours in HOOKS[table]:
+            if ours in desired and ours not in hooked:
+                lines.append(f"-I {builtin} 1 -j {ours}")
+        stale = [c for c in current if c not in desired]
+        lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
+        if not changed and not stale and len(lines) == 1:
+            return 0
+        lines.append("COMMIT")
+        commands.run(self.restore, "\n".join(lines) + "\n")
+        for chain in changed:
+            written[chain] = list(desired[chain])
+        for chain in stale:
+            written.pop(chain, None)
+        return len(changed) + len(stale)

@@ -1,0 +1,1 @@
+"""The policy service: profiles, tags and rules; endpoint membership; explain."""

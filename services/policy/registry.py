@@ -1,0 +1,120 @@
+"""Profiles (tags and rules) and endpoints' profile lists, as stored in etcd.
+
+A profile is two keys, ``tags`` and ``rules``, written together. Endpoint
+records belong to their node's endpoint service; here only their
+``profile_ids`` are changed, with a compare-and-swap on the record.
+"""
+
+from __future__ import annotations
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import KV, Store, Txn, retry
+from services.endpoint.model import Endpoint
+from services.policy.errors import (BadRule, EndpointNotFound, ProfileExists, ProfileInUse,
+                                    ProfileNotFound)
+from services.policy.rules import Profile, check_profile_name, check_tag, parse_rules
+
+
+class PolicyRegistry:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # Profiles ----------------------------------------------------------------
+
+    def _read(self, name: str) -> tuple[Profile, KV, KV]:
+        check_profile_name(name)
+        tags_kv = self.store.get(keys.profile_tags(name))
+        rules_kv = self.store.get(keys.profile_rules(name))
+        if tags_kv is None or rules_kv is None:
+            raise ProfileNotFound(name)
+        inbound, outbound = parse_rules(rules_kv.json(), name)
+        return Profile(name, list(tags_kv.json()), inbound, outbound), tags_kv, rules_kv
+
+    def get(self, name: str) -> Profile:
+        return self._read(name)[0]
+
+    def create(self, name: str) -> Profile:
+        check_profile_name(name)
+        profile = Profile.default(name)
+        txn = Txn().create(keys.profile_tags(name), profile.tags)
+        txn.create(keys.profile_rules(name), profile.rules_json())
+        if not self.store.commit(txn):
+            raise ProfileExists(name)
+        return profile
+
+    def delete(self, name: str, force: bool = False) -> list[str]:
+        """Delete a profile; with ``force`` it is also taken off its endpoints.
+        Returns the ids of the endpoints that used it."""
+        _, tags_kv, rules_kv = self._read(name)
+        users = [ep for ep, _ in self.endpoints() if name in ep.profile_ids]
+        if users and not force:
+            raise ProfileInUse(f"Profile {name} is used by {len(users)} endpoint(s); remove it "
+                               "from them first, or force the removal.")
+        for ep in users:
+            self.set_endpoint_profiles(ep.endpoint_id,
+                                       [p for p in ep.profile_ids if p != name], check=False)
+        if not self.store.commit(Txn().delete(tags_kv).delete(rules_kv)):
+            raise ProfileInUse(f"Profile {name} changed while being deleted; try again.")
+        return [ep.endpoint_id for ep in users]
+
+    def list(self) -> list[Profile]:
+        names = sorted({keys.parse_profile(kv.key)[0] for kv in self.store.list(keys.PROFILES)})
+        found = []
+        for name in names:
+            try:
+                found.append(self.get(name))
+            except ProfileNotFound:     # half of a profile being created or deleted
+                continue
+        return found
+
+    def set_tags(self, name: str, add: str | None = None, remove: str | None = None) -> Profile:
+        def attempt():
+            profile, tags_kv, _ = self._read(name)
+            if add is not None:
+                check_tag(add)
+                if add not in profile.tags:
+                    profile.tags.append(add)
+            if remove is not None:
+                if remove not in profile.tags:
+                    raise BadRule(f"Tag {remove} is not on profile {name}")
+                profile.tags.remove(remove)
+            return profile if self.store.commit(Txn().update(tags_kv, profile.tags)) else None
+        return retry(f"changing the tags of {name}", attempt)
+
+    def set_rules(self, name: str, document) -> Profile:
+        """Replace a profile's rules with a validated document (its ``id``, if
+        present, must be the profile's name)."""
+        inbound, outbound = parse_rules(document, name)
+
+        def attempt():
+            profile, _, rules_kv = self._read(name)
+            profile.inbound, profile.outbound = inbound, outbound
+            ok = self.store.commit(Txn().update(rules_kv, profile.rules_json()))
+            return profile if ok else None
+        return retry(f"updating the rules of {name}", attempt)
+
+    # Endpoints -------------------------------------------------------------------
+
+    def endpoints(self) -> list[tuple[Endpoint, KV]]:
+        return [(Endpoint.from_json(kv.json()), kv) for kv in self.store.list(keys.HOSTS)
+                if keys.is_endpoint(kv.key)]
+
+    def endpoint(self, endpoint_id: str) -> tuple[Endpoint, KV]:
+        for ep, kv in self.endpoints():
+            if ep.endpoint_id == endpoint_id:
+                return ep, kv
+        raise EndpointNotFound(f"Endpoint {endpoint_id} not found.")
+
+    def set_endpoint_profiles(self, endpoint_id: str, profile_ids: list[str],
+                              check: bool = True) -> Endpoint:
+        if check:
+            for name in profile_ids:
+                self.get(name)                      # each must exist
+        if len(set(profile_ids)) != len(profile_ids):
+            raise BadRule("A profile appears twice in the list.")
+
+        def attempt():
+            ep, kv = self.endpoint(endpoint_id)
+            ep.profile_ids = list(profile_ids)
+            return ep if self.store.commit(Txn().update(kv, ep.to_json())) else None
+        return retry(f"setting the profiles of endpoint {endpoint_id}", attempt)
