@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from string import Template
 
 from calicopy.rpc import check_health
+from services.endpoint.netns import socket_in
 from tools import launch
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
@@ -262,6 +265,25 @@ class Workload:
     def ping(self, ip: str, timeout: float = 1) -> bool:
         return self.ns.run("ping", "-c1", f"-W{timeout:g}", ip, check=False).returncode == 0
 
+    def ping_from(self, source: str, ip: str, timeout: float = 1) -> bool:
+        """Ping with a chosen source address (which may not be ours)."""
+        return self.ns.run("ping", "-c1", f"-W{timeout:g}", "-I", source, ip,
+                           check=False).returncode == 0
+
+    def tcp_connect(self, ip: str, port: int, timeout: float = 1.0) -> bool:
+        """A TCP connection from inside the workload: True if accepted."""
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket_in(self.ns.path, family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect((ip, port))
+                return True
+            except OSError:
+                return False
+
+    def tcp_listen(self, port: int, v6: bool = False) -> "Listener":
+        return Listener(self, port, v6)
+
     def assert_can_ping(self, ip: str, retries: int = 10) -> None:
         for _ in range(retries):
             if self.ping(ip):
@@ -277,6 +299,56 @@ class Workload:
     def delete(self) -> None:
         sh("ip", "netns", "del", self.ns.name, check=False)
         self.host.lab.namespaces.remove(self.ns)
+
+
+class Listener:
+    """A TCP server inside a workload that accepts and echoes, in a thread."""
+
+    def __init__(self, workload: "Workload", port: int, v6: bool):
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        self.sock = socket_in(workload.ns.path, family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::" if v6 else "0.0.0.0", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conns = []
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+                conn.settimeout(0.2)
+                conns.append(conn)
+            except OSError:
+                pass
+            for conn in list(conns):
+                try:
+                    data = conn.recv(4096)
+                    if data:
+                        conn.sendall(data)
+                    else:
+                        conns.remove(conn)
+                        conn.close()
+                except socket.timeout:
+                    continue
+                except OSError:
+                    conns.remove(conn)
+        for conn in conns:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def assert_connectivity(reach: list[tuple[Workload, str]],

@@ -1,0 +1,227 @@
+"""Security policy on two hosts: real iptables, ipsets, BIRD, etcd and services."""
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from calico.ipam.v1 import ipam_pb2
+from services.endpoint.netns import socket_in
+from tests.system.test_bgp_mesh import wait_for
+from tools.lab import assert_connectivity
+
+POOL4, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
+
+
+@pytest.fixture
+def hosts(lab, ipam_client):
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
+    return lab.add_host("h1", node=True), lab.add_host("h2", node=True)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def fails(result, message):
+    assert result.returncode == 1, result
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr
+
+
+def test_seed_three_profiles_across_two_hosts(hosts):
+    h1, h2 = hosts
+    for name in ("PROF_1_3_5", "PROF_2", "PROF_4"):
+        assert ok(h1.calicoctl("profile", "add", name)) == f"Created profile {name}\n"
+    w1 = h1.add_workload("w1", profiles=("PROF_1_3_5",))
+    w2 = h1.add_workload("w2", profiles=("PROF_2",))
+    w3 = h1.add_workload("w3", profiles=("PROF_1_3_5",))
+    w4 = h2.add_workload("w4", profiles=("PROF_4",))
+    w5 = h2.add_workload("w5", profiles=("PROF_1_3_5",))
+    members, others = [w1, w3, w5], [w2, w4]
+    assert_connectivity(
+        reach=[(a, b.ip) for a in members for b in members if a is not b],
+        blocked=[(a, b.ip) for a in members for b in others] +
+                [(b, a.ip) for a in members for b in others])
+    shown = ok(h1.calicoctl("profile", "show", "--detailed"))
+    assert "PROF_1_3_5" in shown and "PROF_4" in shown
+
+
+def test_no_profile_is_isolated_and_union_of_profiles(hosts):
+    h1, h2 = hosts
+    for name in ("A", "B"):
+        ok(h1.calicoctl("profile", "add", name))
+    lonely = h1.add_workload("lonely")
+    a = h1.add_workload("a", profiles=("A",))
+    b = h2.add_workload("b", profiles=("B",))
+    both = h2.add_workload("both", profiles=("A", "B"))
+    assert_connectivity(
+        reach=[(a, both.ip), (b, both.ip), (both, a.ip), (both, b.ip)],
+        blocked=[(a, b.ip), (b, a.ip), (a, lonely.ip), (lonely, a.ip)])
+    assert lonely.ping(h1.ip) is False       # not even its own host
+
+
+def test_tcp_port_rule_and_rule_update_round_trip(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "WEB"))
+    ok(h1.calicoctl("profile", "add", "CLIENT"))
+    server = h1.add_workload("server", profiles=("WEB",))
+    client = h2.add_workload("client", profiles=("CLIENT",))
+    rules = {"id": "WEB",
+             "inbound_rules": [{"action": "allow", "protocol": "tcp", "dst_ports": [80]},
+                               {"action": "allow", "src_tag": "WEB"},
+                               {"action": "deny"}],
+             "outbound_rules": [{"action": "allow"}]}
+    with server.tcp_listen(80), server.tcp_listen(8080):
+        assert not client.tcp_connect(server.ip, 80)
+        result = h2.calicoctl("profile", "WEB", "rule", "update", input=json.dumps(rules))
+        assert ok(result) == "Successfully updated rules on profile WEB\n"
+        wait_for("port 80 to open", lambda: client.tcp_connect(server.ip, 80))
+        assert not client.tcp_connect(server.ip, 8080)
+        client.assert_cant_ping(server.ip)
+    shown = ok(h1.calicoctl("profile", "WEB", "rule", "show"))
+    assert shown == ("Inbound rules:\n   1 allow tcp to ports [80]\n   2 allow from tag WEB\n"
+                     "   3 deny\nOutbound rules:\n   1 allow\n")
+    assert json.loads(ok(h1.calicoctl("profile", "WEB", "rule", "json"))) == rules
+
+
+def test_bad_rules_change_nothing_anywhere(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "WEB"))
+    a = h1.add_workload("a", profiles=("WEB",))
+    b = h2.add_workload("b", profiles=("WEB",))
+    before = ok(h1.calicoctl("profile", "WEB", "rule", "json"))
+    for document, message in [
+        ({"id": "WEB", "inbound_rules": [{"action": "allow"}, {"action": "allow",
+                                                                 "dst_ports": [80]}]},
+         "Invalid inbound rule 2: field 'dst_ports' needs protocol tcp or udp."),
+        ({"id": "WEB", "outbound_rules": [{"actoin": "allow"}]},
+         "Invalid outbound rule 1: field 'actoin' is not a rule field"),
+        ({"id": "WEB", "inbound_rules": [{"protocol": "icmp", "icmp_code": 3}]},
+         "Invalid inbound rule 1: field 'icmp_code' needs icmp_type."),
+        ({"id": "WEB", "inbound_rules": [{"src_net": "10.0.0.0/33"}]},
+         "Invalid inbound rule 1: field 'src_net' is not a valid CIDR: '10.0.0.0/33'."),
+        ({"id": "WEB", "inbound_rules": [{"src_net": "fd00::/64", "ip_version": 4}]},
+         "Invalid inbound rule 1: field 'src_net' is not an IPv4 network but ip_version is 4."),
+    ]:
+        result = h1.calicoctl("profile", "WEB", "rule", "update", input=json.dumps(document))
+        assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
+    fails(h1.calicoctl("profile", "WEB", "rule", "update", input=json.dumps({"id": "OTHER"})),
+          "Rules id 'OTHER' does not match profile name 'WEB'.")
+    fails(h1.calicoctl("profile", "WEB", "rule", "update", input="{not json"),
+          "The rules on standard input are not valid JSON: Expecting property name enclosed "
+          "in double quotes: line 1 column 2 (char 1).")
+    assert ok(h1.calicoctl("profile", "WEB", "rule", "json")) == before
+    assert_connectivity([(a, b.ip), (b, a.ip)])
+
+
+def test_profile_and_member_messages(hosts):
+    h1, _ = hosts
+    ok(h1.calicoctl("profile", "add", "WEB"))
+    assert ok(h1.calicoctl("profile", "add", "WEB")) == "Profile WEB already exists.\n"
+    name_message = ("Profile names must be <30 character long and can only contain numbers, "
+                    "letters and underscores.")
+    fails(h1.calicoctl("profile", "add", "bad-name"), name_message)
+    fails(h1.calicoctl("profile", "add", "x" * 31), name_message)
+    fails(h1.calicoctl("profile", "WEB", "tag", "add", "bad-tag"),
+          "Tag names can only contain letters, numbers and underscores.")
+    assert ok(h1.calicoctl("profile", "WEB", "tag", "add", "FRONT")) == \
+        "Tag FRONT added to profile WEB\n"
+    assert ok(h1.calicoctl("profile", "WEB", "tag", "show")) == "WEB\nFRONT\n"
+    fails(h1.calicoctl("profile", "WEB", "tag", "remove", "NOPE"), "Tag NOPE is not on profile WEB")
+    fails(h1.calicoctl("profile", "remove", "NOPE"), "Couldn't find profile with name NOPE")
+    fails(h1.calicoctl("profile", "NOPE", "member", "add", "netns:whatever"),
+          "Container netns:whatever not found.")
+    w = h1.add_workload("w", profiles=("WEB",))
+    fails(h1.calicoctl("profile", "NOPE", "member", "add", w.ref),
+          "Couldn't find profile with name NOPE")
+    result = h1.calicoctl("profile", "remove", "WEB")
+    assert result.returncode == 1 and "used by 1 endpoint(s)" in result.stderr
+    assert ok(h1.calicoctl("profile", "remove", "WEB", "--force")) == "Deleted profile WEB\n"
+    ep_id = next(line.split("|")[4].strip() for line in
+                 ok(h1.calicoctl("shownodes", "--detailed")).splitlines() if w.ns.name in line)
+    assert ok(h1.calicoctl("endpoint", ep_id, "profile", "show")) == ""
+    ok(h1.calicoctl("profile", "add", "OTHER"))
+    assert "OTHER" in ok(h1.calicoctl("endpoint", ep_id, "profile", "append", "OTHER"))
+    fails(h1.calicoctl("endpoint", ep_id, "profile", "append", "NOPE"),
+          "Couldn't find profile with name NOPE")
+    assert ok(h1.calicoctl("endpoint", ep_id, "profile", "show")) == "OTHER\n"
+    assert "isolated" in ok(h1.calicoctl("endpoint", ep_id, "profile", "remove", "OTHER"))
+
+
+def test_no_spoofing_with_another_address_or_mac(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "NET"))
+    a = h1.add_workload("a", profiles=("NET",))
+    b = h2.add_workload("b", profiles=("NET",))
+    victim = h1.add_workload("victim", profiles=("NET",))
+    a.assert_can_ping(b.ip)
+    # A second address added by hand inside the workload, and another
+    # workload's address: neither gets out.
+    spare = a.ip.rsplit(".", 1)[0] + ".250"
+    a.ns.run("ip", "addr", "add", f"{spare}/32", "dev", "eth0")
+    a.ns.run("ip", "addr", "add", f"{victim.ip}/32", "dev", "eth0")
+    assert not a.ping_from(spare, b.ip)
+    assert not a.ping_from(victim.ip, b.ip)
+    a.assert_can_ping(b.ip)
+    # A changed MAC: nothing gets out any more.
+    a.ns.run("ip", "link", "set", "eth0", "address", "02:de:ad:be:ef:01")
+    a.ns.run("ip", "neigh", "flush", "all")
+    a.assert_cant_ping(b.ip)
+
+
+def test_ipv6_policy(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "V6"))
+    a = h1.add_workload("a", "ipv6", profiles=("V6",))
+    b = h2.add_workload("b", "ipv6", profiles=("V6",))
+    stranger = h2.add_workload("stranger", "ipv6")
+    assert_connectivity(reach=[(a, b.ip), (b, a.ip)],
+                        blocked=[(stranger, a.ip), (a, stranger.ip)])
+
+
+def test_agent_restart_keeps_an_open_connection(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "NET"))
+    server = h1.add_workload("server", profiles=("NET",))
+    client = h2.add_workload("client", profiles=("NET",))
+    with server.tcp_listen(7000):
+        with socket_in(client.ns.path, socket.AF_INET, socket.SOCK_STREAM) as conn:
+            conn.settimeout(3)
+            conn.connect((server.ip, 7000))
+            for host in (h1, h2):
+                pid = host.child_pid("policy agent")
+                os.kill(pid, signal.SIGKILL)
+                wait_for("the agent to come back",
+                         lambda h=host, p=pid: h.child_pid("policy agent") not in (None, p))
+            deadline = time.monotonic() + 4
+            n = 0
+            while time.monotonic() < deadline:     # through the restarts and resyncs
+                conn.sendall(b"ping %d" % n)
+                assert conn.recv(100) == b"ping %d" % n
+                n += 1
+                time.sleep(0.05)
+
+
+def test_policy_explain(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "WEB"))
+    ok(h1.calicoctl("profile", "add", "DB"))
+    web = h1.add_workload("web", profiles=("WEB",))
+    web2 = h2.add_workload("web2", profiles=("WEB",))
+    db = h1.add_workload("db", profiles=("DB",))
+    allowed = ok(h1.calicoctl("policy", "explain", web.ref, web2.ip))
+    assert allowed.startswith(f"ALLOWED: ping from {web.ip} ({web.ref}) to {web2.ip}")
+    assert "allowed by profile WEB inbound rule 1: allow from tag WEB" in allowed
+    denied = ok(h1.calicoctl("policy", "explain", web.ref, db.ref, "--protocol=tcp",
+                             "--port=5432"))
+    assert denied.startswith(f"DENIED: tcp port 5432 from {web.ip} ({web.ref}) to {db.ip}")
+    assert "denied by profile DB inbound rule 2: deny" in denied
+    # And the dataplane agrees.
+    web.assert_can_ping(web2.ip)
+    web.assert_cant_ping(db.ip)
