@@ -64,6 +64,7 @@ test: install
 bench: install
 	$(PY) bench/ipam.py
 	$(PY) bench/endpoint.py
+	$(PY) bench/policy.py
 	$(PY) bench/bgp.py
 
 clean: down

@@ -99,7 +99,8 @@ def address(container: str, spec: str, interface: str, add: bool) -> None:
         "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
             orchestrator=workload.orchestrator, workload_id=workload.workload_id)).endpoints}
     ep = _call("AddAddress", endpoint_pb2.AddAddressRequest(**ids, **fields)).endpoint
-    for net in sorted(set(ep.ipv4_nets) | set(ep.ipv6_nets) - before.get(ep.endpoint_id, set())):
+    added = (set(ep.ipv4_nets) | set(ep.ipv6_nets)) - before.get(ep.endpoint_id, set())
+    for net in sorted(added):
         print(f"IP {net.split('/')[0]} added to {container}")
 
 

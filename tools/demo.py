@@ -5,8 +5,10 @@
    gRPC, as a scheduler would; `calicoctl pool show` and `ipam show`.
 3. Two simulated hosts (network namespaces on an underlay) each run
    `calicoctl node`; workloads on both get IPv4 and IPv6 addresses with
-   `calicoctl container add`, BGP carries the routes, and every workload pings
-   every other across hosts; then `calicoctl status` and `shownodes`.
+   `calicoctl container add` and a profile (WEB or DB); BGP carries the
+   routes; the connectivity matrix shows members reaching members and not
+   others; `policy explain` says why; a rule update opens one TCP port; then
+   `calicoctl status` and `shownodes`.
 
 Safe to run again: it releases its own earlier allocations and removes its
 simulated hosts when it ends. The control plane stays up; `make down` stops it.
@@ -14,6 +16,7 @@ simulated hosts when it ends. The control plane stays up; `make down` stops it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -73,47 +76,75 @@ def ipam_story() -> None:
 def workload_story() -> None:
     Lab.remove_leftovers(LAB_PREFIX)
     lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"),
-              prefix=LAB_PREFIX, bgp=stack.unix_addr("bgp"))
+              prefix=LAB_PREFIX, bgp=stack.unix_addr("bgp"), policy=stack.unix_addr("policy"))
     try:
         step("Starting two simulated hosts (network namespaces on one underlay), each "
-             "running 'calicoctl node': endpoint service, BIRD and its renderer")
+             "running 'calicoctl node': policy agent, endpoint service, BIRD and its renderer")
         hosts = [lab.add_host(name, node=True) for name in ("host1", "host2")]
+        host1, host2 = hosts
         for host in hosts:
             print(f"    {host.name}: {host.ip}, {host.ip6}; node state in {host.node_dir}")
-        step("Giving workloads (namespaces) Calico addresses: two on host1, one on host2")
-        workloads = []
-        for host, name in ((hosts[0], "w1"), (hosts[0], "w2"), (hosts[1], "w3")):
+        step("Two profiles: WEB and DB (members reach members; nothing else gets in)")
+        for name in ("WEB", "DB"):
+            show(host1, "profile", "add", name)
+        step("Workloads (namespaces) get IPv4 and IPv6 addresses and a profile")
+        plan = [(host1, "web1", "WEB"), (host2, "web2", "WEB"), (host1, "db1", "DB")]
+        workloads = {}
+        for host, name, profile in plan:
             w = Workload(host, name)
             show(host, "container", "add", w.ref, "auto")
             show(host, "container", w.ref, "ip", "add", "ipv6")
+            show(host, "profile", profile, "member", "add", w.ref)
             w.refresh()
-            workloads.append(w)
-        show(hosts[0], "container", "show")
+            workloads[name] = w
+        show(host1, "container", "show")
         step("Waiting for the BGP sessions")
         for host in hosts:
             wait_established(host)
-        step("Connectivity: routed addresses, no bridge, no NAT, no encapsulation")
-        w1, w2, w3 = workloads
-        for src, dst in ((w1, w2), (w2, w1), (w1, w3), (w3, w1), (w3, w2)):
-            for ip in dst.ips:
-                src.assert_can_ping(ip)
-                print(f"    {src.name}@{src.host.name} -> {dst.name}@{dst.host.name} "
-                      f"{ip:<28} ping ok")
-        w1.assert_can_ping(hosts[0].ip)
-        print(f"    w1@host1 -> host1 {hosts[0].ip:<28} ping ok")
+        web1, web2, db1 = workloads["web1"], workloads["web2"], workloads["db1"]
+        step("Connectivity matrix (ping, IPv4 and IPv6): routed, no NAT, no encapsulation")
+        for src in (web1, web2, db1):
+            for dst in (web1, web2, db1):
+                if src is dst:
+                    continue
+                for ip in dst.ips:
+                    verdict = "reaches" if src.ping(ip) else "blocked"
+                    print(f"    {src.name}@{src.host.name} -> {dst.name}@{dst.host.name} "
+                          f"{ip:<36} {verdict}")
         for host in hosts:
             print(f"    {host.name} routes learned over BGP:")
             for line in (host.routes() + host.routes(v6=True)).splitlines():
                 if "proto bird" in line and not line.startswith("blackhole"):
                     print(f"      {line}")
+        step("Why is web1 -> db1 blocked?")
+        show(host1, "policy", "explain", web1.ref, db1.ref)
+        step("Open one port: DB accepts tcp 5432 from WEB (rule update, JSON on stdin)")
+        rules = {"id": "DB", "inbound_rules": [
+            {"action": "allow", "protocol": "tcp", "src_tag": "WEB", "dst_ports": [5432]},
+            {"action": "allow", "src_tag": "DB"}, {"action": "deny"}],
+            "outbound_rules": [{"action": "allow"}]}
+        print("[host1]$ calicoctl profile DB rule update < rules.json")
+        result = host1.calicoctl("profile", "DB", "rule", "update", input=json.dumps(rules))
+        print(result.stdout + result.stderr, end="")
+        show(host1, "profile", "DB", "rule", "show")
+        with db1.tcp_listen(5432), db1.tcp_listen(22):
+            deadline = time.monotonic() + 10
+            while not web2.tcp_connect(db1.ip, 5432) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for port in (5432, 22):
+                verdict = "connects" if web2.tcp_connect(db1.ip, port) else "blocked"
+                print(f"    web2@host2 -> db1@host1 tcp {port}: {verdict}")
+        show(host1, "policy", "explain", web2.ip, db1.ref, "--protocol=tcp", "--port=5432")
         for host in hosts:
             step(f"calicoctl status on {host.name}")
             show(host, "status")
         step("calicoctl shownodes --detailed")
-        show(hosts[0], "shownodes", "--detailed")
-        step("Removing the workloads and stopping the nodes")
-        for w in workloads:
+        show(host1, "shownodes", "--detailed")
+        step("Removing the workloads, the profiles, and stopping the nodes")
+        for w in workloads.values():
             show(w.host, "container", "remove", w.ref)
+        for name in ("WEB", "DB"):
+            show(host1, "profile", "remove", name)
         for host in hosts:
             show(host, "node", "stop")
         calicoctl("ipam", "check")

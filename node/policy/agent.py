@@ -30,6 +30,7 @@ class Agent:
         self.store, self.node, self.backend = store, node, backend
         self.tables = {v: Tables(v, backend) for v in (4, 6)}
         self.changed = threading.Event()
+        self._sets: dict[str, set[str]] | None = None    # what we last wrote
         self._applied_kv: KV | None = None
         self.applied_revision = 0
 
@@ -44,11 +45,14 @@ class Agent:
         for name, why in snapshot.invalid_profiles.items():
             log.error("profile %s ignored (its members fail closed): %s", name, why)
         desired = dataplane.compute(snapshot, self.node)
-        stats = {"sets": ipsets.update(desired.ipsets), "chains": 0}
+        have = ipsets.current() if full or self._sets is None else self._sets
+        self._sets = None                 # unknown until this pass succeeds
+        stats = {"sets": ipsets.update(desired.ipsets, have), "chains": 0}
         for version, tables in desired.tables.items():
             for table, chains in tables.items():
                 stats["chains"] += self.tables[version].apply(table, chains, full=full)
-        stats["stale_sets"] = ipsets.remove_stale(desired.ipsets)
+        stats["stale_sets"] = ipsets.remove_stale(desired.ipsets, have)
+        self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
         self._record(revision)
         return stats
 
@@ -89,6 +93,7 @@ class Agent:
                 continue
             except CalicoError as exc:
                 log.error("%s", exc)
+                next_full = 0.0          # re-read the kernel before trusting our cache
                 stop.wait(1)
                 continue
             self.changed.wait(min(5.0, max(0.1, next_full - time.monotonic())))

@@ -181,19 +181,23 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
         chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
                                       f"-o cali+ -j {PREFIX}to-wl",
                                       "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
+        # An endpoint without addresses of this version gets no chains in it:
+        # the dispatch chains' final DROP covers it.
+        mine = [ep for ep in local
+                if any(ipaddress.ip_address(ip).version == version for ip in ep.ips)]
         chains[f"{PREFIX}from-wl"] = [f"-i {ep.host_interface} -g {PREFIX}fw-{ep.endpoint_id[:11]}"
-                                      for ep in local]
+                                      for ep in mine]
         chains[f"{PREFIX}from-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
         chains[f"{PREFIX}to-wl"] = [f"-o {ep.host_interface} -g {PREFIX}tw-{ep.endpoint_id[:11]}"
-                                    for ep in local]
+                                    for ep in mine]
         chains[f"{PREFIX}to-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
-        used = {name for ep in local for name in ep.profile_ids if name in snapshot.profiles}
+        used = {name for ep in mine for name in ep.profile_ids if name in snapshot.profiles}
         for name in sorted(used):
             profile = snapshot.profiles[name]
             for direction in (INBOUND, OUTBOUND):
                 chains[profile_chain(name, direction)] = _profile_rules(
                     name, direction, profile.rules(direction), version)
-        for ep in local:
+        for ep in mine:
             chains.update(_endpoint_chains(ep, version, snapshot))
         nat: dict[str, list[str]] = {}
         if version == 4:

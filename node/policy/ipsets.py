@@ -23,9 +23,9 @@ def current() -> dict[str, set[str]]:
     return sets
 
 
-def update(desired: dict[str, IpSet]) -> int:
-    """Create or refill sets that differ; returns how many changed."""
-    have = current()
+def update(desired: dict[str, IpSet], have: dict[str, set[str]]) -> int:
+    """Create or refill sets that differ from ``have`` (the kernel's sets, or
+    what we last wrote); returns how many changed."""
     script = []
     for s in desired.values():
         if have.get(s.name) == set(s.members):
@@ -42,9 +42,9 @@ def update(desired: dict[str, IpSet]) -> int:
     return sum(1 for line in script if line.startswith("swap"))
 
 
-def remove_stale(desired: dict[str, IpSet]) -> int:
+def remove_stale(desired: dict[str, IpSet], have: dict[str, set[str]]) -> int:
     """Destroy our sets nothing refers to any more (after the rules changed)."""
-    stale = [name for name in current() if name not in desired]
+    stale = [name for name in have if name not in desired]
     if stale:
         commands.run(["ipset", "restore", "-exist"],
                      "".join(f"destroy {name}\n" for name in stale))

@@ -60,9 +60,15 @@ class Tables:
 
     def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
         """Make the table's calico chains match ``desired``; returns the number
-        of chains written. ``full`` rewrites every chain whatever we think is there."""
-        current, hooked = self.current(table)
+        of chains written. ``full`` reads the kernel and rewrites every chain;
+        otherwise what we wrote last stands for the kernel's state, so an
+        update costs only the changed chains."""
         written = self.written.setdefault(table, {})
+        if full or not written:
+            current, hooked = self.current(table)
+        else:
+            current = {chain: len(rules) for chain, rules in written.items()}
+            hooked = {ours for _, ours in HOOKS[table]}
         lines = [f"*{table}"]
         changed = []
         for chain, rules in desired.items():

@@ -129,7 +129,7 @@ class Decision:
     rule: Rule | None = None
 
     def describe(self) -> str:
-        who = f"{self.endpoint.workload_id} ({self.direction})"
+        who = self.endpoint.workload_id
         if self.rule is not None:
             verb = "allowed" if self.allowed else "denied"
             return (f"{verb} by profile {self.profile} {self.direction} rule "
