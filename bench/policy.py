@@ -16,8 +16,6 @@ grow from 100 to 1000.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 
@@ -47,7 +45,7 @@ def write_endpoints(store, node: str, start: int, count: int, base: int) -> int:
     for chunk in range(start, start + count, 50):
         txn = Txn()
         for n in range(chunk, min(chunk + 50, start + count)):
-            ep = Endpoint(endpoint_id("bench", f"w{base + n}", "eth0"), node, "bench",
+            ep = Endpoint(endpoint_id(node, "bench", f"w{base + n}", "eth0"), node, "bench",
                           f"w{base + n}", "eth0", "/none",
                           ACTIVE, f"02:00:{(n >> 16) & 255:02x}:{(n >> 8) & 255:02x}:"
                           f"{n & 255:02x}:01", profile_ids=[f"P{n % PROFILES}"])

@@ -16,8 +16,6 @@ frees one address whatever owns it: use it for addresses that leaked.
 
 from __future__ import annotations
 
-import grpc
-
 from calico.ipam.v1 import ipam_pb2
 from cli import client, validate
 from cli.errors import CliError

@@ -64,12 +64,14 @@ def node_dir(name: str) -> Path:
 
 
 def supervisor_pid(name: str) -> int | None:
+    """The node supervisor's pid, if it runs (a stale pid file, or a pid
+    reused by another program, does not count)."""
     try:
         pid = int((node_dir(name) / "node.pid").read_text())
-        os.kill(pid, 0)
-        return pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
+    return pid if b"node" in cmdline and f"--name={name}".encode() in cmdline else None
 
 
 def _local_addresses() -> set[str]:
@@ -146,7 +148,10 @@ def stop(name: str, force: bool) -> None:
 
 
 def _remove_endpoints(name: str) -> None:
-    service = client.endpoint()
+    from calico.endpoint.v1 import endpoint_pb2_grpc
+    service = client.Service("endpoint service", config.ENDPOINT_ADDR,
+                             endpoint_pb2_grpc.EndpointServiceStub,
+                             addr=config.endpoint_addr(node=name))
     eps = client.call(service, "ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
     for workload in sorted({(e.orchestrator, e.workload_id) for e in eps}):
         client.call(service, "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
@@ -162,7 +167,10 @@ def _stop_process_group(pid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)      # the supervisor leads its own process group
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the supervisor leads its own process group
+    except ProcessLookupError:
+        pass
 
 
 def _flush_bird_routes() -> None:
@@ -171,13 +179,18 @@ def _flush_bird_routes() -> None:
     import socket
     from pyroute2 import IPRoute
     RTPROT_BIRD = 12
+    from pyroute2.netlink.exceptions import NetlinkError
     with IPRoute() as ipr:
         for family in (socket.AF_INET, socket.AF_INET6):
             for route in ipr.get_routes(family=family, proto=RTPROT_BIRD):
-                if route["proto"] == RTPROT_BIRD:
+                if route["proto"] != RTPROT_BIRD:
+                    continue
+                try:
                     ipr.route("del", family=family, dst=f"{route.get_attr('RTA_DST')}/"
                               f"{route['dst_len']}", proto=RTPROT_BIRD, type=route["type"],
                               table=route.get_attr("RTA_TABLE") or 254)
+                except NetlinkError:        # gone meanwhile
+                    continue
 
 
 def peers(args: dict, name: str) -> None:

@@ -34,7 +34,8 @@ def check_config(path: str) -> None:
 
 def configure(ctl: str, path: str) -> None:
     out = _run(["birdc", "-s", ctl, "configure", f'"{path}"'])
-    if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+    if not any(ok in out for ok in ("Reconfigured", "Reconfiguration in progress",
+                                     "queueing")):
         raise BirdError(["birdc", "configure"], 0, out)
 
 

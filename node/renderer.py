@@ -59,30 +59,34 @@ class Renderer:
     def __init__(self, store: Store, name: str, config_path: Path, ctl: str):
         self.store, self.name, self.path, self.ctl = store, name, config_path, ctl
         self.changed = threading.Event()
+        self._configured: str | None = None    # the text BIRD last accepted
         self._report_kv: KV | None = None
         self._lease = 0
 
     def _on_event(self, response) -> None:
-        events = getattr(response, "events", None)
-        if events is None or any(not keys.is_report(e.key.decode()) for e in events):
-            self.changed.set()      # a real change, or the watch failed: look again
+        if keys.changes_configuration(response):
+            self.changed.set()
 
     def sync(self) -> bool:
-        """Render and, if the text changed, install and reload. Says whether it did."""
+        """Render and, if the text differs from what BIRD last accepted,
+        install and reload. Says whether it did."""
         model = current_model(self.store, self.name)
         if model is None:
             return False
         text = bird.render(model)
-        if self.path.exists() and self.path.read_text() == text:
+        bird_up = os.path.exists(self.ctl)
+        if text == self._configured and bird_up:
             return False
-        tmp = self.path.with_suffix(".new")
-        tmp.write_text(text)
-        birdctl.check_config(str(tmp))         # raises: the old config stays
-        os.replace(tmp, self.path)
-        if os.path.exists(self.ctl):
-            birdctl.configure(self.ctl, str(self.path))
-        log.info("BIRD configuration updated: %d peer(s), %d block(s)", len(model.peers),
-                 len(model.blocks))
+        if not self.path.exists() or self.path.read_text() != text:
+            tmp = self.path.with_suffix(".new")
+            tmp.write_text(text)
+            birdctl.check_config(str(tmp))     # raises: the old config stays
+            os.replace(tmp, self.path)
+        if bird_up:
+            birdctl.configure(self.ctl, str(self.path))   # raises: retried next pass
+            self._configured = text
+            log.info("BIRD configured: %d peer(s), %d block(s)", len(model.peers),
+                     len(model.blocks))
         return True
 
     def report(self) -> None:

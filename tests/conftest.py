@@ -6,6 +6,7 @@ folder and stopped by PID at the end; every test that uses it leaves it empty.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -55,16 +56,24 @@ def store(etcd):
         s.close()
 
 
-@pytest.fixture
-def ipam_server(store, tmp_path):
-    """An in-process IPAM service over the test etcd: (host:port, unix:<path>)."""
-    unix = f"unix:{tmp_path}/ipam.sock"
-    server, port = create_server(["127.0.0.1:0", unix], Ipam(store))
+@contextlib.contextmanager
+def serving(create_server, domain, socket_path):
+    """An in-process service on a free loopback port and a unix socket, stopped
+    afterwards; yields (host:port, unix:<path>)."""
+    unix = f"unix:{socket_path}"
+    server, port = create_server(["127.0.0.1:0", unix], domain)
     server.start()
     try:
         yield f"127.0.0.1:{port}", unix
     finally:
         server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def ipam_server(store, tmp_path):
+    """The IPAM service over the test etcd."""
+    with serving(create_server, Ipam(store), tmp_path / "ipam.sock") as addrs:
+        yield addrs
 
 
 @pytest.fixture
@@ -74,30 +83,20 @@ def ipam_addr(ipam_server):
 
 @pytest.fixture
 def bgp_server(store, tmp_path):
-    """An in-process BGP service over the test etcd: (host:port, unix:<path>)."""
+    """The BGP service over the test etcd."""
+    from services.bgp import server
     from services.bgp.registry import BgpRegistry
-    from services.bgp.server import create_server as create_bgp_server
-    unix = f"unix:{tmp_path}/bgp.sock"
-    server, port = create_bgp_server(["127.0.0.1:0", unix], BgpRegistry(store))
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", unix
-    finally:
-        server.stop(grace=None).wait()
+    with serving(server.create_server, BgpRegistry(store), tmp_path / "bgp.sock") as addrs:
+        yield addrs
 
 
 @pytest.fixture
 def policy_server(store, tmp_path):
-    """An in-process policy service over the test etcd: (host:port, unix:<path>)."""
+    """The policy service over the test etcd."""
+    from services.policy import server
     from services.policy.registry import PolicyRegistry
-    from services.policy.server import create_server as create_policy_server
-    unix = f"unix:{tmp_path}/policy.sock"
-    server, port = create_policy_server(["127.0.0.1:0", unix], PolicyRegistry(store))
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", unix
-    finally:
-        server.stop(grace=None).wait()
+    with serving(server.create_server, PolicyRegistry(store), tmp_path / "policy.sock") as addrs:
+        yield addrs
 
 
 @pytest.fixture

@@ -153,10 +153,10 @@ class Host:
     def supervisor_pid(self) -> int | None:
         try:
             pid = int((self.node_dir / "node.pid").read_text())
-            os.kill(pid, 0)
-            return pid
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
+        return pid if f"--name={self.name}".encode() in cmdline else None
 
     def child_pid(self, name: str) -> int | None:
         import json

@@ -220,3 +220,10 @@ def is_report(key: str) -> bool:
     """Keys nodes write about themselves (status, progress): watchers that
     react to configuration changes skip them."""
     return key.endswith(("/bgp_status", "/policy_applied"))
+
+
+def changes_configuration(watch_response) -> bool:
+    """For watch callbacks: False only when every event is a node's own
+    report; a failed watch (no events) counts as a change, to look again."""
+    events = getattr(watch_response, "events", None)
+    return events is None or any(not is_report(e.key.decode()) for e in events)

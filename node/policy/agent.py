@@ -35,9 +35,14 @@ class Agent:
         self.applied_revision = 0
 
     def _on_event(self, response) -> None:
-        events = getattr(response, "events", None)
-        if events is None or any(not keys.is_report(e.key.decode()) for e in events):
+        if keys.changes_configuration(response):
             self.changed.set()
+
+    def hooks_in_place(self) -> bool:
+        """Whether the built-in chains still jump to ours (someone may have
+        flushed them); cheap enough to ask before every pass."""
+        return all(self.tables[v].hooked(table) for v in (4, 6) for table in
+                   (("filter", "nat") if v == 4 else ("filter",)) if self.tables[v].written)
 
     def sync(self, full: bool = False) -> dict:
         revision, kvs = self.store.snapshot(keys.PREFIX)
@@ -78,7 +83,7 @@ class Agent:
                 if watch is None:
                     watch = self.store.watch(keys.PREFIX, self._on_event)
                 self.changed.clear()
-                full = time.monotonic() >= next_full
+                full = time.monotonic() >= next_full or not self.hooks_in_place()
                 stats = self.sync(full=full)
                 if full:
                     next_full = time.monotonic() + RESYNC
@@ -91,8 +96,8 @@ class Agent:
                     watch = None
                 stop.wait(1)
                 continue
-            except CalicoError as exc:
-                log.error("%s", exc)
+            except Exception as exc:     # keep enforcing what is there; try again
+                log.error("%s", exc, exc_info=not isinstance(exc, CalicoError))
                 next_full = 0.0          # re-read the kernel before trusting our cache
                 stop.wait(1)
                 continue

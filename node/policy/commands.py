@@ -16,8 +16,17 @@ class CommandError(CalicoError):
             argv, code, stdout, stderr, stdin
 
 
-def run(argv: list[str], stdin: str = "", check: bool = True) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+def run(argv: list[str], stdin: str = "", check: bool = True, timeout: float = 60,
+        raw: bool = False):
+    """The command's output; with ``raw``, its exit code instead."""
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(argv, f"timeout after {timeout:g}s", exc.stdout or "",
+                           exc.stderr or "", stdin) from None
+    if raw:
+        return done.returncode
     if check and done.returncode != 0:
         raise CommandError(argv, done.returncode, done.stdout, done.stderr, stdin)
     return done.stdout

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import re
 
 from services.endpoint.model import Endpoint
 from services.policy.model import Snapshot
@@ -59,8 +60,13 @@ def pool_set(kind: str, version: int) -> str:
     return f"cali{version}-pools-{kind}"
 
 
+_COMMENT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:;/()\[\]+=@-]")
+
+
 def _comment(text: str) -> str:
-    return f'-m comment --comment "{text[:250]}"'
+    """A comment iptables-restore will take: only plain characters (workload
+    ids are free text), at most 200 bytes."""
+    return f'-m comment --comment "{_COMMENT_SAFE.sub("?", text)[:200]}"'
 
 
 @dataclasses.dataclass

@@ -58,6 +58,15 @@ class Tables:
                     hooked.add(line.split("-j ")[1].split()[0])
         return chains, hooked
 
+    def hooked(self, table: str) -> bool:
+        """Whether every built-in chain of ``table`` still jumps to ours."""
+        for builtin, ours in HOOKS[table]:
+            check = [self.save[0].replace("-save", ""), "-w", "-t", table, "-C", builtin,
+                     "-j", ours]
+            if commands.run(check, check=False, raw=True) != 0:
+                return False
+        return True
+
     def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
         """Make the table's calico chains match ``desired``; returns the number
         of chains written. ``full`` reads the kernel and rewrites every chain;

@@ -18,7 +18,7 @@ from services.endpoint.model import Endpoint
 
 DEFAULT_AS = 64511
 MAX_AS = 4294967295
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 _TXN_OPS = 100     # etcd caps the operations of one transaction (128 by default)
 
 

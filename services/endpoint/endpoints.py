@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERFACE = "eth0"
 MAX_AUTO = 64
-_ORCHESTRATOR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
+_INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
 
 class IpamApi(Protocol):
@@ -135,6 +135,7 @@ class EndpointManager:
         # program the endpoint before giving up (0: no agent, no wait).
         self.policy_wait = policy_wait
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._in_flight: set[str] = set()      # keys of pending records of adds running
 
     # Reads -------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class EndpointManager:
             raise BadRequest("Say where the workload is: netns_path or pid.")
 
         with self._locks[(req.orchestrator, req.workload_id)]:
-            ep_id = endpoint_id(req.orchestrator, req.workload_id, interface)
+            ep_id = endpoint_id(self.node, req.orchestrator, req.workload_id, interface)
             key = keys.endpoint(self.node, req.orchestrator, req.workload_id, ep_id)
             # The checks, in the order the original tool made them.
             if self.store.get(key) is not None:
@@ -194,16 +195,19 @@ class EndpointManager:
             ep = Endpoint(ep_id, self.node, req.orchestrator, req.workload_id, interface,
                           path, PENDING, profile_ids=list(req.profile_ids),
                           labels=dict(req.labels))
-            if not self.store.commit(Txn().create(key, ep.to_json())):
+            pending = Txn().create(key, ep.to_json())
+            created = self.store.commit(pending)
+            if not created:
                 raise AlreadyNetworked(req.workload_id)
+            self._in_flight.add(key)
             try:
                 ips = []
                 for ip in explicit:
-                    self.ipam.assign_ip(ip, ep.workload_id, self.node, self._attrs(ep))
+                    self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
                     ips.append(ip)
                 if req.auto_ipv4 or req.auto_ipv6:
                     v4, v6 = self.ipam.auto_assign(
-                        req.auto_ipv4, req.auto_ipv6, ep.workload_id, self.node,
+                        req.auto_ipv4, req.auto_ipv6, ep.handle, self.node,
                         self._attrs(ep), list(req.ipv4_pools), list(req.ipv6_pools))
                     ips += v4 + v6
                 failpoints.reached("endpoint-add-after-claim")
@@ -211,10 +215,19 @@ class EndpointManager:
                 ep.mac = self.dataplane.ensure(self._spec(ep))
                 failpoints.reached("endpoint-add-after-kernel")
                 ep.state = ACTIVE
-                self._await_policy(self._write(key, ep))
+                # Conditional on the pending record we wrote: if anyone changed
+                # or removed it meanwhile, this add has lost and undoes itself.
+                revision = self.store.commit(Txn().update(
+                    KV(key, pending.puts[key], created), ep.to_json()))
+                if not revision:
+                    raise CalicoError(f"The record of endpoint {ep_id} changed during the add; "
+                                      "retry.")
+                self._await_policy(revision)
             except BaseException:
                 self._teardown(ep, key)
                 raise
+            finally:
+                self._in_flight.discard(key)
             log.info("added endpoint %s for %s/%s: %s", ep_id, ep.orchestrator,
                      ep.workload_id, ", ".join(ep.ips))
             return ep
@@ -226,13 +239,6 @@ class EndpointManager:
     def _spec(ep: Endpoint) -> InterfaceSpec:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id)
-
-    def _write(self, key: str, ep: Endpoint) -> int:
-        kv = self.store.get(key)
-        revision = self.store.commit(Txn().put(key, kv, ep.to_json()))
-        if not revision:
-            raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed under us.")
-        return revision
 
     def _await_policy(self, revision: int) -> None:
         """Return once the node's policy agent has programmed etcd as of
@@ -275,12 +281,12 @@ class EndpointManager:
         but never recorded go too."""
         self.dataplane.remove(ep.host_interface)
         if whole_workload:
-            self.ipam.release_by_handle(ep.workload_id)
+            self.ipam.release_by_handle(ep.handle)
         else:
-            mine = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
+            mine = [a["ip"] for a in self.ipam.handle_allocations(ep.handle)
                     if a["attributes"].get("endpoint") == ep.endpoint_id]
             if mine:
-                self.ipam.release_ips(mine, ep.workload_id)
+                self.ipam.release_ips(mine, ep.handle)
         kv = self.store.get(key)
         if kv is not None:
             self.store.commit(Txn().delete(kv))
@@ -305,10 +311,10 @@ class EndpointManager:
             if not self.ipv6 and (auto_ipv6 or ":" in ip):
                 raise NoIpv6()
             if ip:
-                self.ipam.assign_ip(ip, workload_id, self.node, self._attrs(ep))
+                self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
                 new = [ip]
             else:
-                v4, v6 = self.ipam.auto_assign(auto_ipv4, auto_ipv6, workload_id, self.node,
+                v4, v6 = self.ipam.auto_assign(auto_ipv4, auto_ipv6, ep.handle, self.node,
                                                self._attrs(ep), list(ipv4_pools),
                                                list(ipv6_pools))
                 new = v4 + v6
@@ -319,14 +325,15 @@ class EndpointManager:
                 revision = self.store.commit(Txn().update(kv, ep.to_json()))
                 if not revision:
                     raise CalicoError(f"The record of {workload_id} changed under us; retry.")
-                self._await_policy(revision)
             except BaseException:
                 ep.set_ips(before)
                 try:
                     self.dataplane.ensure(self._spec(ep))
                 finally:
-                    self.ipam.release_ips(new, workload_id)
+                    self.ipam.release_ips(new, ep.handle)
                 raise
+            # Recorded: the addresses are the workload's now, whatever happens next.
+            self._await_policy(revision)
             return ep
 
     def remove_address(self, orchestrator, workload_id, interface, ip_text) -> Endpoint:
@@ -342,7 +349,7 @@ class EndpointManager:
             if not self.store.commit(Txn().update(kv, ep.to_json())):
                 raise CalicoError(f"The record of {workload_id} changed under us; retry.")
             self.dataplane.ensure(self._spec(ep))
-            self.ipam.release_ips([ip], workload_id)
+            self.ipam.release_ips([ip], ep.handle)
             return ep
 
     # Profiles --------------------------------------------------------------------
@@ -359,11 +366,39 @@ class EndpointManager:
 
     # Reconcile -------------------------------------------------------------------
 
+    def _reconcile_one(self, ep: Endpoint, kv: KV, startup: bool, counts: dict) -> None:
+        with self._locks[(ep.orchestrator, ep.workload_id)]:
+            current = self.store.get(kv.key)
+            if current is None:
+                return
+            ep = Endpoint.from_json(current.json())
+            abandoned = ep.state == PENDING and (startup or kv.key not in self._in_flight)
+            if abandoned or (ep.state == ACTIVE and not self.dataplane.workload_alive(ep.netns)):
+                log.info("tearing down %s endpoint %s of %s/%s", ep.state, ep.endpoint_id,
+                         ep.orchestrator, ep.workload_id)
+                self._teardown(ep, kv.key)
+                counts["removed"] += 1
+                return
+            if ep.state != ACTIVE:
+                return
+            mac = self.dataplane.ensure(self._spec(ep))
+            if mac != ep.mac:
+                ep.mac = mac
+                self.store.commit(Txn().update(current, ep.to_json()))
+                counts["restored"] += 1
+            leaked = [a["ip"] for a in self.ipam.handle_allocations(ep.handle)
+                      if a["attributes"].get("endpoint") == ep.endpoint_id
+                      and a["ip"] not in ep.ips]
+            if leaked:
+                log.info("releasing %s, claimed for %s but not recorded", leaked, ep.endpoint_id)
+                self.ipam.release_ips(leaked, ep.handle)
+                counts["released"] += len(leaked)
+
     def reconcile(self, startup: bool = False) -> dict[str, int]:
         """Make the kernel and IPAM match the records; see the module docstring.
 
-        At start-up every pending record is an add that died with the process;
-        later, pending records belong to adds in flight and are left alone.
+        A pending record whose add is not running in this process (at start-up:
+        every one) belongs to an add that died or could not undo itself.
         """
         counts = {"restored": 0, "removed": 0, "released": 0, "orphans": 0}
         # Interfaces first: any interface seen here had its record written
@@ -371,33 +406,10 @@ class EndpointManager:
         interfaces = self.dataplane.host_interfaces()
         records = self._records()
         for ep, kv in records:
-            with self._locks[(ep.orchestrator, ep.workload_id)]:
-                current = self.store.get(kv.key)
-                if current is None:
-                    continue
-                ep = Endpoint.from_json(current.json())
-                if (ep.state == PENDING and startup) or \
-                        (ep.state == ACTIVE and not self.dataplane.workload_alive(ep.netns)):
-                    log.info("tearing down %s endpoint %s of %s/%s", ep.state,
-                             ep.endpoint_id, ep.orchestrator, ep.workload_id)
-                    self._teardown(ep, kv.key)
-                    counts["removed"] += 1
-                    continue
-                if ep.state != ACTIVE:
-                    continue
-                mac = self.dataplane.ensure(self._spec(ep))
-                if mac != ep.mac:
-                    ep.mac = mac
-                    self.store.commit(Txn().update(current, ep.to_json()))
-                    counts["restored"] += 1
-                leaked = [a["ip"] for a in self.ipam.handle_allocations(ep.workload_id)
-                          if a["attributes"].get("endpoint") == ep.endpoint_id
-                          and a["ip"] not in ep.ips]
-                if leaked:
-                    log.info("releasing %s, claimed for %s but not recorded", leaked,
-                             ep.endpoint_id)
-                    self.ipam.release_ips(leaked, ep.workload_id)
-                    counts["released"] += len(leaked)
+            try:
+                self._reconcile_one(ep, kv, startup, counts)
+            except CalicoError as exc:      # one bad endpoint must not stop the rest
+                log.error("reconciling endpoint %s failed: %s", ep.endpoint_id, exc)
         owned = {ep.host_interface for ep, _ in records}
         for name in sorted(interfaces - owned):
             log.info("removing %s, which no endpoint owns", name)

@@ -23,10 +23,18 @@ INTERFACE_PREFIX = "cali"
 PENDING, ACTIVE = "pending", "active"
 
 
-def endpoint_id(orchestrator: str, workload_id: str, interface: str) -> str:
-    """Derived, not random, so that a retried add finds the same endpoint."""
-    digest = hashlib.sha256(f"{orchestrator}\0{workload_id}\0{interface}".encode())
+def endpoint_id(node: str, orchestrator: str, workload_id: str, interface: str) -> str:
+    """Derived, not random, so that a retried add finds the same endpoint. The
+    node is part of it: workload ids such as namespace names are only unique
+    on their host."""
+    digest = hashlib.sha256(f"{node}\0{orchestrator}\0{workload_id}\0{interface}".encode())
     return digest.hexdigest()[:32]
+
+
+def ipam_handle(node: str, orchestrator: str, workload_id: str) -> str:
+    """The IPAM handle owning a workload's addresses: the workload id, made
+    unique across hosts and orchestrators."""
+    return f"{node}/{orchestrator}/{workload_id}"
 
 
 def host_interface(ep_id: str) -> str:
@@ -51,6 +59,10 @@ class Endpoint:
     @property
     def host_interface(self) -> str:
         return host_interface(self.endpoint_id)
+
+    @property
+    def handle(self) -> str:
+        return ipam_handle(self.node, self.orchestrator, self.workload_id)
 
     @property
     def ips(self) -> list[str]:

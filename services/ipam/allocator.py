@@ -46,7 +46,7 @@ from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip, within
 MAX_PER_REQUEST = 1024
 PENDING, CONFIRMED = "pending", "confirmed"
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 
 
 def validate_host(host: str) -> str:
@@ -57,10 +57,10 @@ def validate_host(host: str) -> str:
 
 
 def validate_handle(handle_id: str) -> str:
-    if not handle_id or len(handle_id) > 256 or not handle_id.isprintable() \
+    if not handle_id or len(handle_id) > 600 or not handle_id.isprintable() \
             or any(c.isspace() for c in handle_id):
         raise InvalidInput(
-            f"Invalid handle id '{handle_id}': it must be 1-256 printable characters "
+            f"Invalid handle id '{handle_id}': it must be 1-600 printable characters "
             "without spaces.")
     return handle_id
 
@@ -384,17 +384,26 @@ class Ipam:
             # simply borrow the address from their block below.
             self._claim_specific(host, net, pool_kv)
         attrs = dict(attributes or {})
+        state = {"pool_kv": pool_kv}
 
         def attempt():
             kv = self.store.get(keys.block(net))
             if kv is None:
+                # Our claim lost, and so did the other side's: claim again.
+                self._claim_specific(host, net, state["pool_kv"])
                 return None
             block = Block.from_json(kv.json())
             if not block.assign(str(addr), handle_id, host, attrs):
                 raise AddressTaken(addr, pool.cidr)
-            txn = Txn().update(kv, block.to_json()).require_unchanged(pool_kv)
+            txn = Txn().update(kv, block.to_json()).require_unchanged(state["pool_kv"])
             self._handle_changes(txn, block, Counter({handle_id: 1}), sign=+1)
-            return pool if self.store.commit(txn) else None
+            if self.store.commit(txn):
+                return pool
+            current = self.pools.get(pool.cidr)     # the pool may have changed
+            if current is None or current[0].disabled:
+                raise NoPool(f"Pool {pool.cidr} was disabled or removed meanwhile.")
+            state["pool_kv"] = current[1]
+            return None
         return retry(f"assigning {addr}", attempt)
 
     def _claim_specific(self, host, net, pool_kv) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 from collections import defaultdict
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV
 from services.endpoint.model import ACTIVE, Endpoint
 from services.policy.rules import INBOUND, OUTBOUND, Profile, Rule, parse_rules
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -30,15 +33,20 @@ class Snapshot:
     def from_kvs(cls, revision: int, kvs: list[KV]) -> "Snapshot":
         endpoints, tags, rules, pools = [], {}, {}, []
         for kv in kvs:
-            if keys.is_endpoint(kv.key):
-                ep = Endpoint.from_json(kv.json())
-                if ep.state == ACTIVE:
-                    endpoints.append(ep)
-            elif kv.key.startswith(keys.PROFILES):
-                name, part = keys.parse_profile(kv.key)
-                (tags if part == "tags" else rules)[name] = kv.json()
-            elif kv.key.startswith(keys.pools_prefix()):
-                pools.append(kv.json())
+            try:
+                if keys.is_endpoint(kv.key):
+                    ep = Endpoint.from_json(kv.json())
+                    if ep.state == ACTIVE:
+                        endpoints.append(ep)
+                elif kv.key.startswith(keys.PROFILES):
+                    name, part = keys.parse_profile(kv.key)
+                    (tags if part == "tags" else rules)[name] = kv.json()
+                elif kv.key.startswith(keys.pools_prefix()):
+                    pools.append(kv.json())
+            except (ValueError, KeyError, TypeError) as exc:
+                # A malformed record is left out (its workload fails closed);
+                # it must not stop policy for everyone else.
+                log.error("ignoring malformed record %s: %r", kv.key, exc)
         profiles, invalid = {}, {}
         for name in sorted(set(tags) & set(rules)):
             try:

@@ -51,8 +51,7 @@ class PolicyRegistry:
             raise ProfileInUse(f"Profile {name} is used by {len(users)} endpoint(s); remove it "
                                "from them first, or force the removal.")
         for ep in users:
-            self.set_endpoint_profiles(ep.endpoint_id,
-                                       [p for p in ep.profile_ids if p != name], check=False)
+            self.set_endpoint_profiles(ep.endpoint_id, without=name)
         if not self.store.commit(Txn().delete(tags_kv).delete(rules_kv)):
             raise ProfileInUse(f"Profile {name} changed while being deleted; try again.")
         return [ep.endpoint_id for ep in users]
@@ -105,16 +104,18 @@ class PolicyRegistry:
                 return ep, kv
         raise EndpointNotFound(f"Endpoint {endpoint_id} not found.")
 
-    def set_endpoint_profiles(self, endpoint_id: str, profile_ids: list[str],
-                              check: bool = True) -> Endpoint:
-        if check:
-            for name in profile_ids:
-                self.get(name)                      # each must exist
-        if len(set(profile_ids)) != len(profile_ids):
+    def set_endpoint_profiles(self, endpoint_id: str, profile_ids: list[str] | None = None,
+                              without: str | None = None) -> Endpoint:
+        """Replace an endpoint's profiles (each must exist), or take one off
+        (``without``), deciding on the record as read in each attempt."""
+        for name in profile_ids or ():
+            self.get(name)
+        if profile_ids is not None and len(set(profile_ids)) != len(profile_ids):
             raise BadRule("A profile appears twice in the list.")
 
         def attempt():
             ep, kv = self.endpoint(endpoint_id)
-            ep.profile_ids = list(profile_ids)
+            ep.profile_ids = (list(profile_ids) if profile_ids is not None
+                              else [p for p in ep.profile_ids if p != without])
             return ep if self.store.commit(Txn().update(kv, ep.to_json())) else None
         return retry(f"setting the profiles of endpoint {endpoint_id}", attempt)

@@ -22,8 +22,8 @@ import re
 
 from services.policy.errors import BadRule
 
-NAME_RE = re.compile(r"^\w{1,30}$")
-TAG_RE = re.compile(r"^\w+$")
+NAME_RE = re.compile(r"\w{1,30}\Z", re.ASCII)
+TAG_RE = re.compile(r"\w+\Z", re.ASCII)
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6")
 KEYS = {"action", "protocol", "src_tag", "dst_tag", "src_net", "dst_net", "src_ports",
         "dst_ports", "icmp_type", "icmp_code", "ip_version"}

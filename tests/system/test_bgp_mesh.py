@@ -6,38 +6,8 @@ import signal
 import subprocess
 import time
 
-import pytest
-
-from calico.ipam.v1 import ipam_pb2
+from tests.system.helpers import NET, block_routes, established, wait_for
 from tools.lab import assert_connectivity
-
-POOL4, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
-
-
-def wait_for(what, condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
-def established(host, count):
-    out = host.calicoctl("status").stdout
-    return out.count("Established") >= count
-
-NET = ("net",)
-
-
-@pytest.fixture
-def pools(ipam_client, policy_server):
-    """Pools, and a profile "net" whose members reach each other."""
-    from calico.policy.v1 import policy_pb2, policy_pb2_grpc
-    import grpc
-    with grpc.insecure_channel(policy_server[0]) as ch:
-        policy_pb2_grpc.PolicyServiceStub(ch).CreateProfile(
-            policy_pb2.CreateProfileRequest(name="net"), timeout=10)
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
 
 
 def test_three_hosts_full_mesh(lab, pools):
@@ -50,12 +20,6 @@ def test_three_hosts_full_mesh(lab, pools):
     workloads = [h.add_workload(f"w{h.name}", "auto", "ipv6", profiles=NET) for h in hosts]
     reach = [(a, ip) for a in workloads for b in workloads if a is not b for ip in b.ips]
     assert_connectivity(reach)
-
-
-def block_routes(host, v6=False):
-    """Routes the host learned over BGP (its own blocks' blackholes excluded)."""
-    return [line.split()[0] for line in host.routes(v6).splitlines()
-            if "proto bird" in line and not line.startswith(("blackhole", "unreachable"))]
 
 
 def test_ipv6_and_node_stop_withdraws_routes(lab, pools, ipam_client):

@@ -1,9 +1,6 @@
 """Mesh off, route reflectors and upstream routers, with real BIRD on every side."""
 
-import pytest
-
-from calico.ipam.v1 import ipam_pb2
-from tests.system.test_bgp_mesh import block_routes, established, wait_for
+from tests.system.helpers import NET, block_routes, established, wait_for
 from tools.lab import assert_connectivity
 
 RR_INDEX, UPSTREAM_INDEX = 250, 251
@@ -34,20 +31,6 @@ protocol bgp host{i} {{
   ipv4 {{ import all; export none; }};
 }}
 """ for i in (2, 3, 4))
-
-NET = ("net",)
-
-
-@pytest.fixture
-def pools(ipam_client, policy_server):
-    """Pools, and a profile "net" whose members reach each other."""
-    from calico.policy.v1 import policy_pb2, policy_pb2_grpc
-    import grpc
-    with grpc.insecure_channel(policy_server[0]) as ch:
-        policy_pb2_grpc.PolicyServiceStub(ch).CreateProfile(
-            policy_pb2.CreateProfileRequest(name="net"), timeout=10)
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.20.0.0/16"))
-
 
 def test_mesh_off_then_route_reflector(lab, pools):
     h1, h2 = lab.add_host("h1", node=True, ipv6=False), lab.add_host("h2", node=True, ipv6=False)

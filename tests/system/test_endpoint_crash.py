@@ -2,20 +2,13 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from calico.ipam.v1 import ipam_pb2
 from calicopy.datastore import keys
+from tests.system.helpers import wait_for
 from tools.lab import ROOT, Namespace
-
-
-def wait_for(what, condition, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("failpoint", ["endpoint-add-after-claim", "endpoint-add-after-kernel"])

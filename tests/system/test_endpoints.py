@@ -1,7 +1,5 @@
 """Workloads on one simulated host, with real namespaces, etcd, IPAM and endpoint service."""
 
-import json
-
 import pytest
 
 from calicopy.datastore import keys

@@ -10,7 +10,7 @@ import pytest
 
 from calico.ipam.v1 import ipam_pb2
 from services.endpoint.netns import socket_in
-from tests.system.test_bgp_mesh import wait_for
+from tests.system.helpers import wait_for
 from tools.lab import assert_connectivity
 
 POOL4, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"

@@ -11,6 +11,7 @@ from services.ipam.allocator import Ipam
 from tests.fakes import FakeDataplane, MemoryStore
 
 NS = "/var/run/netns/wl1"
+HANDLE = "node-1/netns/wl1"     # the IPAM handle of workload wl1 on node-1
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_add_records_claims_and_plumbs(world):
     assert manager.list() == [ep]
     stored = store.json(keys.endpoint("node-1", "netns", "wl1", ep.endpoint_id))
     assert stored["name"] == ep.host_interface and stored["ipv4_gateway"] == "169.254.1.1"
-    assert {a["ip"] for a in ipam.handle_allocations("wl1")} == set(ep.ips)
+    assert {a["ip"] for a in ipam.handle_allocations(HANDLE)} == set(ep.ips)
 
 
 def test_checks_in_the_original_order(world):
@@ -148,11 +149,11 @@ def test_set_profiles(world):
 def test_startup_reconcile_tears_down_an_add_that_crashed(world):
     store, ipam, dataplane, manager = world
     # What a crash after claiming and plumbing, before activating, leaves.
-    ep_id = endpoint_id("netns", "wl1", "eth0")
+    ep_id = endpoint_id("node-1", "netns", "wl1", "eth0")
     ep = Endpoint(ep_id, "node-1", "netns", "wl1", "eth0", NS, PENDING)
     store.commit(Txn().create(keys.endpoint("node-1", "netns", "wl1", ep_id), ep.to_json()))
-    ipam.auto_assign(1, 0, "wl1", "node-1", {"endpoint": ep_id})
-    ep.set_ips([a["ip"] for a in ipam.handle_allocations("wl1")])
+    ipam.auto_assign(1, 0, HANDLE, "node-1", {"endpoint": ep_id})
+    ep.set_ips([a["ip"] for a in ipam.handle_allocations(HANDLE)])
     from services.endpoint.kernel import InterfaceSpec
     dataplane.ensure(InterfaceSpec(ep.host_interface, NS, "eth0", ep.ips, workload="wl1"))
     dataplane.interfaces["caliorphan00"] = {"netns": "/x", "name": "eth0", "ips": []}
@@ -165,7 +166,7 @@ def test_startup_reconcile_tears_down_an_add_that_crashed(world):
 def test_reconcile_restores_and_releases_unrecorded_addresses(world):
     store, ipam, dataplane, manager = world
     ep = add(manager, auto_ipv4=1)
-    ipam.auto_assign(1, 0, "wl1", "node-1", {"endpoint": ep.endpoint_id})  # claimed, unrecorded
+    ipam.auto_assign(1, 0, HANDLE, "node-1", {"endpoint": ep.endpoint_id})  # claimed, unrecorded
     dataplane.interfaces.clear()                                          # interface lost
     dataplane.namespaces[NS].discard("eth0")
     counts = manager.reconcile()
@@ -180,3 +181,26 @@ def test_reconcile_removes_endpoints_of_dead_workloads(world):
     del dataplane.namespaces[NS]
     assert manager.reconcile()["removed"] == 1
     assert manager.list() == [] and allocated(ipam) == 0
+
+
+def test_same_workload_name_on_two_nodes_stays_apart(world):
+    store, ipam, dataplane, manager = world
+    other = EndpointManager(store, ipam, dataplane, "node-2")
+    dataplane.namespaces["/var/run/netns/wl1-on-2"] = set()
+    mine = add(manager, auto_ipv4=1)
+    theirs = other.add(AddRequest(orchestrator="netns", workload_id="wl1",
+                                  netns_path="/var/run/netns/wl1-on-2", auto_ipv4=1))
+    assert mine.endpoint_id != theirs.endpoint_id
+    manager.reconcile()
+    other.remove("netns", "wl1")
+    assert ipam.get_allocation(mine.ips[0])["allocated"] is True
+    assert ipam.get_allocation(theirs.ips[0])["allocated"] is False
+
+
+def test_periodic_reconcile_clears_a_pending_record_no_add_owns(world):
+    store, ipam, dataplane, manager = world
+    ep_id = endpoint_id("node-1", "netns", "wl1", "eth0")
+    ep = Endpoint(ep_id, "node-1", "netns", "wl1", "eth0", NS, PENDING)
+    store.commit(Txn().create(keys.endpoint("node-1", "netns", "wl1", ep_id), ep.to_json()))
+    assert manager.reconcile()["removed"] == 1
+    assert manager.list() == []

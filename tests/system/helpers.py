@@ -1,0 +1,23 @@
+"""Waiting and reading helpers shared by the system tests."""
+
+import time
+
+NET = ("net",)        # the open profile the `pools` fixture creates
+
+
+def wait_for(what, condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def established(host, count):
+    """Whether `calicoctl status` on ``host`` shows ``count`` established sessions."""
+    return host.calicoctl("status").stdout.count("Established") >= count
+
+
+def block_routes(host, v6=False):
+    """Routes the host learned over BGP (its own blocks' blackholes excluded)."""
+    return [line.split()[0] for line in host.routes(v6).splitlines()
+            if "proto bird" in line and not line.startswith(("blackhole", "unreachable"))]
