@@ -28,7 +28,6 @@ from calicopy.datastore.store import KV, Store, Txn
 from calicopy.errors import CalicoError, Unavailable
 from node import bird, birdctl
 from services.bgp.registry import BgpRegistry, Node
-from services.ipam.allocator import CONFIRMED
 from services.ipam.pools import PoolRegistry
 
 log = logging.getLogger("calico-bird-renderer")
@@ -45,11 +44,10 @@ def current_model(store: Store, name: str) -> bird.BirdModel | None:
     if kv is None:
         return None
     node = Node.from_json(kv.json())
-    blocks = []
-    for version in (4, 6):
-        for aff in store.list(keys.host_affinities_prefix(name, version)):
-            if aff.json().get("state") == CONFIRMED:
-                blocks.append(str(keys.parse_affinity(aff.key)[1]))
+    # The block records, not the affinities, say who owns a block: a stale
+    # affinity must never make two hosts advertise the same block.
+    blocks = [str(keys.parse_block(kv.key)) for kv in store.list(keys.blocks_prefix())
+              if kv.json().get("affinity") == f"host:{name}"]
     pools = [str(pool.cidr) for pool, _ in PoolRegistry(store).list()]
     return bird.build_model(node, registry.list_nodes(), registry.config(),
                             registry.peers(), registry.peers(node=name), pools, blocks)

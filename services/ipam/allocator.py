@@ -266,15 +266,20 @@ class Ipam:
             f"in {names}. Add a pool or release addresses.")
 
     def _host_blocks(self, host, version, pools) -> list[tuple[keys.Network, KV]]:
-        """The host's confirmed blocks in the candidate pools, finishing any
-        claim of its own that was interrupted between its two phases."""
+        """The host's blocks in the candidate pools. An affinity is checked
+        against its block: a claim interrupted between its two phases is
+        finished, and an affinity whose block is gone or another host's (left
+        by a crash during a forced pool removal) is repaired or dropped."""
         found = []
         for kv in self.store.list(keys.host_affinities_prefix(host, version)):
             _, net = keys.parse_affinity(kv.key)
             pool_kv = _pool_kv_of(net, pools)
             if pool_kv is None:
                 continue
-            if kv.json()["state"] == CONFIRMED or self._finish_claim(host, net, kv, pool_kv):
+            block_kv = self.store.get(keys.block(net))
+            intact = (kv.json()["state"] == CONFIRMED and block_kv is not None
+                      and Block.from_json(block_kv.json()).host == host)
+            if intact or self._finish_claim(host, net, kv, pool_kv):
                 found.append((net, pool_kv))
         found.sort(key=lambda f: f[0])
         self._host_blocks_seen[(host, version)] = list(found)

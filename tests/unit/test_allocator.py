@@ -213,3 +213,15 @@ def test_threads_never_get_the_same_address(store):
     [t.join() for t in threads]
     assert errors == []
     assert len(results) == len(set(results)) == 64
+
+
+def test_stale_confirmed_affinity_is_repaired(ipam, store):
+    ipam.create_pool("10.0.0.0/26")
+    block = net("10.0.0.0/26")
+    # What a crash in the middle of a forced pool removal can leave: a
+    # confirmed affinity whose block is gone.
+    store.commit(Txn().create(keys.affinity("host-a", block), {"state": CONFIRMED}))
+    ips, _ = ipam.auto_assign(1, 0, "w", "host-a")
+    assert in_net(ips, "10.0.0.0/26")
+    assert Block.from_json(store.json(keys.block(block))).host == "host-a"
+    assert ipam.check()[0] == []
