@@ -44,6 +44,9 @@ from services.ipam.handles import Handle
 from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip, within
 
 MAX_PER_REQUEST = 1024
+# etcd refuses a transaction of more than 128 operations (by default); a
+# block change plus this many handle changes stays well under it.
+MAX_HANDLES_PER_TXN = 50
 PENDING, CONFIRMED = "pending", "confirmed"
 
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
@@ -143,16 +146,31 @@ class Ipam:
                 if within(keys.parse_block(kv.key), pool.cidr)]
 
     def _drop_block(self, block_key: str) -> None:
-        """Delete a block with the handle references to it."""
+        """Delete a block with the handle references to it. A block with more
+        owners than one transaction may touch is detached from them in rounds,
+        the last of which deletes it."""
         def attempt():
             kv = self.store.get(block_key)
             if kv is None:
                 return True
             block = Block.from_json(kv.json())
-            txn = Txn().delete(kv)
-            self._handle_changes(txn, block, block.handle_counts(), sign=-1)
-            return self.store.commit(txn) or None
-        retry(f"deleting block {block_key}", attempt)
+            cidr = str(block.cidr)
+            linked = Counter()
+            for handle_id, n in block.handle_counts().items():
+                handle_kv = self.store.get(keys.handle(handle_id))
+                if handle_kv and cidr in handle_kv.json().get("blocks", {}):
+                    linked[handle_id] = n
+                if len(linked) > MAX_HANDLES_PER_TXN:
+                    break
+            last = len(linked) <= MAX_HANDLES_PER_TXN
+            chunk = Counter(dict(list(linked.items())[:MAX_HANDLES_PER_TXN]))
+            txn = Txn().delete(kv) if last else Txn().require_unchanged(kv)
+            self._handle_changes(txn, block, chunk, sign=-1)
+            if not self.store.commit(txn):
+                return None
+            return True if last else False
+        while not retry(f"deleting block {block_key}", attempt):
+            pass
 
     # Allocation ------------------------------------------------------------
 
@@ -454,24 +472,38 @@ class Ipam:
         return released
 
     def _release_in_block(self, net, change) -> list[str]:
+        """Free what ``change(block)`` frees, committing the block and its
+        owners' handles together; when more owners are involved than one
+        transaction may touch, in several rounds."""
         def attempt():
             kv = self.store.get(keys.block(net))
             if kv is None:
-                return []
+                return [], False
             block = Block.from_json(kv.json())
             before = {o: a.handle_id for o, a in block.allocations.items()}
             freed = change(block)
             if not freed:
-                return []
+                return [], False
             lost = Counter(before[block.ordinal(ip)] for ip in freed)
+            more = len(lost) > MAX_HANDLES_PER_TXN
+            if more:
+                keep = set(list(lost)[:MAX_HANDLES_PER_TXN])
+                block = Block.from_json(kv.json())
+                freed = block.release([ip for ip in freed if before[block.ordinal(ip)] in keep])
+                lost = Counter({h: n for h, n in lost.items() if h in keep})
             txn = Txn().update(kv, block.to_json())
             self._handle_changes(txn, block, lost, sign=-1)
             revision = self.store.commit(txn)
             if not revision:
                 return None
             self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
-            return freed
-        return retry(f"releasing in block {net}", attempt)
+            return freed, more
+        released = []
+        while True:
+            freed, more = retry(f"releasing in block {net}", attempt)
+            released += freed
+            if not more:
+                return released
 
     # Reports ---------------------------------------------------------------
 

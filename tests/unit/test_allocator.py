@@ -225,3 +225,19 @@ def test_stale_confirmed_affinity_is_repaired(ipam, store):
     assert in_net(ips, "10.0.0.0/26")
     assert Block.from_json(store.json(keys.block(block))).host == "host-a"
     assert ipam.check()[0] == []
+
+
+def test_blocks_with_many_owners_release_and_drop_in_bounded_transactions(store):
+    ipam = Ipam(store)
+    ipam.create_pool("10.0.0.0/24", block_size=24)          # one block of 256
+    owners = [f"w{i}" for i in range(180)]
+    ips = [ipam.auto_assign(1, 0, o, "host-a")[0][0] for o in owners]
+    largest = []
+    real_commit = store.commit
+    store.commit = lambda txn: largest.append(len(txn.puts) + len(txn.deletes)) or \
+        real_commit(txn)
+    released, _ = ipam.release_ips(ips[:120])
+    assert sorted(released) == sorted(ips[:120])
+    assert ipam.delete_pool("10.0.0.0/24", force=True) == 60
+    assert max(largest) <= 51 + 1
+    assert store.list(keys.HANDLES) == [] and store.list(keys.blocks_prefix()) == []
