@@ -39,6 +39,15 @@ Options:
 ETCD_WAIT = 30.0
 
 
+def stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: how every calico-py process is told
+    to stop gracefully."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def run(title: str, module: str, program: str, listen_param: config.Param,
         build: Callable[[list[str], EtcdStore], object], argv=None) -> int:
     log = logging.getLogger(program)
@@ -73,10 +82,7 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
     server.start()
     log.info("listening on %s (etcd %s)", ", ".join(listen), store.endpoints)
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    stop_event().wait()
     log.info("stopping")
     server.stop(grace=5).wait()
     store.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from calico.bgp.v1 import bgp_pb2
 from cli import client, validate
-from cli.node import _peer_ip
 from cli.output import table
 
 
@@ -45,13 +44,13 @@ def run(args: dict) -> None:
     elif args["show"]:
         show_peers(bgp, args, route_reflector=False, title="Global IPv{v} BGP Peer")
     elif args["add"]:
-        ip = _peer_ip(args["<PEER_IP>"])
+        ip = validate.peer_ip(args["<PEER_IP>"])
         as_num = validate.as_number(args["<AS_NUM>"])
         client.call(bgp, "AddPeer", bgp_pb2.AddPeerRequest(peer=bgp_pb2.Peer(ip=ip,
                                                                              as_num=as_num)))
         print(f"Added global BGP peer {ip} (AS {as_num}).")
     else:
-        ip = _peer_ip(args["<PEER_IP>"])
+        ip = validate.peer_ip(args["<PEER_IP>"])
         client.call(bgp, "RemovePeer", bgp_pb2.RemovePeerRequest(ip=ip))
         print(f"Removed global BGP peer {ip}.")
 

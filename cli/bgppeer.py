@@ -16,9 +16,8 @@ A route reflector is an iBGP peer in the cluster's default AS (see
 from __future__ import annotations
 
 from calico.bgp.v1 import bgp_pb2
-from cli import client
+from cli import client, validate
 from cli.bgp import show_peers
-from cli.node import _peer_ip
 
 
 def run(args: dict) -> None:
@@ -26,7 +25,7 @@ def run(args: dict) -> None:
     if args["show"]:
         show_peers(bgp, args, route_reflector=True, title="IPv{v} Route Reflector")
         return
-    ip = _peer_ip(args["<IP>"])
+    ip = validate.peer_ip(args["<IP>"])
     if args["add"]:
         client.call(bgp, "AddPeer", bgp_pb2.AddPeerRequest(
             peer=bgp_pb2.Peer(ip=ip, route_reflector=True)))

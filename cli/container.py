@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from calico.endpoint.v1 import endpoint_pb2
 from cli import client, validate, workloads
-from cli.errors import CliError
 from cli.output import table
 
 
@@ -42,10 +41,7 @@ def run(args: dict) -> None:
 
 
 def _call(method, request):
-    try:
-        return client.endpoint().call(method, request)
-    except client.RpcFailure as exc:
-        raise CliError(str(exc)) from None
+    return client.call(client.endpoint(), method, request)
 
 
 def address_request(spec: str) -> dict:

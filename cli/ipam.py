@@ -31,15 +31,8 @@ def run(args: dict) -> None:
         release(args["--ip"])
 
 
-def _call(method, request):
-    try:
-        return client.ipam().call(method, request)
-    except client.RpcFailure as exc:
-        raise CliError(str(exc)) from None
-
-
 def show_usage() -> None:
-    usage = _call("GetUsage", ipam_pb2.GetUsageRequest())
+    usage = client.call(client.ipam(), "GetUsage", ipam_pb2.GetUsageRequest())
     print(table(["Pool", "Addresses", "Allocated", "Blocks"],
                 [[p.cidr, p.size, p.allocated, p.blocks] for p in usage.pools]))
     if usage.blocks:
@@ -52,7 +45,7 @@ def show_usage() -> None:
 
 def show_ip(ip_text: str) -> None:
     ip = validate.ip(ip_text)
-    a = _call("GetAllocation", ipam_pb2.GetAllocationRequest(ip=ip))
+    a = client.call(client.ipam(), "GetAllocation", ipam_pb2.GetAllocationRequest(ip=ip))
     where = f"IP {ip} is in pool {a.pool}"
     if a.block:
         where += f", block {a.block}" + (f" (affine to host {a.block_host})"
@@ -67,7 +60,7 @@ def show_ip(ip_text: str) -> None:
 
 
 def check() -> None:
-    resp = _call("CheckConsistency", ipam_pb2.CheckConsistencyRequest())
+    resp = client.call(client.ipam(), "CheckConsistency", ipam_pb2.CheckConsistencyRequest())
     summary = f"Checked {resp.blocks_checked} block(s) and {resp.handles_checked} handle(s)"
     if not resp.problems:
         print(f"{summary}: no problems found.")
@@ -80,10 +73,7 @@ def check() -> None:
 
 def release(ip_text: str) -> None:
     ip = validate.ip(ip_text)
-    try:
-        resp = client.ipam().call("ReleaseIPs", ipam_pb2.ReleaseIPsRequest(ips=[ip]))
-    except client.RpcFailure as exc:
-        raise CliError(str(exc)) from None
+    resp = client.call(client.ipam(), "ReleaseIPs", ipam_pb2.ReleaseIPsRequest(ips=[ip]))
     if not resp.released:
         raise CliError(f"IP {ip} is not assigned.")
     print(f"Released {ip}.")

@@ -64,14 +64,8 @@ def node_dir(name: str) -> Path:
 
 
 def supervisor_pid(name: str) -> int | None:
-    """The node supervisor's pid, if it runs (a stale pid file, or a pid
-    reused by another program, does not count)."""
-    try:
-        pid = int((node_dir(name) / "node.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    return pid if b"node" in cmdline and f"--name={name}".encode() in cmdline else None
+    from node.supervisor import running_pid
+    return running_pid(node_dir(name) / "node.pid", name)
 
 
 def _local_addresses() -> set[str]:
@@ -205,7 +199,7 @@ def peers(args: dict, name: str) -> None:
                 print(table([f"Node specific IPv{v} BGP Peer", "AS Num"], rows) if rows
                       else f"No IPv{v} BGP Peers defined for node {name}.")
         return
-    ip = _peer_ip(args["<PEER_IP>"])
+    ip = validate.peer_ip(args["<PEER_IP>"])
     if args["add"]:
         as_num = validate.as_number(args["<AS_NUM>"])
         client.call(bgp, "AddPeer", bgp_pb2.AddPeerRequest(
@@ -214,10 +208,3 @@ def peers(args: dict, name: str) -> None:
     else:
         client.call(bgp, "RemovePeer", bgp_pb2.RemovePeerRequest(ip=ip, node=name))
         print(f"Removed BGP peer {ip} from node {name}.")
-
-
-def _peer_ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise CliError(f"{text} is not a valid IP address.") from None

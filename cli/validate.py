@@ -23,6 +23,13 @@ def ip(text: str) -> str:
         raise CliError("Invalid IP address specified.") from None
 
 
+def peer_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise CliError(f"{text} is not a valid IP address.") from None
+
+
 def ip_of_version(text: str, version: int, message: str) -> str:
     try:
         ip = ipaddress.ip_address(text)

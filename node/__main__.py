@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from docopt import docopt
 
 from calicopy import config
+from calicopy.service_main import stop_event
 from node.supervisor import Child, Supervisor
 
 POLICY_WAIT = 10   # seconds an add may wait for the policy agent
@@ -60,9 +59,7 @@ def main(argv=None) -> int:
               # it left in the kernel until its peers have re-sent theirs.
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
     ]
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     logging.getLogger("calico-node").info("node %s starting in %s", name, node_dir)
     Supervisor(children, p["status"]).run(stop)
     p["pid"].unlink(missing_ok=True)

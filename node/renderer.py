@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.errors import CalicoError, Unavailable
+from calicopy.service_main import stop_event
 from node import bird, birdctl
 from services.bgp.registry import BgpRegistry, Node
 from services.ipam.pools import PoolRegistry
@@ -144,9 +144,7 @@ def main(argv=None) -> int:
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     Renderer(store, name, Path(args.config), args.ctl).run(stop)
     store.close()
     return 0

@@ -26,6 +26,17 @@ STABLE_AFTER = 30.0     # a child up this long gets its back-off reset
 STOP_GRACE = 10.0
 
 
+def running_pid(pid_file: Path, node: str) -> int | None:
+    """The pid of node ``node``'s supervisor if it runs: a stale pid file, or
+    a pid since reused by another program, does not count."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if b"node" in cmdline and f"--name={node}".encode() in cmdline else None
+
+
 @dataclasses.dataclass
 class Child:
     name: str

@@ -30,6 +30,7 @@ from pathlib import Path
 from string import Template
 
 from calicopy.rpc import check_health
+from node.supervisor import running_pid
 from services.endpoint.netns import socket_in
 from tools import launch
 
@@ -151,12 +152,7 @@ class Host:
         return result
 
     def supervisor_pid(self) -> int | None:
-        try:
-            pid = int((self.node_dir / "node.pid").read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if f"--name={self.name}".encode() in cmdline else None
+        return running_pid(self.node_dir / "node.pid", self.name)
 
     def child_pid(self, name: str) -> int | None:
         import json

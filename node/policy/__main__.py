@@ -15,14 +15,13 @@ Options:
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from docopt import docopt
 
 from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
+from calicopy.service_main import stop_event
 from node.policy.agent import Agent
 from node.policy.iptables import detect_backend
 
@@ -42,9 +41,7 @@ def main(argv=None) -> int:
         print(f"Invalid --backend '{backend}': use nft or legacy.", file=sys.stderr)
         return 1
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     Agent(store, node, backend).run(stop)
     store.close()
     return 0

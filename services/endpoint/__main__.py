@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 from docopt import docopt
@@ -41,6 +39,7 @@ from docopt import docopt
 from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
+from calicopy.service_main import stop_event
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.ipam_client import IpamClient
@@ -105,9 +104,7 @@ def main(argv=None) -> int:
     log.info("endpoint service for node %s listening on %s (IPv6 %s)", node, listen,
              "on" if manager.ipv6 else "off")
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     while not stop.wait(resync):
         try:
             counts = manager.reconcile()
