@@ -17,7 +17,7 @@ install: deps $(GEN_STAMP) $(VENV)/.installed
 # Debian packages, each installed only when the command it provides is missing.
 DEB_COMMANDS := etcd:etcd-server bird:bird2 ip:iproute2 ping:iputils-ping \
 	iptables:iptables ipset:ipset conntrack:conntrack \
-	busybox:busybox-static
+	busybox:busybox-static dockerd:docker.io iperf3:iperf3
 deps:
 	@missing=""; for pair in $(DEB_COMMANDS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \

@@ -48,6 +48,15 @@ def parse_address(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_unix_socket(text: str) -> str:
+    """``unix:<path>`` (also ``unix:///path``, as Docker writes it) or a bare path."""
+    text = text.strip()
+    path = text[len("unix://"):] if text.startswith("unix://") else text.removeprefix("unix:")
+    if not path.startswith("/"):
+        raise ValueError("give a unix socket as unix:///absolute/path")
+    return path
+
+
 def parse_addresses(text: str) -> list[str]:
     items = [t for t in text.split(",") if t.strip()]
     if not items:
@@ -144,8 +153,16 @@ RPC_TIMEOUT = Param(
     "RPC timeout", "deadline in seconds for each call to a calico-py service",
     "10", ("CALICO_RPC_TIMEOUT",), parse_seconds)
 
+DOCKER_HOST = Param(
+    "Docker engine socket", "unix:<path> of the Docker engine API this node serves",
+    "unix:/var/run/docker.sock", ("DOCKER_HOST",), parse_unix_socket)
+
+DOCKER_PLUGIN_DIR = Param(
+    "Docker plugin folder", "where the node puts the Docker plugin socket (calico.sock)",
+    "/run/docker/plugins", ("CALICO_DOCKER_PLUGIN_DIR",), parse_path)
+
 PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, POLICY_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
-          RPC_TIMEOUT)
+          RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR)
 
 
 def node_dir(node: str, environ: Mapping[str, str] | None = None) -> str:

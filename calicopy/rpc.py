@@ -109,3 +109,22 @@ def check_health(addr: str, service: str = "", timeout: float = 2.0) -> bool:
         except grpc.RpcError:
             return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class Client:
+    """A stub for one service whose failures come back as domain errors (so a
+    caller that is itself a service passes status and message on)."""
+
+    def __init__(self, name: str, target: str, stub_class, timeout: float):
+        self.name, self.target, self.timeout = name, target, timeout
+        self._channel = grpc.insecure_channel(target)
+        self._stub = stub_class(self._channel)
+
+    def call(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"{self.name} at {self.target}") from None
+
+    def close(self) -> None:
+        self._channel.close()

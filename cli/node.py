@@ -38,6 +38,7 @@ from calico.bgp.v1 import bgp_pb2
 from calico.endpoint.v1 import endpoint_pb2
 from calico.ipam.v1 import ipam_pb2
 from calicopy import config
+from calicopy.docker_api import DockerEngine
 from calicopy.rpc import check_health
 from cli import client, validate
 from cli.errors import CliError
@@ -111,11 +112,18 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
                                 cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_WAIT
     endpoint = config.endpoint_addr(node=name)
-    while not (check_health(endpoint, timeout=0.5) and (folder / "bird.ctl").exists()):
+    # The supervisor starts the Docker plugin when the engine answers; so that
+    # `docker network create` works as soon as we return, wait for it too.
+    plugin = (Path(config.DOCKER_PLUGIN_DIR.resolve()) / "calico.sock"
+              if DockerEngine().available() else None)
+    while not (check_health(endpoint, timeout=0.5) and (folder / "bird.ctl").exists()
+               and (plugin is None or plugin.exists())):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise CliError(f"Calico node {name} did not start; see the logs in {folder}.")
         time.sleep(0.2)
-    print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}); logs in {folder}.")
+    docker = f"; Docker plugin on {plugin}" if plugin else ""
+    print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}){docker}; "
+          f"logs in {folder}.")
 
 
 def stop(name: str, force: bool) -> None:

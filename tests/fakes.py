@@ -72,6 +72,15 @@ class FakeDataplane:
         if spec.workload in self.fail_on:
             raise DataplaneError(f"Kernel refused to create {spec.host_interface}.")
         current = self.interfaces.get(spec.host_interface)
+        if not spec.netns:          # detached: the orchestrator holds the workload side
+            if current is None and not spec.peer_name:
+                return spec.mac
+            self._macs += 1
+            current = current or {"netns": "", "name": spec.peer_name,
+                                  "mac": spec.mac or f"02:00:00:00:01:{self._macs:02x}"}
+            current["ips"] = sorted(spec.ips)
+            self.interfaces[spec.host_interface] = current
+            return current["mac"]
         links = self.namespaces.setdefault(spec.netns, set())
         if current is None:
             if spec.interface_name in links:
@@ -99,6 +108,12 @@ class FakeDataplane:
 
     def workload_alive(self, path):
         return path in self.namespaces
+
+    def stop_workload(self, path):
+        """The namespace goes, and the veth pairs in it with it."""
+        self.namespaces.pop(path, None)
+        for name in [n for n, i in self.interfaces.items() if i["netns"] == path]:
+            del self.interfaces[name]
 
     def workload_has_interface(self, path, name):
         return name in self.namespaces.get(path, set())

@@ -14,7 +14,10 @@ the endpoint service. Nodes reach etcd and the cluster services over unix
 sockets, so no IP traffic crosses into the test's own namespace. Workloads are
 namespaces given to a host with ``calicoctl container add``, run inside that
 host. Routers (a route reflector, an upstream router) are plain BIRDs in
-namespaces of their own on the underlay, configured by the caller.
+namespaces of their own on the underlay, configured by the caller. A host
+may also run a real Docker engine (``tools.docker_engine``), started before
+its node so the node finds it; the node is told where it is through
+``Host.env``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from string import Template
 from calicopy.rpc import check_health
 from node.supervisor import running_pid
 from services.endpoint.netns import socket_in
-from tools import launch
+from tools import docker_engine, launch
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 UNDERLAY_V4 = "172.30.0"
@@ -66,6 +69,7 @@ class Lab:
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
         self.procs: list[subprocess.Popen] = []
+        self.engines: list[docker_engine.Engine] = []
         self.hosts: dict[str, Host] = {}
         self.underlay = Namespace(self, f"{self.prefix}-u")
         u = self.underlay
@@ -75,10 +79,10 @@ class Lab:
         u.run("ip", "link", "set", "br0", "up")
 
     def add_host(self, name: str, ipv6: bool = True, node: bool = False,
-                 as_num: int = 0) -> "Host":
+                 as_num: int = 0, docker: bool = False) -> "Host":
         """A host; with ``node`` it runs ``calicoctl node`` (BGP and all),
-        else only the endpoint service."""
-        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num)
+        else only the endpoint service; with ``docker``, a Docker engine too."""
+        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num, docker)
         self.hosts[name] = host
         return host
 
@@ -101,25 +105,39 @@ class Lab:
 
     @staticmethod
     def remove_leftovers(prefix: str) -> None:
-        """Delete namespaces a killed run with this fixed prefix left behind."""
+        """Delete the Docker engines and namespaces a killed run with this
+        fixed prefix left behind."""
+        docker_engine.remove_leftovers(prefix)
         for line in sh("ip", "netns", "list").stdout.splitlines():
             name = line.split()[0] if line.strip() else ""
             if name.startswith(f"{prefix}-"):
                 sh("ip", "netns", "del", name, check=False)
 
     def close(self) -> None:
+        # Containers go while the nodes still run, so their plugin can release
+        # what it gave them; engines stop once nothing calls them any more.
+        for engine in self.engines:
+            engine.remove_containers()
         for host in self.hosts.values():
             host.stop_node()
         for proc in reversed(self.procs):
             launch.stop_pid(proc.pid)
+        # In parallel: a dockerd takes about a second to stop.
+        closing = [threading.Thread(target=engine.close) for engine in self.engines]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns.name, check=False)
 
 
 class Host:
-    """A simulated host: a namespace on the underlay running its own node."""
+    """A simulated host: a namespace on the underlay running its own node
+    (and, if asked, its own Docker engine)."""
 
-    def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int):
+    def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int,
+                 docker: bool = False):
         self.lab, self.name, self.ipv6, self.as_num = lab, name, ipv6, as_num
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
         self.state_dir = lab.tmp / "state"
@@ -127,6 +145,12 @@ class Host:
         self.ip, self.ip6 = lab._underlay_link(self.ns, index)
         self.proc = None
         self.is_node = node
+        self.engine: docker_engine.Engine | None = None
+        if docker:
+            # Before the node: the node detects the engine and serves its plugin.
+            self.engine = docker_engine.Engine(f"{lab.prefix}-{name}", self.ns.name,
+                                               self.state_dir / f"{name}.dockerd.log")
+            lab.engines.append(self.engine)
         if node:
             self.start_calico_node()
         else:
@@ -134,10 +158,33 @@ class Host:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
-                "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
-                "CALICO_BGP_ADDR": self.lab.bgp, "CALICO_POLICY_ADDR": self.lab.policy,
-                "PYTHONPATH": str(ROOT)}
+        env = {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
+               "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
+               "CALICO_BGP_ADDR": self.lab.bgp, "CALICO_POLICY_ADDR": self.lab.policy,
+               "PYTHONPATH": str(ROOT)}
+        if self.engine is not None:
+            env.update(DOCKER_HOST=self.engine.url,
+                       CALICO_DOCKER_PLUGIN_DIR=str(self.engine.plugin_dir))
+        return env
+
+    def _engine(self) -> docker_engine.Engine:
+        if self.engine is None:
+            raise RuntimeError(f"host {self.name} has no Docker engine (add_host(docker=True))")
+        return self.engine
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60,
+               input: str | None = None) -> subprocess.CompletedProcess:
+        """``docker`` against this host's engine; raises DockerError (with
+        stderr) on failure when ``check``."""
+        return self._engine().docker(*args, check=check, timeout=timeout, input=input)
+
+    def container_pid(self, container: str) -> int:
+        """The host PID of a running container's first process."""
+        return self._engine().container_pid(container)
+
+    def container_netns(self, container: str) -> str:
+        """``/proc/<pid>/ns/net`` of a running container."""
+        return self._engine().container_netns(container)
 
     @property
     def node_dir(self) -> Path:
@@ -190,6 +237,16 @@ class Host:
             self.proc.wait()
         else:
             launch.stop_pid(self.proc.pid)
+
+    def crash_node(self) -> None:
+        """Kill the node's supervisor and everything it runs at once, as a
+        crash or an OOM kill would."""
+        pid = self.supervisor_pid()
+        if pid:
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
 
     def calicoctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns.name, sys.executable, "-m",

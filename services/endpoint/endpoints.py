@@ -35,7 +35,8 @@ from calicopy.datastore.store import KV, Store, Txn
 from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
 from services.endpoint import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
-                                     InterfaceInUse, NoEndpoints, NoIpv6)
+                                     InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
+                                     OrchestratorOwned)
 from services.endpoint.kernel import InterfaceSpec
 from services.endpoint.model import ACTIVE, PENDING, Endpoint, endpoint_id
 
@@ -94,6 +95,21 @@ class AddRequest:
     ipv6_pools: list[str] = dataclasses.field(default_factory=list)
     profile_ids: list[str] = dataclasses.field(default_factory=list)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    peer_name: str = ""             # detached: leave the workload side here
+    ips_preassigned: bool = False   # the caller claimed (and releases) the ips
+    persistent: bool = False        # survive the workload stopping
+    mac: str = ""
+
+
+_MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
+
+
+def _mac(text: str) -> str:
+    mac = text.strip().lower()
+    if mac and (not _MAC_RE.match(mac) or int(mac[:2], 16) & 1):
+        raise BadRequest(f"Invalid MAC address '{text}': give a unicast MAC such as "
+                         "02:00:00:00:00:01.")
+    return mac
 
 
 def _workload(orchestrator: str, workload_id: str) -> None:
@@ -160,6 +176,8 @@ class EndpointManager:
     def _one(self, orchestrator, workload_id, interface) -> tuple[Endpoint, KV]:
         for ep, kv in self._records(orchestrator, workload_id):
             if ep.interface_name == interface and ep.state == ACTIVE:
+                if ep.detached:
+                    raise OrchestratorOwned(workload_id, orchestrator)
                 return ep, kv
         raise NoEndpoints(workload_id)
 
@@ -169,40 +187,53 @@ class EndpointManager:
         _workload(req.orchestrator, req.workload_id)
         interface = _interface(req.interface_name)
         explicit = [_ip(ip) for ip in req.ips]
+        mac = _mac(req.mac)
         for name, count in (("auto_ipv4", req.auto_ipv4), ("auto_ipv6", req.auto_ipv6)):
             if not 0 <= count <= MAX_AUTO:
                 raise BadRequest(f"{name} must be between 0 and {MAX_AUTO}, not {count}.")
         if not explicit and not req.auto_ipv4 and not req.auto_ipv6:
             raise BadRequest("No address requested: give ips, auto_ipv4 or auto_ipv6.")
+        if req.ips_preassigned and (req.auto_ipv4 or req.auto_ipv6 or not explicit):
+            raise BadRequest("Pre-assigned addresses are given in ips; do not ask for "
+                             "auto-assignment too.")
         path = netns.path_for(req.netns_path, req.pid)
-        if not path:
+        if req.peer_name:
+            _interface(req.peer_name)
+            if path:
+                raise BadRequest("Give either a namespace (netns_path or pid) or peer_name, "
+                                 "not both.")
+        elif not path:
             raise BadRequest("Say where the workload is: netns_path or pid.")
 
         with self._locks[(req.orchestrator, req.workload_id)]:
             ep_id = endpoint_id(self.node, req.orchestrator, req.workload_id, interface)
             key = keys.endpoint(self.node, req.orchestrator, req.workload_id, ep_id)
             # The checks, in the order the original tool made them.
-            if self.store.get(key) is not None:
-                raise AlreadyNetworked(req.workload_id)
-            self.dataplane.check_workload(path, req.workload_id)
+            existing = self.store.get(key)
+            if existing is not None:
+                return self._reinstate(existing, path)
+            if path:
+                self.dataplane.check_workload(path, req.workload_id)
             for ip in explicit:
-                self.ipam.get_allocation(ip)            # raises if outside every pool
+                allocation = self.ipam.get_allocation(ip)   # raises if outside every pool
+                if req.ips_preassigned and not allocation["allocated"]:
+                    raise NotPreassigned(ip)
             if not self.ipv6 and (req.auto_ipv6 or any(":" in ip for ip in explicit)):
                 raise NoIpv6()
-            if self.dataplane.workload_has_interface(path, interface):
+            if path and self.dataplane.workload_has_interface(path, interface):
                 raise InterfaceInUse(interface, req.workload_id)
 
             ep = Endpoint(ep_id, self.node, req.orchestrator, req.workload_id, interface,
-                          path, PENDING, profile_ids=list(req.profile_ids),
-                          labels=dict(req.labels))
+                          path, PENDING, mac=mac, profile_ids=list(req.profile_ids),
+                          labels=dict(req.labels), persistent=req.persistent)
             pending = Txn().create(key, ep.to_json())
             created = self.store.commit(pending)
             if not created:
                 raise AlreadyNetworked(req.workload_id)
             self._in_flight.add(key)
             try:
-                ips = []
-                for ip in explicit:
+                ips = list(explicit) if req.ips_preassigned else []
+                for ip in [] if req.ips_preassigned else explicit:
                     self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
                     ips.append(ip)
                 if req.auto_ipv4 or req.auto_ipv6:
@@ -212,17 +243,9 @@ class EndpointManager:
                     ips += v4 + v6
                 failpoints.reached("endpoint-add-after-claim")
                 ep.set_ips(ips)
-                ep.mac = self.dataplane.ensure(self._spec(ep))
+                ep.mac = self.dataplane.ensure(self._spec(ep, req.peer_name))
                 failpoints.reached("endpoint-add-after-kernel")
-                ep.state = ACTIVE
-                # Conditional on the pending record we wrote: if anyone changed
-                # or removed it meanwhile, this add has lost and undoes itself.
-                revision = self.store.commit(Txn().update(
-                    KV(key, pending.puts[key], created), ep.to_json()))
-                if not revision:
-                    raise CalicoError(f"The record of endpoint {ep_id} changed during the add; "
-                                      "retry.")
-                self._await_policy(revision)
+                self._activate(ep, KV(key, pending.puts[key], created))
             except BaseException:
                 self._teardown(ep, key)
                 raise
@@ -232,13 +255,46 @@ class EndpointManager:
                      ep.workload_id, ", ".join(ep.ips))
             return ep
 
+    def _activate(self, ep: Endpoint, kv: KV) -> None:
+        """Mark ``ep`` active, conditional on the record we last wrote (if anyone
+        changed or removed it meanwhile, this operation has lost), and wait for
+        its policy."""
+        ep.state = ACTIVE
+        revision = self.store.commit(Txn().update(kv, ep.to_json()))
+        if not revision:
+            raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
+                              "add; retry.")
+        self._await_policy(revision)
+
+    def _reinstate(self, kv: KV, path: str) -> Endpoint:
+        """An add for a workload that has the endpoint already: a persistent
+        endpoint whose workload was stopped comes back in the new namespace
+        with its addresses and MAC; anything else is a duplicate."""
+        ep = Endpoint.from_json(kv.json())
+        if not (ep.persistent and ep.state == ACTIVE and path
+                and not self.dataplane.workload_alive(ep.netns)):
+            raise AlreadyNetworked(ep.workload_id)
+        self.dataplane.check_workload(path, ep.workload_id)
+        if self.dataplane.workload_has_interface(path, ep.interface_name):
+            raise InterfaceInUse(ep.interface_name, ep.workload_id)
+        ep.netns = path
+        self.dataplane.ensure(self._spec(ep))
+        try:
+            self._activate(ep, kv)
+        except BaseException:
+            self.dataplane.remove(ep.host_interface)    # dormant again, as before
+            raise
+        log.info("reinstated endpoint %s of %s/%s in %s", ep.endpoint_id, ep.orchestrator,
+                 ep.workload_id, path)
+        return ep
+
     def _attrs(self, ep: Endpoint) -> dict[str, str]:
         return {"node": self.node, "endpoint": ep.endpoint_id, "interface": ep.interface_name}
 
     @staticmethod
-    def _spec(ep: Endpoint) -> InterfaceSpec:
+    def _spec(ep: Endpoint, peer_name: str = "") -> InterfaceSpec:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
-                             ep.workload_id)
+                             ep.workload_id, peer_name)
 
     def _await_policy(self, revision: int) -> None:
         """Return once the node's policy agent has programmed etcd as of
@@ -373,7 +429,13 @@ class EndpointManager:
                 return
             ep = Endpoint.from_json(current.json())
             abandoned = ep.state == PENDING and (startup or kv.key not in self._in_flight)
-            if abandoned or (ep.state == ACTIVE and not self.dataplane.workload_alive(ep.netns)):
+            # A detached endpoint's orchestrator removes it; a persistent one
+            # waits, dormant, for its workload to start again.
+            gone = ep.state == ACTIVE and not ep.detached and \
+                not self.dataplane.workload_alive(ep.netns)
+            if gone and ep.persistent:
+                return
+            if abandoned or gone:
                 log.info("tearing down %s endpoint %s of %s/%s", ep.state, ep.endpoint_id,
                          ep.orchestrator, ep.workload_id)
                 self._teardown(ep, kv.key)

@@ -44,3 +44,15 @@ class NoIpv6(FailedPrecondition):
 
 class DataplaneError(CalicoError):
     """The kernel refused a change; the message names the operation."""
+
+
+class OrchestratorOwned(FailedPrecondition):
+    def __init__(self, workload, orchestrator):
+        super().__init__(f"The interface of {workload} is configured by {orchestrator}; "
+                         f"change its addresses through {orchestrator}.")
+
+
+class NotPreassigned(FailedPrecondition):
+    def __init__(self, ip):
+        super().__init__(f"{ip} is not assigned in IPAM; claim it before adding it as "
+                         "pre-assigned.")

@@ -16,6 +16,13 @@ What an interface looks like once ensured:
   final name, up, with the addresses as /32 and /128 (IPv6 without DAD), a
   link route to 169.254.1.1 and a default route through it, and an IPv6
   default route through the host side's link-local address.
+
+A detached endpoint (no namespace) is one whose orchestrator moves and
+configures the workload side itself (Docker's network driver): the pair is
+created with the workload side left in this namespace under ``peer_name``,
+and afterwards only the host side is kept right, while it exists (when the
+workload's namespace goes, the pair goes with it and the orchestrator
+removes the endpoint).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class InterfaceSpec:
     ips: list[str]
     mac: str = ""           # keep this workload-side MAC when (re)creating
     workload: str = ""      # for messages
+    peer_name: str = ""     # detached (no netns): create the pair with this peer name
 
 
 def write_sysctl(path: str, value: str) -> None:
@@ -154,6 +162,8 @@ class KernelDataplane:
     def ensure(self, spec: InterfaceSpec) -> str:
         """Make the kernel match ``spec``; returns the workload-side MAC."""
         ips = [ipaddress.ip_address(ip) for ip in spec.ips]
+        if not spec.netns:
+            return self._ensure_detached(spec, ips)
         with IPRoute(strict_check=True) as host, \
                 IPRoute(fileno=netns.netlink_socket(spec.netns).detach()) as wl:
             host_index, wl_index, mac, fresh = self._ensure_veth(host, wl, spec)
@@ -163,6 +173,24 @@ class KernelDataplane:
                 self._ensure_workload_routes(wl, wl_index, ips, fresh)
             with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
                 self._ensure_host_routes(host, host_index, ips, mac, fresh)
+            return mac
+
+    def _ensure_detached(self, spec: InterfaceSpec, ips) -> str:
+        with IPRoute(strict_check=True) as host:
+            index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
+            fresh = index is None
+            if fresh and not spec.peer_name:
+                return spec.mac     # the workload is gone; nothing to keep right
+            mac = spec.mac or random_mac()
+            if fresh:
+                peer = {"ifname": spec.peer_name, "address": mac}
+                with _netlink(f"create {spec.host_interface} for {spec.workload}"):
+                    host.link("add", ifname=spec.host_interface, kind="veth",
+                              address=HOST_MAC, peer=peer)
+                index = host.link_lookup(ifname=spec.host_interface)[0]
+            self._host_side_settings(host, spec.host_interface, index)
+            with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
+                self._ensure_host_routes(host, index, ips, mac, fresh)
             return mac
 
     def _ensure_veth(self, host, wl, spec: InterfaceSpec) -> tuple[int, int, str, bool]:

@@ -55,6 +55,13 @@ class Endpoint:
     ipv6_nets: list[str] = dataclasses.field(default_factory=list)
     profile_ids: list[str] = dataclasses.field(default_factory=list)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    persistent: bool = False
+
+    @property
+    def detached(self) -> bool:
+        """The orchestrator placed and configured the workload side (Docker's
+        network driver); this service owns only the host side."""
+        return not self.netns
 
     @property
     def host_interface(self) -> str:
@@ -91,6 +98,7 @@ class Endpoint:
             "ipv4_nets": self.ipv4_nets, "ipv6_nets": self.ipv6_nets,
             "ipv4_gateway": self.ipv4_gateway, "ipv6_gateway": self.ipv6_gateway,
             "profile_ids": self.profile_ids, "labels": self.labels,
+            "persistent": self.persistent,
         }
 
     @classmethod
@@ -100,4 +108,4 @@ class Endpoint:
             data["container:if_name"], data["netns"], data.get("state", PENDING),
             data.get("mac", ""), list(data.get("ipv4_nets", [])),
             list(data.get("ipv6_nets", [])), list(data.get("profile_ids", [])),
-            dict(data.get("labels", {})))
+            dict(data.get("labels", {})), bool(data.get("persistent", False)))

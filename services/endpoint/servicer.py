@@ -14,7 +14,8 @@ def endpoint_msg(ep: Endpoint) -> endpoint_pb2.Endpoint:
         workload_id=ep.workload_id, interface_name=ep.interface_name,
         host_interface=ep.host_interface, mac=ep.mac, ipv4_nets=ep.ipv4_nets,
         ipv6_nets=ep.ipv6_nets, ipv4_gateway=ep.ipv4_gateway, ipv6_gateway=ep.ipv6_gateway,
-        profile_ids=ep.profile_ids, labels=ep.labels, state=ep.state, netns=ep.netns)
+        profile_ids=ep.profile_ids, labels=ep.labels, state=ep.state, netns=ep.netns,
+        persistent=ep.persistent)
 
 
 class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
@@ -30,7 +31,9 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
             interface_name=request.interface_name, ips=list(request.ips),
             auto_ipv4=request.auto_ipv4, auto_ipv6=request.auto_ipv6,
             ipv4_pools=list(request.ipv4_pools), ipv6_pools=list(request.ipv6_pools),
-            profile_ids=list(request.profile_ids), labels=dict(request.labels)))
+            profile_ids=list(request.profile_ids), labels=dict(request.labels),
+            peer_name=request.peer_name, ips_preassigned=request.ips_preassigned,
+            persistent=request.persistent, mac=request.mac))
         return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors

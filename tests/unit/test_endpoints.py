@@ -204,3 +204,72 @@ def test_periodic_reconcile_clears_a_pending_record_no_add_owns(world):
     store.commit(Txn().create(keys.endpoint("node-1", "netns", "wl1", ep_id), ep.to_json()))
     assert manager.reconcile()["removed"] == 1
     assert manager.list() == []
+
+
+# Detached endpoints (Docker's network driver) and persistent ones (the proxy).
+
+def test_detached_endpoint_uses_preassigned_addresses_and_keeps_them(world):
+    store, ipam, dataplane, manager = world
+    ipam.assign_ip("10.0.0.7", "node-1/docker-ipam/10.0.0.7", "node-1", {})
+    ep = add(manager, orchestrator="docker", workload_id="e1", netns_path="",
+             peer_name="tmpe1", ips=["10.0.0.7"], ips_preassigned=True,
+             mac="02:11:22:33:44:55")
+    assert ep.detached and ep.mac == "02:11:22:33:44:55" and ep.ips == ["10.0.0.7"]
+    assert dataplane.interfaces[ep.host_interface]["name"] == "tmpe1"
+    # Reconcile neither tears it down (Docker does) nor re-creates a gone pair.
+    manager.reconcile()
+    assert manager.list() == [ep]
+    dataplane.remove(ep.host_interface)
+    manager.reconcile()
+    assert ep.host_interface not in dataplane.interfaces and manager.list() == [ep]
+    with pytest.raises(FailedPrecondition, match="configured by docker"):
+        manager.add_address("docker", "e1", "eth0", "10.0.0.8")
+    manager.remove("docker", "e1")
+    assert manager.list() == []
+    # The caller claimed the address, so the caller releases it.
+    assert ipam.get_allocation("10.0.0.7")["allocated"]
+
+
+@pytest.mark.parametrize("kw,error,message", [
+    (dict(ips=["10.0.0.9"]), FailedPrecondition, "10.0.0.9 is not assigned in IPAM"),
+    (dict(ips=["10.0.0.7"], auto_ipv4=1), InvalidArgument, "do not ask for auto"),
+    (dict(ips=["10.0.0.7"], netns_path=NS), InvalidArgument, "not both"),
+    (dict(ips=["10.0.0.7"], mac="01:00:00:00:00:01"), InvalidArgument, "unicast MAC"),
+])
+def test_detached_bad_input_changes_nothing(world, kw, error, message):
+    store, ipam, dataplane, manager = world
+    ipam.assign_ip("10.0.0.7", "node-1/docker-ipam/10.0.0.7", "node-1", {})
+    req = dict(orchestrator="docker", workload_id="e1", netns_path="", peer_name="tmpe1",
+               ips_preassigned=True)
+    req.update(kw)
+    with pytest.raises(error, match=message):
+        manager.add(AddRequest(**req))
+    assert manager.list() == [] and dataplane.interfaces == {}
+    assert allocated(ipam) == 1
+
+
+def test_persistent_endpoint_sleeps_while_stopped_and_comes_back(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1, persistent=True)
+    dataplane.stop_workload(NS)
+    manager.reconcile()
+    assert manager.list() == [ep] and ipam.get_allocation(ep.ips[0])["allocated"]
+    # Started again, in a new namespace: same id, addresses and MAC.
+    dataplane.namespaces["/proc/99/ns/net"] = {"lo"}
+    again = add(manager, netns_path="/proc/99/ns/net", auto_ipv4=1, persistent=True)
+    assert (again.endpoint_id, again.ips, again.mac) == (ep.endpoint_id, ep.ips, ep.mac)
+    assert again.netns == "/proc/99/ns/net"
+    assert dataplane.interfaces[ep.host_interface]["netns"] == "/proc/99/ns/net"
+    # While it runs, a second add is a duplicate.
+    with pytest.raises(AlreadyExists, match="already been configured"):
+        add(manager, netns_path="/proc/99/ns/net", auto_ipv4=1, persistent=True)
+    manager.remove("netns", "wl1")
+    assert allocated(ipam) == 0
+
+
+def test_non_persistent_endpoint_goes_with_its_workload(world):
+    store, ipam, dataplane, manager = world
+    add(manager, auto_ipv4=1)
+    dataplane.stop_workload(NS)
+    manager.reconcile()
+    assert manager.list() == [] and allocated(ipam) == 0

@@ -1,0 +1,75 @@
+"""calico-py's Docker plugin (the plugin process's composition root).
+
+Started by the node supervisor when a Docker engine answers on DOCKER_HOST.
+Serves the network driver "calico" and the IPAM driver "calico-ipam" on
+<plugin folder>/calico.sock. Docker finds a plugin by the socket's file name,
+so calico-ipam.sock is a symbolic link to the same socket.
+
+Usage:
+  calico-docker-plugin --name=<NODE> [--plugin-dir=<DIR>]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+from docopt import docopt
+
+from calico.endpoint.v1 import endpoint_pb2_grpc
+from calico.ipam.v1 import ipam_pb2_grpc
+from calico.policy.v1 import policy_pb2_grpc
+from calicopy import config
+from calicopy.docker_api import DockerEngine
+from calicopy.rpc import Client
+from calicopy.service_main import stop_event
+from node.docker_plugin import protocol
+from node.docker_plugin.ipam import IpamDriver
+from node.docker_plugin.network import NetworkDriver
+
+SOCKET_NAME = "calico.sock"
+IPAM_LINK = "calico-ipam.sock"
+log = logging.getLogger("docker-plugin")
+
+
+def main(argv=None) -> int:
+    args = docopt(__doc__, argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    node = args["--name"]
+    plugin_dir = config.DOCKER_PLUGIN_DIR.resolve(args["--plugin-dir"])
+    timeout = config.RPC_TIMEOUT.resolve()
+    ipam = Client("IPAM service", config.IPAM_ADDR.resolve(), ipam_pb2_grpc.IpamServiceStub,
+                  timeout)
+    endpoints = Client("endpoint service", config.endpoint_addr(node=node),
+                       endpoint_pb2_grpc.EndpointServiceStub, timeout)
+    policy = Client("policy service", config.POLICY_ADDR.resolve(),
+                    policy_pb2_grpc.PolicyServiceStub, timeout)
+    methods = {"Plugin.Activate": lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]}}
+    methods.update(NetworkDriver(endpoints, policy, DockerEngine()).methods())
+    methods.update(IpamDriver(ipam, node).methods())
+
+    os.makedirs(plugin_dir, exist_ok=True)
+    path = os.path.join(plugin_dir, SOCKET_NAME)
+    server = protocol.serve(path, methods)
+    link = os.path.join(plugin_dir, IPAM_LINK)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(SOCKET_NAME, link)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log.info("Docker plugin of node %s serving calico and calico-ipam on %s", node, path)
+    stop_event().wait()
+    server.shutdown()
+    server.server_close()
+    for stale in (link, path):
+        if os.path.lexists(stale):
+            os.unlink(stale)
+    for client in (ipam, endpoints, policy):
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The network driver ("calico"): one Docker network is one Calico profile.
+
+Docker calls, for each container on a network: CreateEndpoint (addresses
+known, from calico-ipam), Join (the sandbox exists, the container not yet
+started), and at stop Leave and DeleteEndpoint. The endpoint service does the
+plumbing at CreateEndpoint, "detached": the veth's workload side waits in the
+host's namespace under a name derived from Docker's endpoint id, and Join
+tells Docker to move it into the container and to route through the host.
+
+Networks are local to each engine (as Docker keeps them without a cluster
+store), so every host runs ``docker network create`` for itself; the profile
+is named after the network, which is what makes "web" on one host and "web"
+on another the same network.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from calico.endpoint.v1 import endpoint_pb2
+from calico.policy.v1 import policy_pb2
+from calicopy.errors import AlreadyExists, InvalidArgument, NotFound
+from node.docker_plugin.ipam import ADDRESS_SPACES
+from services.endpoint.model import IPV4_GATEWAY, IPV6_GATEWAY
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR = "docker"
+PEER_PREFIX = "tmp"
+ROUTE_CONNECTED = 1        # libnetwork's RouteType for an on-link route
+
+
+def peer_name(endpoint_id: str) -> str:
+    return PEER_PREFIX + endpoint_id[:11]
+
+
+def _addresses(interface: dict) -> list[str]:
+    return [a.split("/")[0] for a in (interface.get("Address"), interface.get("AddressIPv6")) if a]
+
+
+class NetworkDriver:
+    def __init__(self, endpoints, policy, docker):
+        self.endpoints = endpoints      # calicopy.rpc.Client of this node's endpoint service
+        self.policy = policy            # calicopy.rpc.Client of the policy service
+        self.docker = docker            # calicopy.docker_api.DockerEngine
+
+    def methods(self) -> dict:
+        nothing = lambda _: {}          # noqa: E731
+        return {
+            "NetworkDriver.GetCapabilities":
+                lambda _: {"Scope": "local", "ConnectivityScope": "global"},
+            "NetworkDriver.CreateNetwork": self.create_network,
+            "NetworkDriver.DeleteNetwork": nothing,
+            "NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "NetworkDriver.EndpointOperInfo": lambda _: {"Value": {}},
+            "NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "NetworkDriver.Join": self.join,
+            "NetworkDriver.Leave": nothing,
+            "NetworkDriver.DiscoverNew": nothing,
+            "NetworkDriver.DiscoverDelete": nothing,
+            "NetworkDriver.ProgramExternalConnectivity": nothing,
+            "NetworkDriver.RevokeExternalConnectivity": nothing,
+        }
+
+    @staticmethod
+    def create_network(req: dict) -> dict:
+        ours = set(ADDRESS_SPACES.values())
+        for data in (req.get("IPv4Data") or []) + (req.get("IPv6Data") or []):
+            if data.get("AddressSpace") not in ours:
+                raise InvalidArgument("Calico networks need Calico addresses: create the "
+                                      "network with --ipam-driver calico-ipam.")
+        return {}
+
+    def _profile_for(self, network_id: str) -> str:
+        """The network's name (Docker does not send it), as a profile that exists."""
+        name = self.docker.network(network_id)["Name"]
+        try:
+            self.policy.call("CreateProfile", policy_pb2.CreateProfileRequest(name=name))
+            log.info("created profile %s for Docker network %s", name, network_id[:12])
+        except AlreadyExists:
+            pass
+        return name
+
+    def create_endpoint(self, req: dict) -> dict:
+        interface = req.get("Interface") or {}
+        ips = _addresses(interface)
+        if not ips:
+            raise InvalidArgument("Docker gave the endpoint no address: create the network "
+                                  "with --ipam-driver calico-ipam.")
+        network_id, docker_ep = req["NetworkID"], req["EndpointID"]
+        profile = self._profile_for(network_id)
+        ep = self.endpoints.call("AddEndpoint", endpoint_pb2.AddEndpointRequest(
+            orchestrator=ORCHESTRATOR, workload_id=docker_ep, peer_name=peer_name(docker_ep),
+            ips=ips, ips_preassigned=True, profile_ids=[profile],
+            mac=interface.get("MacAddress") or "",
+            labels={"docker-network": profile, "docker-network-id": network_id})).endpoint
+        # Docker keeps a MAC it chose; it takes ours only when it had none.
+        return {} if interface.get("MacAddress") else {"Interface": {"MacAddress": ep.mac}}
+
+    def delete_endpoint(self, req: dict) -> dict:
+        try:
+            self.endpoints.call("RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
+                orchestrator=ORCHESTRATOR, workload_id=req["EndpointID"]))
+        except NotFound:
+            pass        # already gone: deleting twice is fine
+        return {}
+
+    def join(self, req: dict) -> dict:
+        found = self.endpoints.call("ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+            orchestrator=ORCHESTRATOR, workload_id=req["EndpointID"])).endpoints
+        if not found:
+            raise NotFound(f"Endpoint {req['EndpointID'][:12]} is not known to calico-py on "
+                           "this host; was the network created with --driver calico?")
+        ep = found[0]
+        answer = {"InterfaceName": {"SrcName": peer_name(req["EndpointID"]),
+                                    "DstPrefix": "eth"},
+                  "DisableGatewayService": True}
+        if ep.ipv4_nets:
+            answer["Gateway"] = IPV4_GATEWAY
+            answer["StaticRoutes"] = [{"Destination": f"{IPV4_GATEWAY}/32",
+                                       "RouteType": ROUTE_CONNECTED}]
+        if ep.ipv6_nets:
+            answer["GatewayIPv6"] = IPV6_GATEWAY
+        return answer
