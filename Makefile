@@ -58,6 +58,9 @@ down:
 demo: install
 	$(PY) -m tools.demo
 
+demo-down: install
+	$(PY) -m tools.demo --down
+
 test: install
 	$(VENV)/bin/pytest -q tests
 

@@ -1,17 +1,20 @@
-"""`make demo`: the main job, end to end, on this machine.
+"""`make demo`: the main job, end to end, on this machine: Calico on Docker.
 
-1. The control plane: etcd, the IPAM and BGP services (as `make up`).
-2. IPAM: a pool defined with calicoctl; addresses allocated for two hosts over
+1. The control plane: etcd, the IPAM, policy and BGP services (as `make up`).
+2. IPAM: pools defined with calicoctl; addresses allocated for two hosts over
    gRPC, as a scheduler would; `calicoctl pool show` and `ipam show`.
-3. Two simulated hosts (network namespaces on an underlay) each run
-   `calicoctl node`; workloads on both get IPv4 and IPv6 addresses with
-   `calicoctl container add` and a profile (WEB or DB); BGP carries the
-   routes; the connectivity matrix shows members reaching members and not
-   others; `policy explain` says why; a rule update opens one TCP port; then
-   `calicoctl status` and `shownodes`.
+3. Two simulated hosts (network namespaces on an underlay), each with its own
+   Docker engine and `calicoctl node` (which starts the Docker plugin). A
+   Docker network per tier (frontend, database) on each host; containers on
+   both hosts with plain `docker run --net <tier>`; BGP carries the routes;
+   the connectivity matrix shows each tier reaching itself across hosts and
+   denied elsewhere; `policy explain` says why; a rule update opens one TCP
+   port; then `calicoctl status` and `shownodes --detailed`; `docker rm`
+   gives the addresses back.
 
 Safe to run again: it releases its own earlier allocations and removes its
-simulated hosts when it ends. The control plane stays up; `make down` stops it.
+simulated hosts when it ends (`make demo-down` also removes what a killed run
+left, and stops the control plane).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy import config
 from tools import stack
-from tools.lab import Lab, Workload
+from tools import docker_engine
+from tools.lab import Container, Lab
 
 POOL, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
 HOSTS = {"host-a": 3, "host-b": 2}
@@ -73,83 +77,113 @@ def ipam_story() -> None:
     calicoctl("ipam", "show")
 
 
-def workload_story() -> None:
-    Lab.remove_leftovers(LAB_PREFIX)
+TIERS = ("frontend", "database")
+PLAN = [("host1", "fe1", "frontend"), ("host2", "fe2", "frontend"),
+        ("host2", "db1", "database"), ("host1", "db2", "database")]
+
+
+def docker(host, *args: str) -> str:
+    print(f"[{host.name}]$ docker {' '.join(args)}", flush=True)
+    out = host.docker(*args).stdout
+    print(out, end="", flush=True)
+    return out
+
+
+def matrix(containers: dict[str, Container]) -> None:
+    names = list(containers)
+    print("    " + "from \\ to".ljust(12) + "".join(n.ljust(11) for n in names))
+    for src in names:
+        row = []
+        for dst in names:
+            if src == dst:
+                row.append("-")
+            else:
+                ok = containers[src].ping(containers[dst].ip)
+                row.append("allowed" if ok else "denied")
+        print("    " + f"{src}@{containers[src].host.name[-1]}".ljust(12) +
+              "".join(r.ljust(11) for r in row))
+
+
+def docker_story() -> None:
+    remove_leftovers()
     lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"),
               prefix=LAB_PREFIX, bgp=stack.unix_addr("bgp"), policy=stack.unix_addr("policy"))
     try:
-        step("Starting two simulated hosts (network namespaces on one underlay), each "
-             "running 'calicoctl node': policy agent, endpoint service, BIRD and its renderer")
-        hosts = [lab.add_host(name, node=True) for name in ("host1", "host2")]
-        host1, host2 = hosts
-        for host in hosts:
-            print(f"    {host.name}: {host.ip}, {host.ip6}; node state in {host.node_dir}")
-        step("Two profiles: WEB and DB (members reach members; nothing else gets in)")
-        for name in ("WEB", "DB"):
-            show(host1, "profile", "add", name)
-        step("Workloads (namespaces) get IPv4 and IPv6 addresses and a profile")
-        plan = [(host1, "web1", "WEB"), (host2, "web2", "WEB"), (host1, "db1", "DB")]
-        workloads = {}
-        for host, name, profile in plan:
-            w = Workload(host, name)
-            show(host, "container", "add", w.ref, "auto")
-            show(host, "container", w.ref, "ip", "add", "ipv6")
-            show(host, "profile", profile, "member", "add", w.ref)
-            w.refresh()
-            workloads[name] = w
-        show(host1, "container", "show")
+        step("Starting two simulated hosts (network namespaces on one underlay), each with "
+             "its own Docker engine, then 'calicoctl node' on each: policy agent, endpoint "
+             "service, BIRD and its renderer, and the Docker plugin")
+        hosts = {name: lab.add_host(name, node=True, docker=True) for name in ("host1", "host2")}
+        for host in hosts.values():
+            print(f"    {host.name}: {host.ip}, {host.ip6}; engine {host.engine.sock}; "
+                  f"plugin {host.engine.plugin_dir}/calico.sock")
+        step("A Docker network per tier on each host (one network = one Calico profile)")
+        for host in hosts.values():
+            for tier in TIERS:
+                docker(host, "network", "create", "--driver", "calico", "--ipam-driver",
+                       "calico-ipam", tier)
+        step("Containers on both hosts, with plain 'docker run --net <tier>'")
+        containers: dict[str, Container] = {}
+        for host_name, name, tier in PLAN:
+            host = hosts[host_name]
+            print(f"[{host.name}]$ docker run -d --name {name} --net {tier} "
+                  f"{docker_engine.IMAGE} sleep 86400", flush=True)
+            containers[name] = Container(host, name, tier)
+            print(f"    {name} -> {containers[name].ip}")
+        docker(hosts["host1"], "inspect", "-f",
+               "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.MacAddress}}{{end}}", "fe1")
         step("Waiting for the BGP sessions")
-        for host in hosts:
+        for host in hosts.values():
             wait_established(host)
-        web1, web2, db1 = workloads["web1"], workloads["web2"], workloads["db1"]
-        step("Connectivity matrix (ping, IPv4 and IPv6): routed, no NAT, no encapsulation")
-        for src in (web1, web2, db1):
-            for dst in (web1, web2, db1):
-                if src is dst:
-                    continue
-                for ip in dst.ips:
-                    verdict = "reaches" if src.ping(ip) else "blocked"
-                    print(f"    {src.name}@{src.host.name} -> {dst.name}@{dst.host.name} "
-                          f"{ip:<36} {verdict}")
-        for host in hosts:
+        step("Connectivity matrix (ping): a tier reaches itself on both hosts, other tiers "
+             "are denied by policy; routed, no NAT, no encapsulation")
+        matrix(containers)
+        for host in hosts.values():
             print(f"    {host.name} routes learned over BGP:")
-            for line in (host.routes() + host.routes(v6=True)).splitlines():
+            for line in host.routes().splitlines():
                 if "proto bird" in line and not line.startswith("blackhole"):
                     print(f"      {line}")
-        step("Why is web1 -> db1 blocked?")
-        show(host1, "policy", "explain", web1.ref, db1.ref)
-        step("Open one port: DB accepts tcp 5432 from WEB (rule update, JSON on stdin)")
-        rules = {"id": "DB", "inbound_rules": [
-            {"action": "allow", "protocol": "tcp", "src_tag": "WEB", "dst_ports": [5432]},
-            {"action": "allow", "src_tag": "DB"}, {"action": "deny"}],
+        fe1, fe2, db1 = containers["fe1"], containers["fe2"], containers["db1"]
+        step("Why is fe1 -> db1 denied?")
+        show(hosts["host1"], "policy", "explain", fe1.ip, db1.ip)
+        step("Open one port: database accepts tcp 5432 from frontend (rule update, JSON on "
+             "stdin)")
+        rules = {"id": "database", "inbound_rules": [
+            {"action": "allow", "protocol": "tcp", "src_tag": "frontend", "dst_ports": [5432]},
+            {"action": "allow", "src_tag": "database"}, {"action": "deny"}],
             "outbound_rules": [{"action": "allow"}]}
-        print("[host1]$ calicoctl profile DB rule update < rules.json")
-        result = host1.calicoctl("profile", "DB", "rule", "update", input=json.dumps(rules))
+        print("[host1]$ calicoctl profile database rule update < rules.json")
+        result = hosts["host1"].calicoctl("profile", "database", "rule", "update",
+                                          input=json.dumps(rules))
         print(result.stdout + result.stderr, end="")
-        show(host1, "profile", "DB", "rule", "show")
+        show(hosts["host1"], "profile", "database", "rule", "show")
         with db1.tcp_listen(5432), db1.tcp_listen(22):
             deadline = time.monotonic() + 10
-            while not web2.tcp_connect(db1.ip, 5432) and time.monotonic() < deadline:
+            while not fe1.tcp_connect(db1.ip, 5432) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            for port in (5432, 22):
-                verdict = "connects" if web2.tcp_connect(db1.ip, port) else "blocked"
-                print(f"    web2@host2 -> db1@host1 tcp {port}: {verdict}")
-        show(host1, "policy", "explain", web2.ip, db1.ref, "--protocol=tcp", "--port=5432")
-        for host in hosts:
+            for src in (fe1, fe2):
+                for port in (5432, 22):
+                    verdict = "allowed" if src.tcp_connect(db1.ip, port) else "denied"
+                    print(f"    {src.name}@{src.host.name} -> db1@host2 tcp {port}: {verdict}")
+        show(hosts["host1"], "policy", "explain", fe1.ip, db1.ip, "--protocol=tcp",
+             "--port=5432")
+        for host in hosts.values():
             step(f"calicoctl status on {host.name}")
             show(host, "status")
         step("calicoctl shownodes --detailed")
-        show(host1, "shownodes", "--detailed")
-        step("Removing the workloads, the profiles, and stopping the nodes")
-        for w in workloads.values():
-            show(w.host, "container", "remove", w.ref)
-        for name in ("WEB", "DB"):
-            show(host1, "profile", "remove", name)
-        for host in hosts:
+        show(hosts["host1"], "shownodes", "--detailed")
+        step("Removing the containers: Docker releases their addresses through calico-ipam")
+        for c in containers.values():
+            docker(c.host, "rm", "-f", c.name)
+        for host in hosts.values():
             show(host, "node", "stop")
         calicoctl("ipam", "check")
     finally:
         lab.close()
+
+
+def remove_leftovers() -> None:
+    """What an interrupted demo left: its simulated hosts and their engines."""
+    Lab.remove_leftovers(LAB_PREFIX)
 
 
 def wait_established(host, timeout: float = 30) -> None:
@@ -165,14 +199,21 @@ def main() -> int:
     step("Starting etcd and the cluster services (make up)")
     stack.up()
     ipam_story()
-    workload_story()
-    print("\nThe control plane is still running; 'make down' stops it.")
+    docker_story()
+    print("\nThe control plane is still running; 'make demo-down' stops it.")
+    return 0
+
+
+def down() -> int:
+    remove_leftovers()
+    stack.down()
+    print("Removed the demo's hosts and engines, and stopped the control plane.")
     return 0
 
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(down() if sys.argv[1:] == ["--down"] else main())
     except (subprocess.CalledProcessError, grpc.RpcError, RuntimeError, AssertionError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         sys.exit(1)

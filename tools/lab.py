@@ -23,6 +23,7 @@ its node so the node finds it; the node is told where it is through
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -297,31 +298,21 @@ class Router:
         return self.ns.run("ip", "-6" if v6 else "-4", "route").stdout
 
 
-class Workload:
-    def __init__(self, host: Host, name: str):
-        self.host, self.name = host, name
-        self.ns = Namespace(host.lab, f"{host.lab.prefix}-{name}")
-        self.ref = f"netns:{self.ns.name}"
-        self.ips: list[str] = []
-        host.workloads[name] = self
+class _Reachable:
+    """Ping and TCP from inside a network namespace (``self.ns.path``)."""
 
-    def refresh(self) -> list[str]:
-        """The workload's global addresses, as the kernel has them."""
-        out = self.ns.run("ip", "-o", "addr", "show", "scope", "global").stdout
-        self.ips = [line.split()[3].split("/")[0] for line in out.splitlines()]
-        return self.ips
+    name: str
 
-    @property
-    def ip(self) -> str:
-        return self.ips[0]
+    def run(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", f"--net={self.ns.path}", *argv], capture_output=True,
+                              text=True, check=check, timeout=30)
 
     def ping(self, ip: str, timeout: float = 1) -> bool:
-        return self.ns.run("ping", "-c1", f"-W{timeout:g}", ip, check=False).returncode == 0
+        return self.run("ping", "-c1", f"-W{timeout:g}", ip).returncode == 0
 
     def ping_from(self, source: str, ip: str, timeout: float = 1) -> bool:
         """Ping with a chosen source address (which may not be ours)."""
-        return self.ns.run("ping", "-c1", f"-W{timeout:g}", "-I", source, ip,
-                           check=False).returncode == 0
+        return self.run("ping", "-c1", f"-W{timeout:g}", "-I", source, ip).returncode == 0
 
     def tcp_connect(self, ip: str, port: int, timeout: float = 1.0) -> bool:
         """A TCP connection from inside the workload: True if accepted."""
@@ -349,15 +340,66 @@ class Workload:
             if self.ping(ip, timeout=0.5):
                 raise AssertionError(f"{self.name} can ping {ip}, and should not")
 
+
+class Workload(_Reachable):
+    def __init__(self, host: Host, name: str):
+        self.host, self.name = host, name
+        self.ns = Namespace(host.lab, f"{host.lab.prefix}-{name}")
+        self.ref = f"netns:{self.ns.name}"
+        self.ips: list[str] = []
+        host.workloads[name] = self
+
+    def refresh(self) -> list[str]:
+        """The workload's global addresses, as the kernel has them."""
+        out = self.ns.run("ip", "-o", "addr", "show", "scope", "global").stdout
+        self.ips = [line.split()[3].split("/")[0] for line in out.splitlines()]
+        return self.ips
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
+
     def delete(self) -> None:
         sh("ip", "netns", "del", self.ns.name, check=False)
         self.host.lab.namespaces.remove(self.ns)
 
 
+class Container(_Reachable):
+    """A Docker container on a host's engine, started with ``docker run -d``."""
+
+    def __init__(self, host: Host, name: str, network: str, *run_args: str,
+                 command: tuple[str, ...] = ("sleep", "86400")):
+        self.host, self.name, self.network = host, name, network
+        host.docker("run", "-d", "--name", name, "--net", network, *run_args,
+                    docker_engine.IMAGE, *command)
+        self.ips: list[str] = []
+        self.refresh()
+
+    @property
+    def ns(self):
+        return _Path(self.host.container_netns(self.name))
+
+    def refresh(self) -> list[str]:
+        """The addresses Docker reports for the container on its network."""
+        info = json.loads(self.host.docker("inspect", self.name).stdout)[0]
+        net = info["NetworkSettings"]["Networks"].get(self.network, {})
+        self.ips = [ip for ip in (net.get("IPAddress"), net.get("GlobalIPv6Address")) if ip]
+        return self.ips
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
+
+
+class _Path:
+    def __init__(self, path: str):
+        self.path = path
+
+
 class Listener:
     """A TCP server inside a workload that accepts and echoes, in a thread."""
 
-    def __init__(self, workload: "Workload", port: int, v6: bool):
+    def __init__(self, workload: _Reachable, port: int, v6: bool):
         family = socket.AF_INET6 if v6 else socket.AF_INET
         self.sock = socket_in(workload.ns.path, family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
