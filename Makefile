@@ -10,7 +10,7 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps protos up down demo test bench clean
+.PHONY: install deps protos up down demo demo-down test bench clean
 
 install: deps $(GEN_STAMP) $(VENV)/.installed
 
