@@ -203,7 +203,6 @@ class Host:
         return running_pid(self.node_dir / "node.pid", self.name)
 
     def child_pid(self, name: str) -> int | None:
-        import json
         status = json.loads((self.node_dir / "status.json").read_text())
         return status["children"][name]["pid"]
 

@@ -79,6 +79,9 @@ class NetworkDriver:
             log.info("created profile %s for Docker network %s", name, network_id[:12])
         except AlreadyExists:
             pass
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"Docker network {name} cannot be a Calico profile: {exc} "
+                                  "Recreate the network under such a name.") from None
         return name
 
     def create_endpoint(self, req: dict) -> dict:

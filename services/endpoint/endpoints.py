@@ -21,7 +21,9 @@ takes the same locks, so it never races an operation in flight.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -110,6 +112,14 @@ def _mac(text: str) -> str:
         raise BadRequest(f"Invalid MAC address '{text}': give a unicast MAC such as "
                          "02:00:00:00:00:01.")
     return mac
+
+
+def _fingerprint(req: AddRequest, interface: str, path: str) -> str:
+    """What identifies a retry of the same add: everything the caller asked for."""
+    wanted = [path, interface, req.peer_name, sorted(req.ips), req.auto_ipv4, req.auto_ipv6,
+              sorted(req.ipv4_pools), sorted(req.ipv6_pools), list(req.profile_ids),
+              sorted(req.labels.items()), req.ips_preassigned, req.persistent, req.mac]
+    return hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:32]
 
 
 def _workload(orchestrator: str, workload_id: str) -> None:
@@ -209,9 +219,10 @@ class EndpointManager:
             ep_id = endpoint_id(self.node, req.orchestrator, req.workload_id, interface)
             key = keys.endpoint(self.node, req.orchestrator, req.workload_id, ep_id)
             # The checks, in the order the original tool made them.
+            fingerprint = _fingerprint(req, interface, path)
             existing = self.store.get(key)
             if existing is not None:
-                return self._reinstate(existing, path)
+                return self._repeat(existing, path, fingerprint)
             if path:
                 self.dataplane.check_workload(path, req.workload_id)
             for ip in explicit:
@@ -225,7 +236,8 @@ class EndpointManager:
 
             ep = Endpoint(ep_id, self.node, req.orchestrator, req.workload_id, interface,
                           path, PENDING, mac=mac, profile_ids=list(req.profile_ids),
-                          labels=dict(req.labels), persistent=req.persistent)
+                          labels=dict(req.labels), persistent=req.persistent,
+                          request=fingerprint)
             pending = Txn().create(key, ep.to_json())
             created = self.store.commit(pending)
             if not created:
@@ -266,18 +278,23 @@ class EndpointManager:
                               "add; retry.")
         self._await_policy(revision)
 
-    def _reinstate(self, kv: KV, path: str) -> Endpoint:
-        """An add for a workload that has the endpoint already: a persistent
-        endpoint whose workload was stopped comes back in the new namespace
-        with its addresses and MAC; anything else is a duplicate."""
+    def _repeat(self, kv: KV, path: str, fingerprint: str) -> Endpoint:
+        """An add for a workload that has the endpoint already. The same
+        request again (a caller retrying after a timeout) gets the endpoint
+        as it is; a persistent endpoint whose workload was stopped comes back
+        in the new namespace with its addresses and MAC; anything else is a
+        duplicate."""
         ep = Endpoint.from_json(kv.json())
+        if ep.state == ACTIVE and ep.request == fingerprint and \
+                (ep.detached or self.dataplane.workload_alive(ep.netns)):
+            return ep
         if not (ep.persistent and ep.state == ACTIVE and path
                 and not self.dataplane.workload_alive(ep.netns)):
             raise AlreadyNetworked(ep.workload_id)
         self.dataplane.check_workload(path, ep.workload_id)
         if self.dataplane.workload_has_interface(path, ep.interface_name):
             raise InterfaceInUse(ep.interface_name, ep.workload_id)
-        ep.netns = path
+        ep.netns, ep.request = path, fingerprint
         self.dataplane.ensure(self._spec(ep))
         try:
             self._activate(ep, kv)

@@ -56,6 +56,7 @@ class Endpoint:
     profile_ids: list[str] = dataclasses.field(default_factory=list)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     persistent: bool = False
+    request: str = ""       # fingerprint of the add that made it (retries match it)
 
     @property
     def detached(self) -> bool:
@@ -98,7 +99,7 @@ class Endpoint:
             "ipv4_nets": self.ipv4_nets, "ipv6_nets": self.ipv6_nets,
             "ipv4_gateway": self.ipv4_gateway, "ipv6_gateway": self.ipv6_gateway,
             "profile_ids": self.profile_ids, "labels": self.labels,
-            "persistent": self.persistent,
+            "persistent": self.persistent, "request": self.request,
         }
 
     @classmethod
@@ -108,4 +109,5 @@ class Endpoint:
             data["container:if_name"], data["netns"], data.get("state", PENDING),
             data.get("mac", ""), list(data.get("ipv4_nets", [])),
             list(data.get("ipv6_nets", [])), list(data.get("profile_ids", [])),
-            dict(data.get("labels", {})), bool(data.get("persistent", False)))
+            dict(data.get("labels", {})), bool(data.get("persistent", False)),
+            data.get("request", ""))

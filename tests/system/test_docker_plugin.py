@@ -106,6 +106,10 @@ def test_fixed_addresses_ipv6_and_bad_input(two_hosts, ipam_client):
     assert "Subnet 10.99.0.0/16 is not a Calico pool" in bad_subnet.stderr
     no_ipam = a.docker("network", "create", "--driver", "calico", "plain", check=False)
     assert no_ipam.returncode != 0 and "--ipam-driver calico-ipam" in no_ipam.stderr
+    network(a, "my-net")
+    dashed = a.docker("run", "--rm", "--net", "my-net", IMAGE, "true", check=False)
+    assert dashed.returncode != 0
+    assert "Docker network my-net cannot be a Calico profile" in dashed.stderr
     assert allocated(ipam_client) == before
 
     # IPv6.

@@ -260,9 +260,10 @@ def test_persistent_endpoint_sleeps_while_stopped_and_comes_back(world):
     assert (again.endpoint_id, again.ips, again.mac) == (ep.endpoint_id, ep.ips, ep.mac)
     assert again.netns == "/proc/99/ns/net"
     assert dataplane.interfaces[ep.host_interface]["netns"] == "/proc/99/ns/net"
-    # While it runs, a second add is a duplicate.
+    # While it runs, the same add again is a retry; a different one a duplicate.
+    assert add(manager, netns_path="/proc/99/ns/net", auto_ipv4=1, persistent=True) == again
     with pytest.raises(AlreadyExists, match="already been configured"):
-        add(manager, netns_path="/proc/99/ns/net", auto_ipv4=1, persistent=True)
+        add(manager, netns_path="/proc/99/ns/net", auto_ipv4=2, persistent=True)
     manager.remove("netns", "wl1")
     assert allocated(ipam) == 0
 
@@ -273,3 +274,12 @@ def test_non_persistent_endpoint_goes_with_its_workload(world):
     dataplane.stop_workload(NS)
     manager.reconcile()
     assert manager.list() == [] and allocated(ipam) == 0
+
+
+def test_a_retried_add_gets_the_same_endpoint(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1, auto_ipv6=1, profile_ids=["web"])
+    assert add(manager, auto_ipv4=1, auto_ipv6=1, profile_ids=["web"]) == ep
+    assert allocated(ipam) == 2
+    with pytest.raises(AlreadyExists, match="already been configured"):
+        add(manager, auto_ipv4=1, profile_ids=["web"])
