@@ -69,6 +69,7 @@ bench: install
 	$(PY) bench/endpoint.py
 	$(PY) bench/policy.py
 	$(PY) bench/bgp.py
+	$(PY) bench/docker.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

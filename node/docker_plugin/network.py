@@ -43,6 +43,9 @@ class NetworkDriver:
         self.endpoints = endpoints      # calicopy.rpc.Client of this node's endpoint service
         self.policy = policy            # calicopy.rpc.Client of the policy service
         self.docker = docker            # calicopy.docker_api.DockerEngine
+        # Network id -> profile, once made sure of: a network's id and name
+        # never change, and the lookups are most of a CreateEndpoint's time.
+        self._profiles: dict[str, str] = {}
 
     def methods(self) -> dict:
         nothing = lambda _: {}          # noqa: E731
@@ -73,6 +76,8 @@ class NetworkDriver:
 
     def _profile_for(self, network_id: str) -> str:
         """The network's name (Docker does not send it), as a profile that exists."""
+        if network_id in self._profiles:
+            return self._profiles[network_id]
         name = self.docker.network(network_id)["Name"]
         try:
             self.policy.call("CreateProfile", policy_pb2.CreateProfileRequest(name=name))
@@ -82,6 +87,7 @@ class NetworkDriver:
         except InvalidArgument as exc:
             raise InvalidArgument(f"Docker network {name} cannot be a Calico profile: {exc} "
                                   "Recreate the network under such a name.") from None
+        self._profiles[network_id] = name
         return name
 
     def create_endpoint(self, req: dict) -> dict:
