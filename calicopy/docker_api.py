@@ -1,14 +1,15 @@
 """A small client of the Docker engine API over its unix socket.
 
 Only what calico-py needs (inspect, list and stop containers, inspect
-networks, follow events), with the standard library: importing the Docker SDK would cost the CLI and the plugin
-more start-up time than every call they make.
+networks, follow events), with the standard library: importing the Docker SDK
+would cost the CLI and the plugin more start-up time than every call they make.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import urllib.parse
 from typing import Iterator
@@ -140,3 +141,45 @@ class DockerEngine:
 
 def _message(body) -> str:
     return body.get("message", "") if isinstance(body, dict) else ""
+
+
+def real_socket(public: str) -> str:
+    """Where the engine listens while proxied: ``/var/run/docker.sock`` ->
+    ``/var/run/docker.real.sock`` (any other name gets ``.real`` before its
+    extension)."""
+    folder, name = os.path.split(public)
+    stem, dot, ext = name.rpartition(".")
+    return os.path.join(folder, f"{stem}.real.{ext}" if dot and stem else f"{name}.real")
+
+
+class LocalEngine:
+    """This node's engine wherever it listens now: on the alternative socket
+    while proxied (that socket exists), else on the usual one."""
+
+    def __init__(self, public: str, real: str, timeout: float = 10):
+        self.public, self.real, self.timeout = public, real, timeout
+
+    @property
+    def socket_path(self) -> str:
+        return self.real if os.path.exists(self.real) else self.public
+
+    def _engine(self) -> DockerEngine:
+        return DockerEngine(self.socket_path, self.timeout)
+
+    def container(self, name: str) -> dict:
+        return self._engine().container(name)
+
+    def containers(self, running_only: bool = False) -> list[dict]:
+        return self._engine().containers(running_only)
+
+    def stop(self, name: str, timeout: int = 0) -> None:
+        self._engine().stop(name, timeout)
+
+    def events(self, filters: dict, since: int = 0):
+        return self._engine().events(filters, since)
+
+    def network(self, name: str) -> dict:
+        return self._engine().network(name)
+
+    def available(self) -> bool:
+        return self._engine().available()

@@ -34,6 +34,8 @@ Usage:
   calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
+  calicoctl restart-docker-with-alternative-unix-socket [options]
+  calicoctl restart-docker-without-alternative-unix-socket [options]
   calicoctl <command> --help
   calicoctl --help
 
@@ -50,15 +52,17 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import (bgp, bgppeer, container, diags, endpoint, ipam, node, policy, pool, profile,
-                 reset, shownodes, status)
+from cli import (bgp, bgppeer, container, diags, docker_socket, endpoint, ipam, node, policy,
+                 pool, profile, reset, shownodes, status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
 COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
             "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
             "diags": diags, "reset": reset, "profile": profile, "endpoint": endpoint,
-            "policy": policy}
+            "policy": policy,
+            "restart-docker-with-alternative-unix-socket": docker_socket,
+            "restart-docker-without-alternative-unix-socket": docker_socket}
 
 
 def usage() -> str:

@@ -38,7 +38,7 @@ from calico.bgp.v1 import bgp_pb2
 from calico.endpoint.v1 import endpoint_pb2
 from calico.ipam.v1 import ipam_pb2
 from calicopy import config
-from calicopy.docker_api import DockerEngine
+from calicopy.docker_api import LocalEngine, real_socket
 from calicopy.rpc import check_health
 from cli import client, validate
 from cli.errors import CliError
@@ -114,8 +114,9 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
     endpoint = config.endpoint_addr(node=name)
     # The supervisor starts the Docker plugin when the engine answers; so that
     # `docker network create` works as soon as we return, wait for it too.
+    docker_sock = config.DOCKER_HOST.resolve()
     plugin = (Path(config.DOCKER_PLUGIN_DIR.resolve()) / "calico.sock"
-              if DockerEngine().available() else None)
+              if LocalEngine(docker_sock, real_socket(docker_sock)).available() else None)
     while not (check_health(endpoint, timeout=0.5) and (folder / "bird.ctl").exists()
                and (plugin is None or plugin.exists())):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -20,7 +20,9 @@ members (inbound: allow from tag <PROFILE>, then deny) and may send anything.
 `rule update` reads the rules as JSON on standard input, in the format that
 `rule json` prints; it is checked completely before anything changes.
 A workload with several profiles accepts what any of them allows; a workload
-with none is isolated.
+with none is isolated. <CONTAINER> is as for `calicoctl container` (a network
+namespace, a process, or a Docker container's name or id; for a container on
+Calico Docker networks, its endpoints on them join the profile too).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import sys
 
 import grpc
 
-from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
 from cli import client, workloads
 from cli.errors import CliError
@@ -128,8 +129,8 @@ def rules(policy, name: str, args: dict) -> None:
 def member_add(policy, name: str, container: str) -> None:
     workload = workloads.find(container)
     client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(name=name))  # exists?
-    eps = client.call(client.endpoint(), "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
-        orchestrator=workload.orchestrator, workload_id=workload.workload_id)).endpoints
+    own, driver = workloads.endpoints(workload, client.endpoint())
+    eps = own + driver
     if not eps:
         raise CliError(f"{container} has not been configured with Calico Networking; use "
                        "'calicoctl container add' first.")

@@ -2,8 +2,9 @@
 
 Started by `calicoctl node`, in the host's network namespace. It runs, and
 restarts when they die: the policy agent, the endpoint service, the BIRD
-config renderer and BIRD, and, when a Docker engine answers on DOCKER_HOST,
-the Docker network and IPAM plugin. Sockets, configuration, pids and logs live in the node's state folder.
+config renderer and BIRD, and, when a Docker engine answers on DOCKER_HOST
+(or on its alternative socket), the Docker network and IPAM plugin and the
+CALICO_IP proxy. Sockets, configuration, pids and logs live in the node's state folder.
 
 Usage:
   calico-node --name=<NODE> [--no-ipv6]
@@ -19,7 +20,7 @@ from pathlib import Path
 from docopt import docopt
 
 from calicopy import config
-from calicopy.docker_api import DockerEngine
+from calicopy.docker_api import LocalEngine, real_socket
 from calicopy.service_main import stop_event
 from node.supervisor import Child, Supervisor
 
@@ -61,20 +62,20 @@ def main(argv=None) -> int:
               # it left in the kernel until its peers have re-sent theirs.
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
     ]
-    if DockerEngine().available():
-        plugin_dir = config.DOCKER_PLUGIN_DIR.resolve()
-        children.append(Child("docker plugin", [python, "-m", "node.docker_plugin",
-                                                f"--name={name}", f"--plugin-dir={plugin_dir}"],
-                              node_dir / "docker-plugin.log", env))
-    # The CALICO_IP proxy runs wherever Docker is, direct or proxied: it serves
-    # DOCKER_HOST only while the engine listens on the alternative socket, and
-    # watches the engine either way (see node/docker_proxy).
-    from node.docker_proxy import real_socket
     docker_sock = config.DOCKER_HOST.resolve()
-    if os.path.exists(docker_sock) or os.path.exists(real_socket(docker_sock)):
-        children.append(Child("docker proxy", [python, "-m", "node.docker_proxy",
-                                               f"--name={name}", f"--listen={docker_sock}"],
-                              node_dir / "docker-proxy.log", env))
+    engine = LocalEngine(docker_sock, real_socket(docker_sock))
+    if engine.available():
+        plugin_dir = config.DOCKER_PLUGIN_DIR.resolve()
+        children += [
+            Child("docker plugin", [python, "-m", "node.docker_plugin", f"--name={name}",
+                                    f"--plugin-dir={plugin_dir}"],
+                  node_dir / "docker-plugin.log", env),
+            # The CALICO_IP proxy serves DOCKER_HOST only while the engine
+            # listens on the alternative socket, and watches the engine either
+            # way (see node/docker_proxy).
+            Child("docker proxy", [python, "-m", "node.docker_proxy", f"--name={name}",
+                                   f"--listen={docker_sock}"],
+                  node_dir / "docker-proxy.log", env)]
     stop = stop_event()
     logging.getLogger("calico-node").info("node %s starting in %s", name, node_dir)
     Supervisor(children, p["status"]).run(stop)

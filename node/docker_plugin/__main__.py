@@ -22,7 +22,7 @@ from calico.endpoint.v1 import endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2_grpc
 from calico.policy.v1 import policy_pb2_grpc
 from calicopy import config
-from calicopy.docker_api import DockerEngine
+from calicopy.docker_api import LocalEngine, real_socket
 from calicopy.rpc import Client
 from calicopy.service_main import stop_event
 from node.docker_plugin import protocol
@@ -48,7 +48,10 @@ def main(argv=None) -> int:
     policy = Client("policy service", config.POLICY_ADDR.resolve(),
                     policy_pb2_grpc.PolicyServiceStub, timeout)
     methods = {"Plugin.Activate": lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]}}
-    methods.update(NetworkDriver(endpoints, policy, DockerEngine()).methods())
+    # The engine itself, wherever it listens (proxied or not).
+    docker_sock = config.DOCKER_HOST.resolve()
+    engine = LocalEngine(docker_sock, real_socket(docker_sock))
+    methods.update(NetworkDriver(endpoints, policy, engine).methods())
     methods.update(IpamDriver(ipam, node).methods())
 
     os.makedirs(plugin_dir, exist_ok=True)

@@ -72,6 +72,8 @@ def test_bad_input_and_messages(host, lab, ipam_client):
     ref = f"netns:{other.name}"
     fails(host.calicoctl("container", "add", w.ref, "auto"),
           f"{w.ref} has already been configured with Calico Networking.")
+    fails(host.calicoctl("container", "add", w.ref, "10.20.0.5"),
+          f"{w.ref} has already been configured with Calico Networking.")
     fails(host.calicoctl("container", "add", "netns:nonexistent", "auto"),
           "Container netns:nonexistent not found.")
     fails(host.calicoctl("container", "add", "netns:/etc/hostname", "auto"),

@@ -1,0 +1,76 @@
+"""calico-docker-proxy: the Docker API proxy of one node (its composition root).
+
+Started by the node supervisor on a host with Docker. It serves the usual
+Docker socket for the engine moved to the alternative one, and watches the
+engine (through whichever socket it listens on) so that containers that ask
+for Calico are networked, re-instated and released. Logs to stderr.
+
+Usage:
+  calico-docker-proxy [--name=<NODE>] [--listen=<SOCK>] [--upstream=<SOCK>]
+                      [--resync=<SECONDS>]
+
+Options:
+  --name=<NODE>        This node's name; else CALICO_NODENAME, else the hostname.
+  --listen=<SOCK>      The socket Docker clients use; else DOCKER_HOST, else
+                       /var/run/docker.sock.
+  --upstream=<SOCK>    The engine's socket while proxied; default: the
+                       listening socket's name with ".real" (docker.sock ->
+                       docker.real.sock).
+  --resync=<SECONDS>   Seconds between full reconciliations [default: 60].
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from docopt import docopt
+
+from calicopy import config
+from calicopy.service_main import stop_event
+from calicopy.docker_api import LocalEngine, real_socket
+from node.docker_proxy.calico_ip import ContainerNetworking
+from node.docker_proxy.proxy import DockerProxy
+from node.docker_proxy.services import EndpointClient, ProfileClient
+from node.docker_proxy.watcher import Watcher
+
+# An add waits for the node's policy agent (up to 10 s) before it answers.
+RPC_TIMEOUT = 30.0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = docopt(__doc__, argv)
+    try:
+        node = config.NODENAME.resolve(args["--name"])
+        listen = config.DOCKER_HOST.resolve(args["--listen"])
+        upstream = (config.parse_unix_socket(args["--upstream"]) if args["--upstream"]
+                    else real_socket(listen))
+        resync = config.parse_seconds(args["--resync"])
+        endpoint_addr = config.endpoint_addr(node=node)
+        policy_addr = config.POLICY_ADDR.resolve()
+    except (config.ConfigError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if upstream == listen:
+        print(f"The engine's socket and the proxy's must differ (both {listen}).",
+              file=sys.stderr)
+        return 1
+
+    engine = LocalEngine(listen, upstream)
+    endpoints = EndpointClient(endpoint_addr, RPC_TIMEOUT)
+    profiles = ProfileClient(policy_addr, RPC_TIMEOUT)
+    networking = ContainerNetworking(engine, endpoints, profiles)
+    stop = stop_event()
+    logging.getLogger("docker-proxy").info(
+        "node %s: proxy %s -> %s; endpoint service %s", node, listen, upstream, endpoint_addr)
+    Watcher(engine, networking, resync).start(stop)
+    DockerProxy(listen, upstream, networking).serve(stop)
+    endpoints.close()
+    profiles.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
