@@ -10,14 +10,18 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps protos up down demo demo-down test bench clean
+.PHONY: install deps protos up down demo demo-down test bench clean \
+	base-image compose-up compose-down cni-install
 
 install: deps $(GEN_STAMP) $(VENV)/.installed
 
-# Debian packages, each installed only when the command it provides is missing.
+# Debian packages, each installed only when the command it provides is missing
+# (a path for one with no command on PATH: the reference CNI plugins).
 DEB_COMMANDS := etcd:etcd-server bird:bird2 ip:iproute2 ping:iputils-ping \
 	iptables:iptables ipset:ipset conntrack:conntrack \
-	busybox:busybox-static dockerd:docker.io iperf3:iperf3
+	busybox:busybox-static dockerd:docker.io iperf3:iperf3 \
+	docker-compose:docker-compose debootstrap:debootstrap \
+	/usr/lib/cni/ptp:containernetworking-plugins
 deps:
 	@missing=""; for pair in $(DEB_COMMANDS); do \
 		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
@@ -61,6 +65,25 @@ demo: install
 demo-down: install
 	$(PY) -m tools.demo --down
 
+# The docker-compose stack. Engine: DOCKER_HOST, else the system's, else a
+# private one (started by compose-up, stopped by compose-down); base image:
+# BASE_IMAGE, else python:3.11-slim if present, else base-image's (debootstrap).
+base-image: deps
+	python3 -m tools.compose base-image
+
+compose-up: deps | $(PY)
+	$(PY) -m tools.compose up
+
+compose-down:
+	python3 -m tools.compose down
+
+# The CNI plugins calico and calico-ipam, where runtimes look for plugins:
+# links to the launchers in cni/bin, which run this checkout with its .venv.
+CNI_BIN_DIR ?= /opt/cni/bin
+cni-install: install
+	install -d $(CNI_BIN_DIR)
+	ln -sfn $(CURDIR)/cni/bin/calico $(CURDIR)/cni/bin/calico-ipam $(CNI_BIN_DIR)/
+
 test: install
 	$(VENV)/bin/pytest -q tests
 
@@ -70,6 +93,7 @@ bench: install
 	$(PY) bench/policy.py
 	$(PY) bench/bgp.py
 	$(PY) bench/docker.py
+	$(PY) bench/cni.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)
