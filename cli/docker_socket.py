@@ -90,7 +90,7 @@ def run(args: dict) -> None:
             time.sleep(0.2)
         print(f"The Calico Docker proxy serves {public}." if _answers(public) else
               f"Nothing serves {public} yet: the Calico node runs the proxy there "
-              "(start it with 'calicoctl node').")
+              "(if the node runs, restart it: 'calicoctl node stop', then 'calicoctl node').")
     elif os.path.exists(real):
         os.unlink(real)
         print(f"Removed {real}, which nothing serves any more.")

@@ -64,7 +64,9 @@ def main(argv=None) -> int:
     ]
     docker_sock = config.DOCKER_HOST.resolve()
     engine = LocalEngine(docker_sock, real_socket(docker_sock))
-    if engine.available():
+    # Also when the engine is not up yet (the node started first at boot) but
+    # its socket is there: both children wait for it.
+    if engine.available() or os.path.exists(docker_sock) or os.path.exists(engine.real):
         plugin_dir = config.DOCKER_PLUGIN_DIR.resolve()
         children += [
             Child("docker plugin", [python, "-m", "node.docker_plugin", f"--name={name}",

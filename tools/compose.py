@@ -54,6 +54,7 @@ READY = "/run/calico-node.ready"      # see docker/calico-node
 
 SLIM = "python:3.11-slim"
 BASE_TAG = "calico-py/debian:bookworm"
+IMAGE = "calico-py/calico:dev"        # as in docker-compose.yml
 SUITE = "bookworm"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the Dockerfile would otherwise install (python3-venv: pip for the venv).
@@ -400,8 +401,11 @@ class Stack:
         print(f"Building the calico-py image on {base}")
         self.env["BASE_IMAGE"] = base
         download_wheels()
+        before = self.docker("images", "-q", IMAGE, check=False).stdout.strip()
         self.compose("build", capture=False)
-        self.docker("image", "prune", "-f")     # what the new image replaced
+        after = self.docker("images", "-q", IMAGE, check=False).stdout.strip()
+        if before and before != after:      # only the image this build replaced
+            self.docker("rmi", before, check=False)
         self._containers.clear()
         self.compose("up", "-d", "--no-build", "--remove-orphans", capture=False)
         deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ left, and stops the control plane).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ import grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy import config
 from tools import stack
-from tools import docker_engine
+from node.supervisor import running_pid
+from tools import docker_engine, launch
 from tools.lab import Container, Lab
 
 POOL, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
@@ -182,7 +184,17 @@ def docker_story() -> None:
 
 
 def remove_leftovers() -> None:
-    """What an interrupted demo left: its simulated hosts and their engines."""
+    """What an interrupted demo left: its nodes (each a session of its own, so
+    not stopped with the demo), its simulated hosts and their engines."""
+    for pid_file in sorted((stack.STATE / "demo" / "state").glob("*/node.pid")):
+        pid = running_pid(pid_file, pid_file.parent.name)
+        if pid:
+            print(f"    stopping the node {pid_file.parent.name} left running (pid {pid})")
+            launch.stop_pid(pid, timeout=15)
+            try:
+                os.killpg(pid, 9)       # anything of its session still there
+            except ProcessLookupError:
+                pass
     Lab.remove_leftovers(LAB_PREFIX)
 
 

@@ -23,6 +23,7 @@ from calico.ipam.v1 import ipam_pb2_grpc
 from calico.policy.v1 import policy_pb2_grpc
 from calicopy import config
 from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.errors import CalicoError
 from calicopy.rpc import Client
 from calicopy.service_main import stop_event
 from node.docker_plugin import protocol
@@ -30,6 +31,10 @@ from node.docker_plugin.ipam import IpamDriver
 from node.docker_plugin.network import NetworkDriver
 
 SOCKET_NAME = "calico.sock"
+# An add waits up to 10 s for the node's policy agent: a shorter deadline
+# would give up on adds that then complete.
+ENDPOINT_TIMEOUT = 30.0
+COLLECT_EVERY = 60.0
 IPAM_LINK = "calico-ipam.sock"
 log = logging.getLogger("docker-plugin")
 
@@ -44,14 +49,15 @@ def main(argv=None) -> int:
     ipam = Client("IPAM service", config.IPAM_ADDR.resolve(), ipam_pb2_grpc.IpamServiceStub,
                   timeout)
     endpoints = Client("endpoint service", config.endpoint_addr(node=node),
-                       endpoint_pb2_grpc.EndpointServiceStub, timeout)
+                       endpoint_pb2_grpc.EndpointServiceStub, max(timeout, ENDPOINT_TIMEOUT))
     policy = Client("policy service", config.POLICY_ADDR.resolve(),
                     policy_pb2_grpc.PolicyServiceStub, timeout)
     methods = {"Plugin.Activate": lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]}}
     # The engine itself, wherever it listens (proxied or not).
     docker_sock = config.DOCKER_HOST.resolve()
     engine = LocalEngine(docker_sock, real_socket(docker_sock))
-    methods.update(NetworkDriver(endpoints, policy, engine).methods())
+    network = NetworkDriver(endpoints, policy, engine)
+    methods.update(network.methods())
     methods.update(IpamDriver(ipam, node).methods())
 
     os.makedirs(plugin_dir, exist_ok=True)
@@ -63,7 +69,13 @@ def main(argv=None) -> int:
     os.symlink(SOCKET_NAME, link)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log.info("Docker plugin of node %s serving calico and calico-ipam on %s", node, path)
-    stop_event().wait()
+    stop = stop_event()
+    suspects: set[str] = set()
+    while not stop.wait(COLLECT_EVERY):
+        try:
+            suspects = network.collect(suspects)
+        except CalicoError as exc:      # engine or service away: next time
+            log.warning("could not compare endpoints with Docker's: %s", exc)
     server.shutdown()
     server.server_close()
     for stale in (link, path):

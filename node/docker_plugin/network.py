@@ -19,13 +19,14 @@ import logging
 
 from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
-from calicopy.errors import AlreadyExists, InvalidArgument, NotFound
+from calicopy.errors import AlreadyExists, CalicoError, InvalidArgument, NotFound
 from node.docker_plugin.ipam import ADDRESS_SPACES
 from services.endpoint.model import IPV4_GATEWAY, IPV6_GATEWAY
 
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR = "docker"
+NETWORK_LABEL = "docker-network-id"
 PEER_PREFIX = "tmp"
 ROUTE_CONNECTED = 1        # libnetwork's RouteType for an on-link route
 
@@ -102,7 +103,7 @@ class NetworkDriver:
             orchestrator=ORCHESTRATOR, workload_id=docker_ep, peer_name=peer_name(docker_ep),
             ips=ips, ips_preassigned=True, profile_ids=[profile],
             mac=interface.get("MacAddress") or "",
-            labels={"docker-network": profile, "docker-network-id": network_id})).endpoint
+            labels={"docker-network": profile, NETWORK_LABEL: network_id})).endpoint
         # Docker keeps a MAC it chose; it takes ours only when it had none.
         return {} if interface.get("MacAddress") else {"Interface": {"MacAddress": ep.mac}}
 
@@ -131,3 +132,30 @@ class NetworkDriver:
         if ep.ipv6_nets:
             answer["GatewayIPv6"] = IPV6_GATEWAY
         return answer
+
+    def collect(self, suspects: set[str]) -> set[str]:
+        """Remove the endpoints this driver made that Docker no longer has
+        (DeleteEndpoint lost to a timeout or to a node restart). An endpoint
+        exists a moment before its container joins, so only one missing on
+        two passes in a row goes. Returns this pass's missing ones."""
+        found = self.endpoints.call("ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+            orchestrator=ORCHESTRATOR)).endpoints
+        by_network: dict[str, list] = {}
+        for ep in found:
+            if ep.labels.get(NETWORK_LABEL):    # the proxy's endpoints are not ours
+                by_network.setdefault(ep.labels[NETWORK_LABEL], []).append(ep)
+        missing = set()
+        for network_id, eps in by_network.items():
+            try:
+                joined = self.docker.network(network_id).get("Containers") or {}
+                live = {c.get("EndpointID") for c in joined.values()}
+            except NotFound:
+                live = set()
+            missing |= {ep.workload_id for ep in eps if ep.workload_id not in live}
+        for docker_ep in sorted(missing & suspects):
+            log.info("removing endpoint %s, which Docker no longer has", docker_ep[:12])
+            try:
+                self.delete_endpoint({"EndpointID": docker_ep})
+            except CalicoError as exc:
+                log.warning("could not remove endpoint %s: %s", docker_ep[:12], exc)
+        return missing - suspects

@@ -43,6 +43,7 @@ class Watcher:
         backoff = 0.5
         while not stop.is_set():
             since = int(time.time()) - 1
+            started = time.monotonic()
             try:
                 self.reconcile()
                 for event in self.engine.events(FILTERS, since=since):
@@ -51,6 +52,9 @@ class Watcher:
                 self._problem("")
             except CalicoError as exc:
                 self._problem(str(exc))
+            # The stream ended (an engine restart closes it) or failed: wait
+            # before the next reconcile unless it had been up a good while.
+            if time.monotonic() - started < BACKOFF_MAX:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 

@@ -36,6 +36,7 @@ def test_two_hosts_each_with_its_own_engine(etcd_server, ipam_server, bgp_server
                                             policy_server, tmp_path):
     lab = Lab(tmp_path, etcd_server[1], ipam_server[1], bgp=bgp_server[1],
               policy=policy_server[1])
+    engines = []
     try:
         a = lab.add_host("a", ipv6=False, docker=True)
         b = lab.add_host("b", ipv6=False, docker=True)
