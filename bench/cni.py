@@ -5,24 +5,27 @@ etcd and the IPAM and policy services. Each invocation is a new process run
 as a runtime runs it (``CNI_*`` variables, configuration on stdin, in the
 host's namespace through ``nsenter``), timed from start to exit:
 
-- ``calico`` (our plugin: profile ensured, endpoint added by the endpoint
-  service), and
+- ``calico`` (our plugin: profile ensured, asking the policy service only on
+  the network's first ADD; endpoint added by the endpoint service, through
+  its JSON socket), and
 - Debian's reference ``ptp`` with ``host-local`` IPAM (two Go binaries: a
   veth, an address, routes; no policy, no datastore),
 
 over 100 sequential ADDs (each into a fresh namespace; the two plugins
 alternate so they see the same machine load) and then their 100 DELs, and 20
 concurrent ADDs then 20 concurrent DELs per plugin. Also: VERSION (process
-start-up plus the plugin's own modules, no service call) and the import cost
-of an ADD (grpc and the generated messages, which VERSION does not load). Everything it creates is
-removed before it exits, also on failure.
+start-up plus the plugin's own modules, no service call) and what an ADD and
+a DEL import (``python -X importtime`` of the launcher's command: the sum of
+the top-level imports, and how much of it is grpc and protobuf, which the
+calico plugin's ADD, DEL and CHECK should not need: they call the endpoint
+service through its JSON socket). Everything it creates is removed before it
+exits, also on failure.
 """
 
 from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 
@@ -40,9 +43,9 @@ POOL, PTP_SUBNET = "10.150.0.0/16", "10.151.0.0/16"
 CALICO = str(ROOT / "cni" / "bin" / "calico")
 DEBIAN = "/usr/lib/cni"
 CNI_PATH = [str(ROOT / "cni" / "bin"), DEBIAN]
-# What an ADD of the calico plugin imports beyond its own modules.
-ADD_IMPORTS = ("import grpc, cni.calico, cni.rpc, calicopy.config, services.endpoint.netns; "
-               "import calico.endpoint.v1.endpoint_pb2_grpc, calico.policy.v1.policy_pb2_grpc")
+# What cni/bin/calico runs, the repository given as the last argument.
+LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); from cni.calico import main; main()"
+IMPORT_RUNS = 5
 
 
 class Plugin:
@@ -75,14 +78,41 @@ def concurrently(fn, items) -> list[float]:
     return results
 
 
-def import_cost(runs: int = 7) -> float:
-    """Milliseconds the imports of an ADD take in a fresh interpreter (as the
-    plugin's launcher runs it), median of ``runs``."""
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); t = time.perf_counter(); "
-            f"{ADD_IMPORTS}; print(time.perf_counter() - t)")
-    return statistics.median(
-        float(subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
-                             check=True).stdout) * 1000 for _ in range(runs))
+def _rpc_module(name: str) -> bool:
+    return name.split(".")[0] == "grpc" or name.startswith("google.protobuf")
+
+
+def import_times(stderr: str) -> tuple[float, float, int]:
+    """From ``-X importtime`` output: milliseconds of all top-level imports,
+    of the outermost grpc and protobuf ones (wherever they were imported),
+    and how many modules were imported."""
+    entries = []
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "cumulative" not in line:
+            _, cumulative, name = line[len("import time:"):].split("|")
+            depth = (len(name) - len(name.lstrip()) - 1) // 2
+            entries.append((depth, name.strip(), int(cumulative)))
+    total = sum(us for depth, _, us in entries if depth == 0)
+    # The output lists a module after what it imported; reversed, a module
+    # comes before its own imports, which are the deeper lines after it.
+    rpc, rpc_depth = 0, None
+    for depth, name, us in reversed(entries):
+        if rpc_depth is not None and depth <= rpc_depth:
+            rpc_depth = None
+        if rpc_depth is None and _rpc_module(name):
+            rpc, rpc_depth = rpc + us, depth
+    return total / 1000, rpc / 1000, len(entries)
+
+
+def traced(plugin: Plugin, command: str, container_id: str, netns: str) -> tuple[float, float, int]:
+    """``import_times`` of one run of ``plugin`` (the calico launcher's command
+    with ``-X importtime``)."""
+    runner = [*plugin.runner, sys.executable, "-X", "importtime", "-I", "-c", LAUNCH]
+    out = invoke(str(ROOT), command, plugin.conf, container_id=container_id, netns=netns,
+                 cni_path=CNI_PATH, runner=runner)
+    if not out.ok:
+        raise RuntimeError(f"traced {command} failed: {out}")
+    return import_times(out.stderr)
 
 
 def row(operation: str, plugin: str, values: list[float]) -> str:
@@ -132,7 +162,11 @@ def main() -> int:
                     times[(f"{CONCURRENT} concurrent {command}", p.name)] = concurrently(
                         lambda item, p=p: p(command, f"c{item[0]}", item[1].path), batch)
             version = {p.name: [p("VERSION") for _ in range(20)] for p in plugins}
-            imports = import_cost()
+            traced_ns = Namespace(lab, f"{PREFIX}-imports")
+            imports: dict[str, list] = {"ADD": [], "DEL": [], "VERSION": []}
+            for i in range(IMPORT_RUNS):
+                for command in imports:
+                    imports[command].append(traced(calico, command, f"t{i}", traced_ns.path))
         finally:
             lab.close()
             launch.stop_pid(policy.pid)
@@ -151,8 +185,11 @@ def main() -> int:
             other = times[(operation, "ptp+host-local")]
             ratios.append(f"{operation} {percentile(values, 50) / percentile(other, 50):.1f}x")
     print("calico / ptp+host-local at p50: " + ", ".join(ratios))
-    print(f"imports of a calico ADD beyond VERSION's (grpc, messages, config): "
-          f"{imports:.1f} ms")
+    print(f"imports of the calico plugin (python -X importtime, median of {IMPORT_RUNS}):")
+    for command, runs in imports.items():
+        total, rpc, count = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"  {command:<8} {total:6.1f} ms in {count:.0f} modules, of which grpc and "
+              f"protobuf {rpc:.1f} ms")
     return 0
 
 

@@ -180,6 +180,18 @@ def endpoint_addr(explicit: str | None = None, node: str | None = None,
     return f"unix:{node_dir(node, environ)}/endpoint.sock"
 
 
+def endpoint_json_socket(addr: str) -> str | None:
+    """The unix socket on which the endpoint service whose gRPC address is
+    ``addr`` also serves its RPCs as JSON (services/endpoint/json_gateway.py):
+    next to the gRPC socket, ``.sock`` becoming ``.json.sock``
+    (``<node dir>/endpoint.json.sock`` by default). None for a ``host:port``
+    address: the JSON mapping is for local clients, on unix sockets only."""
+    if not addr.strip().startswith("unix:"):
+        return None
+    path = parse_unix_socket(addr)
+    return f"{path.removesuffix('.sock')}.json.sock"
+
+
 def describe() -> str:
     """A help paragraph listing every parameter and its environment variables."""
     lines = []

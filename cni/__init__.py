@@ -5,6 +5,9 @@ endpoint (veth, addresses, routes, policy), ``calico-ipam`` asks the IPAM
 service for addresses. Neither touches the kernel or etcd itself.
 
 Start-up cost matters (a runtime starts one process per command), so modules
-here import only the standard library at the top; grpc and the generated
-messages are imported by the commands that call a service.
+here import only the standard library at the top. ``calico``'s ADD, DEL and
+CHECK reach the endpoint service through its JSON socket and import neither
+grpc nor protobuf; grpc and the generated messages are imported only by the
+commands that call a gRPC service (STATUS, ``calico-ipam``, and an ADD whose
+profile this node has not seen confirmed lately: ``cni/profiles.py``).
 """

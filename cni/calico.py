@@ -2,10 +2,16 @@
 
 ADD asks the endpoint service for an endpoint of the workload
 (orchestrator "cni", workload id = CNI_CONTAINERID, interface CNI_IFNAME,
-in CNI_NETNS); the service creates the veth, claims the addresses, routes
-them and returns once the node's policy is programmed. The workload's
-profiles are created first if missing (members reach members). The
+in CNI_NETNS, the configured MTU); the service creates the veth, claims the
+addresses, routes them and returns once the node's policy is programmed. The
+workload's profiles are created first if missing (members reach members). The
 endpoint is labelled with the network name, so GC finds the network's own.
+
+ADD, DEL and CHECK import neither grpc nor protobuf (a runtime starts a
+process per command, and those imports took most of its time): they call the
+endpoint service through its JSON socket (``cni.rpc.EndpointClient``), and
+ask the policy service (over gRPC) about a profile only when this node has
+not seen it confirmed in the last few minutes (``cni.profiles``).
 
 Idempotent: the endpoint id is derived from (node, orchestrator, workload,
 interface), so a retried ADD finds the endpoint the first one made and
@@ -48,65 +54,72 @@ class CalicoPlugin:
     def add(self, env: spec.Env, conf: dict, version: str) -> dict:
         cfg = config.calico(conf, env)
         netcheck.check_namespace(env.netns)
-        from cni.rpc import Clients, RpcFailure
-        with Clients(cfg.services) as clients:
-            self._ensure_profiles(clients, cfg.profiles)
-            try:
-                ep = self._add_endpoint(clients, env, cfg)
-            except RpcFailure as failure:
-                if failure.status != "ALREADY_EXISTS":
-                    raise failure.to_cni() from None
-                ep = self._existing(clients, env, failure)
-                if ep is None:      # stale, removed: this add is the first
-                    try:
-                        ep = self._add_endpoint(clients, env, cfg)
-                    except RpcFailure as again:
-                        raise again.to_cni() from None
+        from cni.rpc import EndpointClient, RpcFailure
+        self._ensure_profiles(cfg)
+        endpoints = EndpointClient(cfg.services)
+        try:
+            ep = self._add_endpoint(endpoints, env, cfg)
+        except RpcFailure as failure:
+            if failure.status != "ALREADY_EXISTS":
+                raise failure.to_cni() from None
+            ep = self._existing(endpoints, env, failure)
+            if ep is None:      # stale, removed: this add is the first
+                try:
+                    ep = self._add_endpoint(endpoints, env, cfg)
+                except RpcFailure as again:
+                    raise again.to_cni() from None
         return spec.merge(conf.get("prevResult"), _result(ep, env, cfg))
 
     @staticmethod
-    def _ensure_profiles(clients, profiles: list[str]) -> None:
+    def _ensure_profiles(cfg: config.CalicoConfig) -> None:
+        """Create the profiles that do not exist. The policy service is asked
+        (over gRPC) only about profiles this node has not seen confirmed in
+        the last few minutes (``profiles.Confirmed``), so an ADD of a network
+        seen before imports no grpc."""
+        from cni.profiles import Confirmed
+        confirmed = Confirmed(cfg.services)
+        unknown = [name for name in cfg.profiles if not confirmed.recent(name)]
+        if not unknown:
+            return
         from calico.policy.v1 import policy_pb2
-        from cni.rpc import RpcFailure
-        for name in profiles:
-            try:
-                clients.call("policy", "CreateProfile", policy_pb2.CreateProfileRequest(name=name))
-            except RpcFailure as failure:
-                if failure.status == "ALREADY_EXISTS":
-                    continue
-                if failure.status == "INVALID_ARGUMENT":
-                    raise CniError(spec.INVALID_CONFIG, f"Invalid profile '{name}': "
-                                   f"{failure.details}", "profiles") from None
-                raise failure.to_cni() from None
+        from cni.rpc import Clients, RpcFailure
+        with Clients(cfg.services) as clients:
+            for name in unknown:
+                try:
+                    clients.call("policy", "CreateProfile",
+                                 policy_pb2.CreateProfileRequest(name=name))
+                except RpcFailure as failure:
+                    if failure.status == "INVALID_ARGUMENT":
+                        raise CniError(spec.INVALID_CONFIG, f"Invalid profile '{name}': "
+                                       f"{failure.details}", "profiles") from None
+                    if failure.status != "ALREADY_EXISTS":
+                        raise failure.to_cni() from None
+                confirmed.remember(name)
 
     @staticmethod
-    def _add_endpoint(clients, env: spec.Env, cfg: config.CalicoConfig):
-        from calico.endpoint.v1 import endpoint_pb2
+    def _add_endpoint(endpoints, env: spec.Env, cfg: config.CalicoConfig):
         a = cfg.assign
         explicit = bool(a.ips)
-        return clients.call("endpoint", "AddEndpoint", endpoint_pb2.AddEndpointRequest(
+        return endpoints.add_endpoint(
             orchestrator=ORCHESTRATOR, workload_id=env.container_id, netns_path=env.netns,
             interface_name=env.ifname, ips=a.ips,
             auto_ipv4=int(a.ipv4 and not explicit), auto_ipv6=int(a.ipv6 and not explicit),
             ipv4_pools=a.ipv4_pools, ipv6_pools=a.ipv6_pools, profile_ids=cfg.profiles,
             labels={LABEL_NETWORK: cfg.name, LABEL_CONTAINER: env.container_id,
-                    LABEL_IFNAME: env.ifname})).endpoint
+                    LABEL_IFNAME: env.ifname}, mtu=cfg.mtu)
 
     @staticmethod
-    def _find(clients, container_id: str, ifname: str):
-        from calico.endpoint.v1 import endpoint_pb2
-        found = clients.call("endpoint", "ListEndpoints", endpoint_pb2.ListEndpointsRequest(
-            orchestrator=ORCHESTRATOR, workload_id=container_id)).endpoints
+    def _find(endpoints, container_id: str, ifname: str):
+        found = endpoints.list_endpoints(orchestrator=ORCHESTRATOR, workload_id=container_id)
         return next((ep for ep in found if ep.interface_name == ifname), None)
 
-    def _existing(self, clients, env: spec.Env, failure):
+    def _existing(self, endpoints, env: spec.Env, failure):
         """After ALREADY_EXISTS: the endpoint an earlier ADD of this container
         and interface made (a retry gets it back), or None once a stale one
         (its namespace gone) was removed; else the failure stands."""
-        from calico.endpoint.v1 import endpoint_pb2
         from cni.rpc import RpcFailure
         try:
-            ep = self._find(clients, env.container_id, env.ifname)
+            ep = self._find(endpoints, env.container_id, env.ifname)
             if ep is None:          # the address or the interface name is someone else's
                 raise failure.to_cni()
             if ep.state != "active":
@@ -118,9 +131,8 @@ class CalicoPlugin:
             if netns.alive(ep.netns):
                 raise CniError(spec.IN_USE, f"Container {env.container_id} already has interface "
                                f"{env.ifname}, in the network namespace {ep.netns}.")
-            clients.call("endpoint", "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
-                orchestrator=ORCHESTRATOR, workload_id=env.container_id,
-                interface_name=env.ifname))
+            endpoints.remove_endpoint(orchestrator=ORCHESTRATOR, workload_id=env.container_id,
+                                      interface_name=env.ifname)
             return None
         except RpcFailure as other:
             raise other.to_cni() from None
@@ -129,28 +141,25 @@ class CalicoPlugin:
 
     def delete(self, env: spec.Env, conf: dict, version: str) -> None:
         services = config.calico_services(conf)
-        from calico.endpoint.v1 import endpoint_pb2
-        from cni.rpc import Clients, RpcFailure
-        with Clients(services) as clients:
-            try:
-                clients.call("endpoint", "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
-                    orchestrator=ORCHESTRATOR, workload_id=env.container_id,
-                    interface_name=env.ifname))
-            except RpcFailure as failure:
-                if failure.status != "NOT_FOUND":       # not there: deleted already
-                    raise failure.to_cni() from None
+        from cni.rpc import EndpointClient, RpcFailure
+        try:
+            EndpointClient(services).remove_endpoint(
+                orchestrator=ORCHESTRATOR, workload_id=env.container_id,
+                interface_name=env.ifname)
+        except RpcFailure as failure:
+            if failure.status != "NOT_FOUND":       # not there: deleted already
+                raise failure.to_cni() from None
 
     # CHECK ----------------------------------------------------------------------------------
 
     def check(self, env: spec.Env, conf: dict, version: str) -> None:
         cfg = config.calico(conf, env)
         netcheck.check_namespace(env.netns)
-        from cni.rpc import Clients, RpcFailure
-        with Clients(cfg.services) as clients:
-            try:
-                ep = self._find(clients, env.container_id, env.ifname)
-            except RpcFailure as failure:
-                raise failure.to_cni() from None
+        from cni.rpc import EndpointClient, RpcFailure
+        try:
+            ep = self._find(EndpointClient(cfg.services), env.container_id, env.ifname)
+        except RpcFailure as failure:
+            raise failure.to_cni() from None
         who = f"container {env.container_id} interface {env.ifname}"
         if ep is None:
             raise CniError(spec.UNKNOWN_CONTAINER, f"calico-py has no endpoint for {who} on node "
@@ -184,47 +193,42 @@ class CalicoPlugin:
     def gc(self, env: spec.Env, conf: dict, version: str) -> None:
         services = config.calico_services(conf)
         valid = spec.valid_attachments(conf)
-        from calico.endpoint.v1 import endpoint_pb2
-        from cni.rpc import Clients, RpcFailure
-        with Clients(services) as clients:
-            try:
-                eps = clients.call("endpoint", "ListEndpoints",
-                                   endpoint_pb2.ListEndpointsRequest()).endpoints
-                for ep in eps:
-                    ours = ep.orchestrator == ORCHESTRATOR and \
-                        ep.labels.get(LABEL_NETWORK) == conf["name"]
-                    if not ours or (ep.workload_id, ep.interface_name) in valid:
-                        continue
-                    try:
-                        clients.call("endpoint", "RemoveEndpoint",
-                                     endpoint_pb2.RemoveEndpointRequest(
-                                         orchestrator=ORCHESTRATOR, workload_id=ep.workload_id,
-                                         interface_name=ep.interface_name))
-                    except RpcFailure as failure:
-                        if failure.status != "NOT_FOUND":
-                            raise
-            except RpcFailure as failure:
-                raise failure.to_cni() from None
+        from cni.rpc import EndpointClient, RpcFailure
+        endpoints = EndpointClient(services)
+        try:
+            for ep in endpoints.list_endpoints():
+                ours = ep.orchestrator == ORCHESTRATOR and \
+                    ep.labels.get(LABEL_NETWORK) == conf["name"]
+                if not ours or (ep.workload_id, ep.interface_name) in valid:
+                    continue
+                try:
+                    endpoints.remove_endpoint(orchestrator=ORCHESTRATOR,
+                                              workload_id=ep.workload_id,
+                                              interface_name=ep.interface_name)
+                except RpcFailure as failure:
+                    if failure.status != "NOT_FOUND":
+                        raise
+        except RpcFailure as failure:
+            raise failure.to_cni() from None
 
     # STATUS ---------------------------------------------------------------------------------
 
     def status(self, env: spec.Env, conf: dict, version: str) -> None:
         cfg = config.calico(conf, env)
-        from calico.endpoint.v1 import endpoint_pb2
+        from cni.rpc import Clients, EndpointClient, RpcFailure
+        try:
+            info = EndpointClient(cfg.services).get_node_info()
+        except RpcFailure as failure:
+            raise failure.to_cni(spec.NOT_AVAILABLE) from None
+        if info["node"] != cfg.services.nodename:
+            raise CniError(spec.NOT_AVAILABLE, f"The endpoint service at "
+                           f"{cfg.services.endpoint_addr} serves node {info['node']}, not "
+                           f"{cfg.services.nodename}.")
+        if cfg.assign.ipv6 and not info["ipv6"]:
+            raise CniError(spec.NOT_AVAILABLE, f"Node {info['node']} is not configured for "
+                           "IPv6, and the network assigns IPv6 addresses.")
         from calico.policy.v1 import policy_pb2
-        from cni.rpc import Clients, RpcFailure
         with Clients(cfg.services) as clients:
-            try:
-                info = clients.call("endpoint", "GetNodeInfo", endpoint_pb2.GetNodeInfoRequest())
-            except RpcFailure as failure:
-                raise failure.to_cni(spec.NOT_AVAILABLE) from None
-            if info.node != cfg.services.nodename:
-                raise CniError(spec.NOT_AVAILABLE, f"The endpoint service at "
-                               f"{cfg.services.endpoint_addr} serves node {info.node}, not "
-                               f"{cfg.services.nodename}.")
-            if cfg.assign.ipv6 and not info.ipv6:
-                raise CniError(spec.NOT_AVAILABLE, f"Node {info.node} is not configured for "
-                               "IPv6, and the network assigns IPv6 addresses.")
             require_pools(clients, cfg.assign)
             try:
                 clients.call("policy", "GetProfile",

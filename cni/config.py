@@ -4,14 +4,16 @@
 
     nodename        this node's name          default: CALICO_NODENAME, NODENAME, hostname
     endpoint_addr   the node's endpoint service  default: CALICO_ENDPOINT_ADDR, else
-                                                 unix:<state_dir>/<nodename>/endpoint.sock
+                                                 unix:<state_dir>/<nodename>/endpoint.sock;
+                    a unix socket: the plugin calls the JSON socket next to it
+                    (calicopy.config.endpoint_json_socket: endpoint.json.sock)
     state_dir       the node's state folder   default: CALICO_STATE_DIR, /var/run/calico-py
     ipam_addr       the IPAM service          default: CALICO_IPAM_ADDR, 127.0.0.1:50051
     policy_addr     the policy service        default: CALICO_POLICY_ADDR, 127.0.0.1:50052
     timeout         seconds per service call  default: CALICO_RPC_TIMEOUT, 10
     profiles        profiles of the workloads default: [the network name, '-' and '.'
                                               as '_']; created when missing
-    mtu             only 1500 (or 0): the endpoint service has no MTU setting
+    mtu             MTU of both ends of the veth, 68-65535 default: 0, the kernel's (1500)
     ipam            optional; if given, type "calico-ipam", and these keys:
       assign_ipv4   true/false (or "true"/"false")            default true
       assign_ipv6                                             default false
@@ -33,18 +35,23 @@ from __future__ import annotations
 
 import json
 
-from cni.spec import INVALID_CONFIG, INVALID_ENVIRONMENT, UNSUPPORTED_FIELD, CniError, Env
+from cni.spec import INVALID_CONFIG, INVALID_ENVIRONMENT, CniError, Env
 
-DEFAULT_MTU = 1500          # the kernel's default for the veths the endpoint service makes
+# What the endpoint service accepts (services/endpoint/endpoints.py), checked
+# here too so that a bad value is refused naming the key, before any call.
+MIN_MTU, MAX_MTU = 68, 65535
 
 
 class Services:
-    """Where the services are, for one invocation."""
+    """Where the services are, for one invocation. ``endpoint_json``: the
+    endpoint service's JSON socket (a path), None if ``endpoint_addr`` is not
+    a unix socket."""
 
     def __init__(self, nodename: str, endpoint_addr: str, ipam_addr: str, policy_addr: str,
-                 timeout: float):
+                 timeout: float, endpoint_json: str | None = None):
         self.nodename, self.endpoint_addr = nodename, endpoint_addr
         self.ipam_addr, self.policy_addr, self.timeout = ipam_addr, policy_addr, timeout
+        self.endpoint_json = endpoint_json
 
 
 class Assign:
@@ -58,9 +65,9 @@ class Assign:
 
 class CalicoConfig:
     def __init__(self, name: str, services: Services, assign: Assign, profiles: list[str],
-                 dns: dict):
+                 dns: dict, mtu: int = 0):
         self.name, self.services, self.assign = name, services, assign
-        self.profiles, self.dns = profiles, dns
+        self.profiles, self.dns, self.mtu = profiles, dns, mtu
 
 
 class IpamConfig:
@@ -174,13 +181,23 @@ def _services(sections: list[dict]) -> Services:
             raise _bad("timeout", timeout, "give a positive number of seconds.")
     except cc.ConfigError as exc:           # from an environment variable
         raise CniError(INVALID_ENVIRONMENT, str(exc)) from None
-    return Services(node, endpoint, addrs["ipam_addr"], addrs["policy_addr"], float(timeout))
+    return Services(node, endpoint, addrs["ipam_addr"], addrs["policy_addr"], float(timeout),
+                    cc.endpoint_json_socket(endpoint))
+
+
+def _with_endpoint(services: Services) -> Services:
+    """The ``calico`` plugin's: the endpoint service must be on a unix socket."""
+    if services.endpoint_json is None:
+        raise CniError(INVALID_CONFIG, f"Invalid endpoint_addr \"{services.endpoint_addr}\": "
+                       "give the endpoint service's unix socket (unix:<path>); the plugin "
+                       "calls it through the JSON socket next to it.")
+    return services
 
 
 def calico_services(conf: dict) -> Services:
     """Only where the services are: what DEL and GC need, so that they still
     work with a configuration whose other keys an ADD would refuse."""
-    return _services([conf])
+    return _with_endpoint(_services([conf]))
 
 
 def calico_ipam_services(conf: dict) -> Services:
@@ -199,18 +216,16 @@ def calico(conf: dict, env: Env) -> CalicoConfig:
                        "used with the calico plugin: it gets addresses through the node's "
                        "endpoint service; use \"calico-ipam\" or leave ipam out.")
     mtu = conf.get("mtu", 0)
-    if isinstance(mtu, bool) or not isinstance(mtu, int):
-        raise _bad("mtu", mtu, "give a number.")
-    if mtu not in (0, DEFAULT_MTU):
-        raise CniError(UNSUPPORTED_FIELD, f"mtu {mtu} is not supported: the endpoint service "
-                       f"creates workload interfaces with the default MTU ({DEFAULT_MTU}).",
-                       "mtu")
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or \
+            not (mtu == 0 or MIN_MTU <= mtu <= MAX_MTU):
+        raise _bad("mtu", mtu, f"give a number from {MIN_MTU} to {MAX_MTU} (or 0, the "
+                   "kernel's default).")
     profiles = conf.get("profiles", [_profile_name(conf["name"])])
     if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
         raise _bad("profiles", profiles, "give a list of profile names.")
     dns = conf.get("dns") or {}
-    return CalicoConfig(conf["name"], _services([conf]), _assign(ipam, conf, env),
-                        list(profiles), dns)
+    return CalicoConfig(conf["name"], _with_endpoint(_services([conf])),
+                        _assign(ipam, conf, env), list(profiles), dns, mtu)
 
 
 def calico_ipam(conf: dict, env: Env) -> IpamConfig:

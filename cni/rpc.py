@@ -1,17 +1,30 @@
 """Calling calico-py's services from a plugin.
 
-One channel per service, opened on first use; every call has the
-configured deadline. A failed call raises ``RpcFailure`` (status name,
-details, which service where), which the plugin turns into a CNI error with
-``to_cni``: the one place that maps gRPC status codes to CNI codes.
+- ``EndpointClient``: this node's endpoint service, through the JSON socket
+  next to its gRPC one (``calicopy.config.endpoint_json_socket``; served by
+  ``services/endpoint/json_gateway.py``): the proto3 JSON mapping of its
+  RPCs, over HTTP/1.1 on a unix socket, with only the standard library. This
+  is what ADD, DEL and CHECK use, so they import neither grpc nor protobuf,
+  which would cost more than the call itself.
+- ``Clients``: gRPC stubs of the IPAM and policy services (``calico-ipam``,
+  STATUS, and the ``calico`` plugin's first ADD of a profile), one channel
+  per service, opened on first use. grpc and the generated messages are
+  imported only then.
 
-grpc and the generated messages are imported here, when a plugin first
-needs a service, not by VERSION or by input that fails validation.
+Every call has the configured deadline. A failed call raises ``RpcFailure``
+(status name, details, which service where), which the plugin turns into a
+CNI error with ``to_cni``: the one place that maps status codes to CNI
+codes. The JSON socket answers with the same status names as gRPC
+(``{"code": "NOT_FOUND", "message": ...}``), so both map the same way; a
+socket that cannot be reached is ``UNAVAILABLE``, no answer in time
+``DEADLINE_EXCEEDED``, as with gRPC.
 """
 
 from __future__ import annotations
 
-import grpc
+import http.client
+import json
+import socket
 
 from cni import spec
 from cni.config import Services
@@ -29,6 +42,8 @@ _CODES = {
     "ALREADY_EXISTS": spec.IN_USE,
 }
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+ENDPOINT_SERVICE = "calico.endpoint.v1.EndpointService"
 
 
 class RpcFailure(Exception):
@@ -53,12 +68,101 @@ class RpcFailure(Exception):
                         f"{self.status} from the {where}")
 
 
+class Endpoint:
+    """A ``calico.endpoint.v1.Endpoint`` from its JSON: every field of the
+    message, at its proto3 default when the JSON leaves it out (as the
+    mapping does for a default value)."""
+
+    FIELDS = {"endpoint_id": str, "node": str, "orchestrator": str, "workload_id": str,
+              "interface_name": str, "host_interface": str, "mac": str, "ipv4_nets": list,
+              "ipv6_nets": list, "ipv4_gateway": str, "ipv6_gateway": str,
+              "profile_ids": list, "labels": dict, "state": str, "netns": str,
+              "persistent": bool, "mtu": int}
+
+    def __init__(self, data: dict):
+        for name, kind in self.FIELDS.items():
+            setattr(self, name, data[name] if name in data else kind())
+
+
+class EndpointClient:
+    """This node's endpoint service through its JSON socket. Calls take and
+    give the messages as dicts (field names as in the proto); a connection per
+    call (a plugin makes one or two)."""
+
+    label = "endpoint service"
+
+    def __init__(self, services: Services):
+        self.path, self.timeout = services.endpoint_json, services.timeout
+        self.target = f"unix:{self.path}"
+
+    def call(self, method: str, request: dict) -> dict:
+        body = json.dumps(request).encode()
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            conn.request("POST", f"/{ENDPOINT_SERVICE}/{method}", body,
+                         {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            status, data = response.status, response.read()
+        except TimeoutError:
+            raise self._failure("DEADLINE_EXCEEDED", "") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._failure("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise self._failure("UNKNOWN", f"HTTP {status} with a body that is not a JSON "
+                                f"object: {data[:200]!r}")
+        if status != 200:
+            raise self._failure(str(answer.get("code") or "UNKNOWN"),
+                                str(answer.get("message") or f"HTTP {status}"))
+        return answer
+
+    def _failure(self, status: str, details: str) -> RpcFailure:
+        return RpcFailure(status, details, self.label, self.target)
+
+    # The calls the plugin makes.
+
+    def add_endpoint(self, **request) -> Endpoint:
+        return Endpoint(self.call("AddEndpoint", request).get("endpoint", {}))
+
+    def remove_endpoint(self, **request) -> list[Endpoint]:
+        return [Endpoint(e) for e in self.call("RemoveEndpoint", request).get("removed", [])]
+
+    def list_endpoints(self, **request) -> list[Endpoint]:
+        return [Endpoint(e) for e in self.call("ListEndpoints", request).get("endpoints", [])]
+
+    def get_node_info(self) -> dict:
+        info = self.call("GetNodeInfo", {})
+        return {"node": info.get("node", ""), "ipv4": bool(info.get("ipv4")),
+                "ipv6": bool(info.get("ipv6"))}
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over the unix socket ``path``."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Clients:
-    """Stubs of the endpoint, IPAM and policy services; close() when done."""
+    """gRPC stubs of the IPAM and policy services; close() when done."""
 
     _SERVICES = {
-        "endpoint": ("endpoint service", "endpoint_addr",
-                     "calico.endpoint.v1.endpoint_pb2_grpc", "EndpointServiceStub"),
         "ipam": ("IPAM service", "ipam_addr", "calico.ipam.v1.ipam_pb2_grpc",
                  "IpamServiceStub"),
         "policy": ("policy service", "policy_addr", "calico.policy.v1.policy_pb2_grpc",
@@ -71,8 +175,10 @@ class Clients:
 
     def _stub(self, name: str):
         if name not in self._open:
-            label, attr, module, stub = self._SERVICES[name]
             import importlib
+
+            import grpc
+            label, attr, module, stub = self._SERVICES[name]
             target = getattr(self.services, attr)
             channel = grpc.insecure_channel(target)
             self._open[name] = (channel, getattr(importlib.import_module(module), stub)(channel),
@@ -80,6 +186,7 @@ class Clients:
         return self._open[name]
 
     def call(self, service: str, method: str, request):
+        import grpc
         _, stub, label, target = self._stub(service)
         try:
             return getattr(stub, method)(request, timeout=self.services.timeout)

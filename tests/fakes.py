@@ -55,7 +55,8 @@ class MemoryStore:
 
 
 class FakeDataplane:
-    """The kernel as a dict: host interface -> what the workload side holds.
+    """The kernel as a dict: host interface -> what the workload side holds
+(its namespace, name, MAC, addresses and the pair's MTU, 1500 unless set).
 
     ``fail_on`` makes ensure() raise for chosen workloads, to test rollback;
     ``namespaces`` stands for the workload namespaces and their other links.
@@ -65,6 +66,7 @@ class FakeDataplane:
         self.interfaces: dict[str, dict] = {}
         self.namespaces: dict[str, set[str]] = {}
         self.fail_on: set[str] = set()
+        self.ids: dict[str, str] = {}       # path -> namespace identity, when not the path
         self._macs = 0
 
     def ensure(self, spec):
@@ -77,8 +79,10 @@ class FakeDataplane:
                 return spec.mac
             self._macs += 1
             current = current or {"netns": "", "name": spec.peer_name,
-                                  "mac": spec.mac or f"02:00:00:00:01:{self._macs:02x}"}
+                                  "mac": spec.mac or f"02:00:00:00:01:{self._macs:02x}",
+                                  "mtu": 1500}
             current["ips"] = sorted(spec.ips)
+            current["mtu"] = spec.mtu or current.get("mtu", 1500)
             self.interfaces[spec.host_interface] = current
             return current["mac"]
         links = self.namespaces.setdefault(spec.netns, set())
@@ -87,9 +91,10 @@ class FakeDataplane:
                 raise InterfaceInUse(spec.interface_name, spec.workload)
             self._macs += 1
             current = {"netns": spec.netns, "name": spec.interface_name,
-                       "mac": spec.mac or f"02:00:00:00:00:{self._macs:02x}"}
+                       "mac": spec.mac or f"02:00:00:00:00:{self._macs:02x}", "mtu": 1500}
             links.add(spec.interface_name)
         current["ips"] = sorted(spec.ips)
+        current["mtu"] = spec.mtu or current.get("mtu", 1500)
         self.interfaces[spec.host_interface] = current
         return current["mac"]
 
@@ -108,6 +113,9 @@ class FakeDataplane:
 
     def workload_alive(self, path):
         return path in self.namespaces
+
+    def namespace_id(self, path):
+        return self.ids.get(path, path) if path in self.namespaces else ""
 
     def stop_workload(self, path):
         """The namespace goes, and the veth pairs in it with it."""

@@ -2,7 +2,9 @@
 
 Run as `python -m services.endpoint` on the host (in the host's network
 namespace). It reconciles etcd with the kernel before it starts serving, and
-again every --resync seconds.
+again every --resync seconds. On a unix socket, it also serves its RPCs as
+JSON over HTTP/1.1 on a second socket next to it (endpoint.json.sock next to
+endpoint.sock; see json_gateway.py), for the CNI plugin.
 
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
@@ -43,6 +45,7 @@ from calicopy.service_main import stop_event
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.ipam_client import IpamClient
+from services.endpoint.json_gateway import JsonGateway
 from services.endpoint.server import create_server
 
 log = logging.getLogger("calico-endpoint")
@@ -99,9 +102,21 @@ def main(argv=None) -> int:
         return 1
     log.info("start-up reconcile of node %s: %s", node, counts)
 
+    # The JSON socket first: once the gRPC server answers (what starters wait
+    # for), both do.
+    json_path = config.endpoint_json_socket(listen)
+    gateway = JsonGateway(json_path, manager) if json_path else None
+    if gateway is not None:
+        try:
+            gateway.start()
+        except OSError as exc:      # e.g. a path too long for a unix socket
+            log.error("cannot serve JSON on %s (%s); the CNI plugin will not reach this "
+                      "node's endpoint service", json_path, exc)
+            gateway = json_path = None
     server, _ = create_server(listen, manager)
     server.start()
-    log.info("endpoint service for node %s listening on %s (IPv6 %s)", node, listen,
+    log.info("endpoint service for node %s listening on %s and %s (IPv6 %s)", node, listen,
+             f"unix:{json_path} (JSON)" if json_path else "no JSON socket",
              "on" if manager.ipv6 else "off")
 
     stop = stop_event()
@@ -113,7 +128,10 @@ def main(argv=None) -> int:
         except Exception:
             log.exception("reconcile failed; will retry")
     log.info("stopping")
-    server.stop(grace=5).wait()
+    stopped = server.stop(grace=5)
+    if gateway is not None:
+        gateway.stop(grace=5)
+    stopped.wait()
     ipam.close()
     store.close()
     return 0

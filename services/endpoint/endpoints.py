@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERFACE = "eth0"
 MAX_AUTO = 64
+MIN_MTU, MAX_MTU = 68, 65535    # IPv4's minimum; a veth's maximum
+MIN_MTU_IPV6 = 1280             # below it the kernel turns IPv6 off on the link
 _ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -74,6 +76,8 @@ class Dataplane(Protocol):
 
     def workload_alive(self, path: str) -> bool: ...
 
+    def namespace_id(self, path: str) -> str: ...
+
     def ensure(self, spec: InterfaceSpec) -> str: ...
 
     def remove(self, host_interface: str) -> None: ...
@@ -101,6 +105,7 @@ class AddRequest:
     ips_preassigned: bool = False   # the caller claimed (and releases) the ips
     persistent: bool = False        # survive the workload stopping
     mac: str = ""
+    mtu: int = 0                    # of both veth ends; 0: the kernel's default
 
 
 _MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
@@ -114,11 +119,23 @@ def _mac(text: str) -> str:
     return mac
 
 
+def _mtu(mtu: int, ipv6: bool) -> int:
+    if mtu and not MIN_MTU <= mtu <= MAX_MTU:
+        raise BadRequest(f"Invalid mtu {mtu}: give {MIN_MTU} to {MAX_MTU}, or 0 for the "
+                         "kernel's default (1500).")
+    if mtu and ipv6 and mtu < MIN_MTU_IPV6:
+        raise BadRequest(f"mtu {mtu} is too small for IPv6 addresses: the kernel needs at "
+                         f"least {MIN_MTU_IPV6}.")
+    return mtu
+
+
 def _fingerprint(req: AddRequest, interface: str, path: str) -> str:
     """What identifies a retry of the same add: everything the caller asked for."""
     wanted = [path, interface, req.peer_name, sorted(req.ips), req.auto_ipv4, req.auto_ipv6,
               sorted(req.ipv4_pools), sorted(req.ipv6_pools), list(req.profile_ids),
               sorted(req.labels.items()), req.ips_preassigned, req.persistent, req.mac]
+    if req.mtu:     # only when set: records made before mtu existed still match a retry
+        wanted.append(req.mtu)
     return hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:32]
 
 
@@ -206,6 +223,7 @@ class EndpointManager:
         if req.ips_preassigned and (req.auto_ipv4 or req.auto_ipv6 or not explicit):
             raise BadRequest("Pre-assigned addresses are given in ips; do not ask for "
                              "auto-assignment too.")
+        mtu = _mtu(req.mtu, bool(req.auto_ipv6) or any(":" in ip for ip in explicit))
         path = netns.path_for(req.netns_path, req.pid)
         if req.peer_name:
             _interface(req.peer_name)
@@ -222,13 +240,17 @@ class EndpointManager:
             fingerprint = _fingerprint(req, interface, path)
             existing = self.store.get(key)
             if existing is not None:
-                return self._repeat(existing, path, fingerprint)
+                return self._repeat(existing, path, fingerprint, mtu)
             if path:
                 self.dataplane.check_workload(path, req.workload_id)
             for ip in explicit:
                 allocation = self.ipam.get_allocation(ip)   # raises if outside every pool
                 if req.ips_preassigned and not allocation["allocated"]:
                     raise NotPreassigned(ip)
+                holder = allocation.get("attributes", {}).get("endpoint")
+                if req.ips_preassigned and holder:
+                    raise AlreadyExists(f"{ip} belongs to endpoint {holder}; it cannot be "
+                                        "pre-assigned to another.")
             if not self.ipv6 and (req.auto_ipv6 or any(":" in ip for ip in explicit)):
                 raise NoIpv6()
             if path and self.dataplane.workload_has_interface(path, interface):
@@ -237,7 +259,8 @@ class EndpointManager:
             ep = Endpoint(ep_id, self.node, req.orchestrator, req.workload_id, interface,
                           path, PENDING, mac=mac, profile_ids=list(req.profile_ids),
                           labels=dict(req.labels), persistent=req.persistent,
-                          request=fingerprint)
+                          request=fingerprint, mtu=mtu,
+                          netns_id=self.dataplane.namespace_id(path) if path else "")
             pending = Txn().create(key, ep.to_json())
             created = self.store.commit(pending)
             if not created:
@@ -278,25 +301,25 @@ class EndpointManager:
                               "add; retry.")
         self._await_policy(revision)
 
-    def _repeat(self, kv: KV, path: str, fingerprint: str) -> Endpoint:
+    def _repeat(self, kv: KV, path: str, fingerprint: str, mtu: int) -> Endpoint:
         """An add for a workload that has the endpoint already. The same
         request again (a caller retrying after a timeout) gets the endpoint
         as it is; a persistent endpoint whose workload was stopped comes back
-        in the new namespace with its addresses and MAC; anything else is a
-        duplicate."""
+        in the new namespace with its addresses and MAC (and the MTU asked for
+        now); anything else is a duplicate."""
         ep = Endpoint.from_json(kv.json())
         if ep.state == ACTIVE and ep.request == fingerprint and \
-                (ep.detached or self.dataplane.workload_alive(ep.netns)):
+                (ep.detached or self._alive(ep)):
             return ep
-        if not (ep.persistent and ep.state == ACTIVE and path
-                and not self.dataplane.workload_alive(ep.netns)):
+        if not (ep.persistent and ep.state == ACTIVE and path and not self._alive(ep)):
             raise AlreadyNetworked(ep.workload_id)
         self.dataplane.check_workload(path, ep.workload_id)
         if self.dataplane.workload_has_interface(path, ep.interface_name):
             raise InterfaceInUse(ep.interface_name, ep.workload_id)
-        ep.netns, ep.request = path, fingerprint
-        self.dataplane.ensure(self._spec(ep))
+        ep.netns, ep.request, ep.mtu = path, fingerprint, _mtu(mtu, bool(ep.ipv6_nets))
+        ep.netns_id = self.dataplane.namespace_id(path)
         try:
+            self.dataplane.ensure(self._spec(ep))
             self._activate(ep, kv)
         except BaseException:
             self.dataplane.remove(ep.host_interface)    # dormant again, as before
@@ -305,13 +328,20 @@ class EndpointManager:
                  ep.workload_id, path)
         return ep
 
+    def _alive(self, ep: Endpoint) -> bool:
+        """Whether the endpoint's workload still runs: its namespace path is
+        live and still names the namespace it was added in (a /proc/<pid> path
+        names another one once the pid is reused)."""
+        return self.dataplane.workload_alive(ep.netns) and \
+            (not ep.netns_id or self.dataplane.namespace_id(ep.netns) == ep.netns_id)
+
     def _attrs(self, ep: Endpoint) -> dict[str, str]:
         return {"node": self.node, "endpoint": ep.endpoint_id, "interface": ep.interface_name}
 
     @staticmethod
     def _spec(ep: Endpoint, peer_name: str = "") -> InterfaceSpec:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
-                             ep.workload_id, peer_name)
+                             ep.workload_id, peer_name, ep.mtu)
 
     def _await_policy(self, revision: int) -> None:
         """Return once the node's policy agent has programmed etcd as of
@@ -383,6 +413,7 @@ class EndpointManager:
                 self.ipam.get_allocation(ip)
             if not self.ipv6 and (auto_ipv6 or ":" in ip):
                 raise NoIpv6()
+            _mtu(ep.mtu, bool(auto_ipv6) or ":" in ip)
             if ip:
                 self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
                 new = [ip]
@@ -448,8 +479,7 @@ class EndpointManager:
             abandoned = ep.state == PENDING and (startup or kv.key not in self._in_flight)
             # A detached endpoint's orchestrator removes it; a persistent one
             # waits, dormant, for its workload to start again.
-            gone = ep.state == ACTIVE and not ep.detached and \
-                not self.dataplane.workload_alive(ep.netns)
+            gone = ep.state == ACTIVE and not ep.detached and not self._alive(ep)
             if gone and ep.persistent:
                 return
             if abandoned or gone:

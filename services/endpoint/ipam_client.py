@@ -55,4 +55,5 @@ class IpamClient:
 
     def get_allocation(self, ip):
         resp = self._call("GetAllocation", ipam_pb2.GetAllocationRequest(ip=ip))
-        return {"pool": resp.pool, "allocated": resp.allocated, "handle_id": resp.handle_id}
+        return {"pool": resp.pool, "allocated": resp.allocated, "handle_id": resp.handle_id,
+                "attributes": dict(resp.attributes)}

@@ -15,14 +15,16 @@ What an interface looks like once ensured:
 - workload side, created directly inside the workload's namespace under its
   final name, up, with the addresses as /32 and /128 (IPv6 without DAD), a
   link route to 169.254.1.1 and a default route through it, and an IPv6
-  default route through the host side's link-local address.
+  default route through the host side's link-local address;
+- both sides with the spec's MTU, when it gives one (0 leaves the kernel's
+  default, 1500 for a new veth, and whatever is set later).
 
 A detached endpoint (no namespace) is one whose orchestrator moves and
 configures the workload side itself (Docker's network driver): the pair is
-created with the workload side left in this namespace under ``peer_name``,
-and afterwards only the host side is kept right, while it exists (when the
-workload's namespace goes, the pair goes with it and the orchestrator
-removes the endpoint).
+created with the workload side left in this namespace under ``peer_name``
+(both sides with the MTU), and afterwards only the host side is kept right
+(its MTU too), while it exists (when the workload's namespace goes, the pair
+goes with it and the orchestrator removes the endpoint).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class InterfaceSpec:
     mac: str = ""           # keep this workload-side MAC when (re)creating
     workload: str = ""      # for messages
     peer_name: str = ""     # detached (no netns): create the pair with this peer name
+    mtu: int = 0            # of both sides; 0: the kernel's default, not enforced
 
 
 def write_sysctl(path: str, value: str) -> None:
@@ -114,6 +117,11 @@ def _dst(route) -> str:
     return f"{route.get_attr('RTA_DST') or family_any}/{route['dst_len']}"
 
 
+def _mtu(mtu: int) -> dict:
+    """The attribute that creates a link with ``mtu`` (none for the default)."""
+    return {"mtu": mtu} if mtu else {}
+
+
 @contextmanager
 def _netlink(what: str):
     try:
@@ -138,6 +146,16 @@ class KernelDataplane:
     @staticmethod
     def workload_alive(path: str) -> bool:
         return netns.alive(path)
+
+    @staticmethod
+    def namespace_id(path: str) -> str:
+        """Which namespace ``path`` is now ("" if none): a /proc/<pid> path
+        names another namespace once the pid is reused."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        return f"{st.st_dev}:{st.st_ino}"
 
     def host_interfaces(self) -> set[str]:
         with IPRoute() as ipr:
@@ -183,11 +201,13 @@ class KernelDataplane:
                 return spec.mac     # the workload is gone; nothing to keep right
             mac = spec.mac or random_mac()
             if fresh:
-                peer = {"ifname": spec.peer_name, "address": mac}
+                peer = {"ifname": spec.peer_name, "address": mac, **_mtu(spec.mtu)}
                 with _netlink(f"create {spec.host_interface} for {spec.workload}"):
                     host.link("add", ifname=spec.host_interface, kind="veth",
-                              address=HOST_MAC, peer=peer)
+                              address=HOST_MAC, peer=peer, **_mtu(spec.mtu))
                 index = host.link_lookup(ifname=spec.host_interface)[0]
+            elif spec.mtu:
+                self._ensure_mtu(host, index, spec.host_interface, spec.mtu)
             self._host_side_settings(host, spec.host_interface, index)
             with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
                 self._ensure_host_routes(host, index, ips, mac, fresh)
@@ -199,11 +219,16 @@ class KernelDataplane:
         host_index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
         wl_index = next(iter(wl.link_lookup(ifname=spec.interface_name)), None)
         if host_index is not None and wl_index is not None:
-            peer = host.get_links(host_index)[0].get_attr("IFLA_LINK")
-            if peer == wl_index:
+            host_link = host.get_links(host_index)[0]
+            if host_link.get_attr("IFLA_LINK") == wl_index:
+                wl_link = wl.get_links(wl_index)[0]
+                if spec.mtu:
+                    self._ensure_mtu(host, host_index, spec.host_interface, spec.mtu,
+                                     host_link)
+                    self._ensure_mtu(wl, wl_index, f"{spec.interface_name} in {spec.workload}",
+                                     spec.mtu, wl_link)
                 self._host_side_settings(host, spec.host_interface, host_index)
-                mac = wl.get_links(wl_index)[0].get_attr("IFLA_ADDRESS")
-                return host_index, wl_index, mac, False
+                return host_index, wl_index, wl_link.get_attr("IFLA_ADDRESS"), False
         if host_index is not None:
             # Our host side exists but its peer is not (or no longer) that
             # interface in the workload: start again.
@@ -213,15 +238,24 @@ class KernelDataplane:
         mac = spec.mac or random_mac()
         fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            peer = {"ifname": spec.interface_name, "address": mac, "net_ns_fd": fd}
+            peer = {"ifname": spec.interface_name, "address": mac, "net_ns_fd": fd,
+                    **_mtu(spec.mtu)}
             with _netlink(f"create {spec.host_interface} for {spec.workload}"):
                 host.link("add", ifname=spec.host_interface, kind="veth", address=HOST_MAC,
-                          peer=peer)
+                          peer=peer, **_mtu(spec.mtu))
         finally:
             os.close(fd)
         host_index = host.link_lookup(ifname=spec.host_interface)[0]
         self._host_side_settings(host, spec.host_interface, host_index)
         return host_index, wl.link_lookup(ifname=spec.interface_name)[0], mac, True
+
+    @staticmethod
+    def _ensure_mtu(ipr, index: int, name: str, mtu: int, link=None) -> None:
+        """Set ``mtu`` on a link that has another (someone changed it)."""
+        link = link if link is not None else ipr.get_links(index)[0]
+        if link.get_attr("IFLA_MTU") != mtu:
+            with _netlink(f"set the MTU of {name} to {mtu}"):
+                ipr.link("set", index=index, mtu=mtu)
 
     def _host_side_settings(self, host, name: str, index: int) -> None:
         write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")

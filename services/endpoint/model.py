@@ -56,7 +56,9 @@ class Endpoint:
     profile_ids: list[str] = dataclasses.field(default_factory=list)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     persistent: bool = False
+    netns_id: str = ""      # the namespace's identity (device:inode), against path reuse
     request: str = ""       # fingerprint of the add that made it (retries match it)
+    mtu: int = 0            # of both veth ends; 0: the kernel's default, not enforced
 
     @property
     def detached(self) -> bool:
@@ -100,6 +102,7 @@ class Endpoint:
             "ipv4_gateway": self.ipv4_gateway, "ipv6_gateway": self.ipv6_gateway,
             "profile_ids": self.profile_ids, "labels": self.labels,
             "persistent": self.persistent, "request": self.request,
+            "netns_id": self.netns_id, "mtu": self.mtu,
         }
 
     @classmethod
@@ -109,5 +112,6 @@ class Endpoint:
             data["container:if_name"], data["netns"], data.get("state", PENDING),
             data.get("mac", ""), list(data.get("ipv4_nets", [])),
             list(data.get("ipv6_nets", [])), list(data.get("profile_ids", [])),
-            dict(data.get("labels", {})), bool(data.get("persistent", False)),
-            data.get("request", ""))
+            dict(data.get("labels", {})), persistent=bool(data.get("persistent", False)),
+            netns_id=data.get("netns_id", ""), request=data.get("request", ""),
+            mtu=int(data.get("mtu", 0)))

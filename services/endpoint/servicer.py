@@ -15,7 +15,7 @@ def endpoint_msg(ep: Endpoint) -> endpoint_pb2.Endpoint:
         host_interface=ep.host_interface, mac=ep.mac, ipv4_nets=ep.ipv4_nets,
         ipv6_nets=ep.ipv6_nets, ipv4_gateway=ep.ipv4_gateway, ipv6_gateway=ep.ipv6_gateway,
         profile_ids=ep.profile_ids, labels=ep.labels, state=ep.state, netns=ep.netns,
-        persistent=ep.persistent)
+        persistent=ep.persistent, mtu=ep.mtu)
 
 
 class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
@@ -33,7 +33,7 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
             ipv4_pools=list(request.ipv4_pools), ipv6_pools=list(request.ipv6_pools),
             profile_ids=list(request.profile_ids), labels=dict(request.labels),
             peer_name=request.peer_name, ips_preassigned=request.ips_preassigned,
-            persistent=request.persistent, mac=request.mac))
+            persistent=request.persistent, mac=request.mac, mtu=request.mtu))
         return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -282,7 +283,7 @@ def test_del_twice_unknown_container_and_gone_namespace(cluster, attach):
     assert host_if not in cluster.h1.ns.run("ip", "link").stdout
     assert run_calico(cluster.h1, "DEL", conf, "neverseen", w.ns.path).ok
     # DEL needs only where the services are: keys an ADD refuses do not stop it.
-    assert run_calico(cluster.h1, "DEL", dict(conf, mtu=9000), "neverseen", w.ns.path).ok
+    assert run_calico(cluster.h1, "DEL", dict(conf, mtu=70000), "neverseen", w.ns.path).ok
 
     # The namespace gone before the DEL (and no CNI_NETNS at all).
     w2 = attach.workload(cluster.h1, "gone")
@@ -316,6 +317,50 @@ def test_gc_releases_what_the_runtime_no_longer_lists(cluster, attach):
     old = run_calico(cluster.h1, "GC", plugin_conf(conflist, cniVersion="1.0.0", **{
         "cni.dev/valid-attachments": []}))
     assert_error(old, 1, "GC needs cniVersion 1.1.0")
+
+
+def test_mtu_on_both_ends_of_the_veth(cluster, attach):
+    conflist = cluster.calico(cluster.h1, mtu=1400)
+    w = attach.workload(cluster.h1, "mtu")
+    cid, result = attach.add(cluster.h1, conflist, w)
+    host_if = result["interfaces"][0]["name"]
+    assert w.ns.run("cat", "/sys/class/net/eth0/mtu").stdout.strip() == "1400"
+    assert cluster.h1.ns.run("cat", f"/sys/class/net/{host_if}/mtu").stdout.strip() == "1400"
+    (ep,) = cluster.endpoints(cluster.h1, cid)
+    assert ep.mtu == 1400
+    assert cluster.chain(cluster.h1, conflist).check(cid, w.ns.path, result) == []
+
+
+def test_add_check_del_import_neither_grpc_nor_protobuf(cluster, attach):
+    """A runtime starts a process per command: ADD, CHECK and DEL reach the
+    endpoint service through its JSON socket, with the standard library. (The
+    first ADD of a network may create its profile over gRPC: done first.)"""
+    conflist = cluster.calico(cluster.h1)
+    attach.add(cluster.h1, conflist, attach.workload(cluster.h1, "imp"))
+    w = attach.workload(cluster.h1, "imp")
+    cid = uuid.uuid4().hex
+    attach.made.append((cluster.chain(cluster.h1, conflist), cid, w.ns.path, "eth0", None))
+    # What cni/bin/calico runs, with the interpreter listing every import on stderr.
+    traced = ["nsenter", f"--net={cluster.h1.ns.path}", sys.executable, "-X", "importtime",
+              "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+              "from cni.calico import main; main()"]
+
+    def run(command: str, conf: dict):
+        out = invoke(str(ROOT), command, conf, container_id=cid, netns=w.ns.path,
+                     cni_path=CNI_PATH, runner=traced)
+        assert out.ok, out
+        modules = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                   if line.startswith("import time:")]
+        assert "cni.rpc" in modules
+        assert [m for m in modules if m.split(".")[0] in ("grpc", "calico")
+                or m.startswith("google.protobuf")] == [], command
+        return out.output
+
+    result = run("ADD", plugin_conf(conflist))
+    assert result["ips"]
+    run("CHECK", plugin_conf(conflist, prevResult=result))
+    run("DEL", plugin_conf(conflist, prevResult=result))
+    assert cluster.endpoints(cluster.h1, cid) == []
 
 
 def test_portmap_after_calico(cluster, attach):
@@ -371,7 +416,9 @@ def test_bad_input_gives_the_spec_error_and_leaves_nothing(cluster, attach):
                  4, "not a network namespace")
     assert_error(run_calico(cluster.h1, "ADD", conf, container_id="badc",
                             netns="/var/run/netns/nosuchns"), 3, "does not exist")
-    assert_error(run_calico(cluster.h1, "ADD", dict(conf, mtu=9000), **ok), 2, "mtu 9000")
+    assert_error(run_calico(cluster.h1, "ADD", dict(conf, mtu=70000), **ok), 7, "Invalid mtu 70000")
+    assert_error(run_calico(cluster.h1, "ADD", dict(conf, mtu=1000), **ok), 7,
+                 "mtu 1000 is too small for IPv6")
     assert_error(run_calico(cluster.h1, "ADD", dict(conf, ipam={"type": "host-local"}), **ok),
                  7, "host-local")
     bad_pool = dict(conf, ipam={"type": "calico-ipam", "ipv4_pools": ["10.20.0.0/33"]})

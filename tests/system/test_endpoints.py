@@ -107,3 +107,32 @@ def test_ipv6_refused_on_a_node_without_ipv6(lab, ipam_client):
     ns = Namespace(lab, f"{lab.prefix}-x")
     fails(host.calicoctl("container", "add", f"netns:{ns.name}", "fd80::5"),
           "This node is not configured for IPv6.")
+
+
+def test_mtu_on_both_veth_ends_and_kept_by_reconcile(host, lab):
+    import grpc
+
+    from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
+    from tests.system.helpers import wait_for
+    from tools.lab import Namespace
+    ns = Namespace(lab, f"{lab.prefix}-mtu")
+
+    def mtu(where, name):
+        return where.run("cat", f"/sys/class/net/{name}/mtu").stdout.strip()
+
+    with grpc.insecure_channel(host.endpoint_addr) as channel:
+        stub = endpoint_pb2_grpc.EndpointServiceStub(channel)
+        ep = stub.AddEndpoint(endpoint_pb2.AddEndpointRequest(
+            orchestrator="netns", workload_id=ns.name, netns_path=ns.path, auto_ipv4=1,
+            auto_ipv6=1, mtu=1400), timeout=30).endpoint
+        try:
+            assert ep.mtu == 1400
+            assert (mtu(ns, "eth0"), mtu(host.ns, ep.host_interface)) == ("1400", "1400")
+            # Changed behind the service's back: its reconcile (every 2 s here) sets it again.
+            ns.run("ip", "link", "set", "eth0", "mtu", "1500")
+            wait_for("the MTU set again", lambda: mtu(ns, "eth0") == "1400")
+            assert ep.ipv6_nets and ep.ipv6_nets[0].split("/")[0] in \
+                ns.run("ip", "-6", "addr", "show", "dev", "eth0").stdout
+        finally:
+            stub.RemoveEndpoint(endpoint_pb2.RemoveEndpointRequest(
+                orchestrator="netns", workload_id=ns.name), timeout=30)

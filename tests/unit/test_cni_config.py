@@ -26,6 +26,8 @@ def test_calico_defaults(monkeypatch):
     cfg = config.calico(calico(), ENV)
     s = cfg.services
     assert (s.nodename, s.endpoint_addr) == ("node7", "unix:/var/run/calico-py/node7/endpoint.sock")
+    assert s.endpoint_json == "/var/run/calico-py/node7/endpoint.json.sock"
+    assert cfg.mtu == 0
     assert (s.ipam_addr, s.policy_addr, s.timeout) == ("127.0.0.1:50051", "127.0.0.1:50052", 10.0)
     assert cfg.profiles == ["my_net_1"]
     a = cfg.assign
@@ -35,18 +37,20 @@ def test_calico_defaults(monkeypatch):
 def test_calico_keys():
     cfg = config.calico(calico(
         nodename="h1", state_dir="/tmp/state", ipam_addr="unix:/tmp/ipam.sock",
-        policy_addr="10.0.0.1:5000", timeout=2.5, profiles=["WEB", "DB"], mtu=1500,
+        policy_addr="10.0.0.1:5000", timeout=2.5, profiles=["WEB", "DB"], mtu=9000,
         dns={"nameservers": ["10.0.0.10"]},
         ipam={"type": "calico-ipam", "assign_ipv4": "false", "assign_ipv6": True,
               "ipv6_pools": ["fd80::/64"], "ipv4_pools": ["10.20.0.0/16"]}), ENV)
     s = cfg.services
     assert (s.nodename, s.endpoint_addr, s.ipam_addr, s.policy_addr, s.timeout) == \
         ("h1", "unix:/tmp/state/h1/endpoint.sock", "unix:/tmp/ipam.sock", "10.0.0.1:5000", 2.5)
+    assert s.endpoint_json == "/tmp/state/h1/endpoint.json.sock" and cfg.mtu == 9000
     assert cfg.profiles == ["WEB", "DB"] and cfg.dns == {"nameservers": ["10.0.0.10"]}
     assert (cfg.assign.ipv4, cfg.assign.ipv6) == (False, True)
     assert cfg.assign.ipv6_pools == ["fd80::/64"]
     explicit = config.calico(calico(endpoint_addr="unix:/x/ep.sock", state_dir="/ignored"), ENV)
     assert explicit.services.endpoint_addr == "unix:/x/ep.sock"
+    assert explicit.services.endpoint_json == "/x/ep.json.sock"
 
 
 def test_specific_addresses_from_runtime_config_or_cni_args():
@@ -60,8 +64,11 @@ def test_specific_addresses_from_runtime_config_or_cni_args():
 
 
 @pytest.mark.parametrize("keys, code, word", [
-    ({"mtu": 9000}, spec.UNSUPPORTED_FIELD, "mtu 9000 is not supported"),
+    ({"mtu": 67}, spec.INVALID_CONFIG, "Invalid mtu 67: give a number from 68 to 65535"),
+    ({"mtu": 65536}, spec.INVALID_CONFIG, "Invalid mtu 65536"),
     ({"mtu": "1500"}, spec.INVALID_CONFIG, "mtu"),
+    ({"mtu": True}, spec.INVALID_CONFIG, "mtu"),
+    ({"endpoint_addr": "127.0.0.1:5000"}, 7, "give the endpoint service's unix socket"),
     ({"ipam": {"type": "host-local"}}, spec.INVALID_CONFIG, "\"host-local\" cannot be used"),
     ({"ipam": {"type": "calico-ipam", "assign_ipv4": "yes"}}, 7, "assign_ipv4"),
     ({"ipam": {"type": "calico-ipam", "ipv4_pools": ["fd80::/64"]}}, 7, "not an IPv4 CIDR"),
@@ -99,3 +106,10 @@ def test_calico_ipam_reads_its_section_then_the_plugin():
     assert error(config.calico_ipam, {"name": "net", "type": "ptp"}, ENV).code == 7
     conf["ipam"]["routes"] = [{"dst": "nowhere"}]
     assert "routes" in error(config.calico_ipam, conf, ENV).msg
+
+
+def test_del_needs_the_endpoint_service_on_a_unix_socket():
+    conf = calico(nodename="h1", endpoint_addr="127.0.0.1:5000", mtu=70000)
+    assert error(config.calico_services, conf).code == spec.INVALID_CONFIG
+    assert config.calico_services(dict(conf, endpoint_addr="unix:/x/ep.sock")).endpoint_json == \
+        "/x/ep.json.sock"

@@ -283,3 +283,95 @@ def test_a_retried_add_gets_the_same_endpoint(world):
     assert allocated(ipam) == 2
     with pytest.raises(AlreadyExists, match="already been configured"):
         add(manager, auto_ipv4=1, profile_ids=["web"])
+
+
+# MTU.
+
+def test_mtu_is_recorded_applied_and_kept_by_reconcile(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1, auto_ipv6=1, mtu=1400)
+    assert ep.mtu == 1400 and manager.get(ep.endpoint_id).mtu == 1400
+    assert store.json(keys.endpoint("node-1", "netns", "wl1", ep.endpoint_id))["mtu"] == 1400
+    assert dataplane.interfaces[ep.host_interface]["mtu"] == 1400
+    dataplane.interfaces[ep.host_interface]["mtu"] = 9000      # changed behind our back
+    manager.reconcile()
+    assert dataplane.interfaces[ep.host_interface]["mtu"] == 1400
+    # A retry must ask for the same MTU; another MTU is another request.
+    assert add(manager, auto_ipv4=1, auto_ipv6=1, mtu=1400) == ep
+    with pytest.raises(AlreadyExists, match="already been configured"):
+        add(manager, auto_ipv4=1, auto_ipv6=1, mtu=1500)
+
+
+def test_mtu_zero_is_the_kernel_default_and_not_enforced(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1)
+    assert ep.mtu == 0 and dataplane.interfaces[ep.host_interface]["mtu"] == 1500
+    dataplane.interfaces[ep.host_interface]["mtu"] = 9000
+    manager.reconcile()
+    assert dataplane.interfaces[ep.host_interface]["mtu"] == 9000
+
+
+def test_a_record_from_before_mtu_existed_still_matches_its_retry(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1)
+    key = keys.endpoint("node-1", "netns", "wl1", ep.endpoint_id)
+    old = {k: v for k, v in store.json(key).items() if k != "mtu"}
+    store.commit(Txn().update(store.get(key), old))
+    assert add(manager, auto_ipv4=1) == ep
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(auto_ipv4=1, mtu=67), "Invalid mtu 67: give 68 to 65535, or 0 for the kernel's "
+                                "default"),
+    (dict(auto_ipv4=1, mtu=65536), "Invalid mtu 65536"),
+    (dict(auto_ipv4=1, mtu=-1), "Invalid mtu -1"),
+    (dict(auto_ipv6=1, mtu=1279), "mtu 1279 is too small for IPv6 addresses"),
+    (dict(ips=["fd00::5"], mtu=576), "mtu 576 is too small for IPv6"),
+])
+def test_bad_mtu_changes_nothing(world, kw, message):
+    store, ipam, dataplane, manager = world
+    before = dict(store.data)
+    with pytest.raises(InvalidArgument, match=message):
+        add(manager, **kw)
+    assert store.data == before and not dataplane.interfaces and allocated(ipam) == 0
+
+
+def test_small_mtu_refuses_a_later_ipv6_address(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1, mtu=576)
+    assert dataplane.interfaces[ep.host_interface]["mtu"] == 576
+    with pytest.raises(InvalidArgument, match="too small for IPv6"):
+        manager.add_address("netns", "wl1", "eth0", auto_ipv6=1)
+    assert manager.get(ep.endpoint_id).ips == ep.ips and allocated(ipam) == 1
+
+
+def test_detached_endpoint_gets_the_mtu(world):
+    store, ipam, dataplane, manager = world
+    ipam.assign_ip("10.0.0.7", "node-1/docker-ipam/10.0.0.7", "node-1", {})
+    ep = add(manager, orchestrator="docker", workload_id="e1", netns_path="",
+             peer_name="tmpe1", ips=["10.0.0.7"], ips_preassigned=True, mtu=1450)
+    assert ep.mtu == 1450 and dataplane.interfaces[ep.host_interface]["mtu"] == 1450
+
+
+def test_a_reused_pid_path_is_not_the_stopped_workload(world):
+    store, ipam, dataplane, manager = world
+    dataplane.namespaces["/proc/7/ns/net"] = {"lo"}
+    ep = add(manager, netns_path="/proc/7/ns/net", auto_ipv4=1, persistent=True)
+    # The workload stops; pid 7 is reused by a process in another namespace.
+    dataplane.stop_workload("/proc/7/ns/net")
+    dataplane.namespaces["/proc/7/ns/net"] = {"lo", "eth0"}
+    dataplane.ids["/proc/7/ns/net"] = "the host"
+    manager.reconcile()
+    assert ep.host_interface not in dataplane.interfaces      # nothing put in there
+    dataplane.namespaces["/proc/8/ns/net"] = {"lo"}
+    again = add(manager, netns_path="/proc/8/ns/net", auto_ipv4=1, persistent=True)
+    assert again.ips == ep.ips and again.netns == "/proc/8/ns/net"
+
+
+def test_preassigned_address_of_another_endpoint_is_refused(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, ips=["10.0.0.5"])
+    with pytest.raises(AlreadyExists, match=f"belongs to endpoint {ep.endpoint_id}"):
+        add(manager, orchestrator="docker", workload_id="e9", netns_path="",
+            peer_name="tmpe9", ips=["10.0.0.5"], ips_preassigned=True)
+    assert len(manager.list()) == 1

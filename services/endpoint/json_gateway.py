@@ -1,0 +1,241 @@
+"""The endpoint service's RPCs as JSON over HTTP/1.1, on a unix socket next to its gRPC one.
+
+gRPC-JSON transcoding in its simplest form, for local clients that start a
+process per call (the CNI plugin), to which importing grpc and protobuf would
+cost more than the call itself::
+
+    POST /calico.endpoint.v1.EndpointService/<Method> HTTP/1.1
+    Content-Length: ...
+
+    <the request message in the proto3 JSON mapping>
+
+The body (whatever its Content-Type) is parsed by
+``google.protobuf.json_format`` (field names as in the proto, or their
+lowerCamelCase JSON names; an unknown field is an error; an empty body is
+the empty message). The answer is ``200`` with the response message as JSON
+(field names as in the proto; fields at their default value left out, as the
+mapping says), or another status with ``{"code": "<gRPC status name>",
+"message": "..."}``: the status the gRPC server would have given, and the
+HTTP status grpc-gateway gives it (``HTTP_STATUS``). An unknown method is
+404 ``UNIMPLEMENTED``; a body that is not JSON of the request message is 400
+``INVALID_ARGUMENT``.
+
+No logic of its own: a call runs the same ``EndpointServicer`` method, over
+the same ``EndpointManager``, as the gRPC server, and a domain error becomes a
+status in the same place (``calicopy.rpc.maps_errors`` and ``status_for``):
+the context handed to the servicer raises ``CallFailed`` where gRPC's would
+end the RPC. The socket's path is ``calicopy.config.endpoint_json_socket`` of
+the gRPC address, so every caller finds it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socketserver
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler
+
+import grpc
+from google.protobuf import json_format
+
+from calico.endpoint.v1 import endpoint_pb2
+from services.endpoint.endpoints import EndpointManager
+from services.endpoint.servicer import EndpointServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE = endpoint_pb2.DESCRIPTOR.services_by_name["EndpointService"]
+PATH_PREFIX = f"/{SERVICE.full_name}/"
+MAX_BODY = 1 << 20
+MAX_CONCURRENT = 16         # as many calls at once as the gRPC server's workers
+IDLE_TIMEOUT = 60.0         # seconds a kept-alive connection may wait for its next request
+POLL = 0.1                  # seconds a stop waits at most for the accept loop to notice
+
+S = grpc.StatusCode
+#: gRPC status -> HTTP status, as grpc-gateway maps them; anything else is 500.
+HTTP_STATUS = {
+    S.OK: 200, S.INVALID_ARGUMENT: 400, S.FAILED_PRECONDITION: 400, S.OUT_OF_RANGE: 400,
+    S.UNAUTHENTICATED: 401, S.PERMISSION_DENIED: 403, S.NOT_FOUND: 404,
+    S.ALREADY_EXISTS: 409, S.ABORTED: 409, S.RESOURCE_EXHAUSTED: 429, S.CANCELLED: 499,
+    S.UNIMPLEMENTED: 501, S.UNAVAILABLE: 503, S.DEADLINE_EXCEEDED: 504,
+}
+
+
+class CallFailed(Exception):
+    """A call ended with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.http_status = http_status or HTTP_STATUS.get(code, 500)
+
+
+class _Context:
+    """The part of ``grpc.ServicerContext`` the servicer uses: ``abort``,
+    which here raises instead of ending an RPC."""
+
+    @staticmethod
+    def abort(code: grpc.StatusCode, details: str):
+        raise CallFailed(code, details)
+
+
+class JsonGateway:
+    """Serves ``SERVICE``'s methods of an ``EndpointServicer`` on ``path``."""
+
+    def __init__(self, path: str, manager: EndpointManager):
+        self.path = path
+        servicer = EndpointServicer(manager)
+        # Method name -> (the servicer's method, its request class).
+        self._methods = {m.name: (getattr(servicer, m.name),
+                                  getattr(endpoint_pb2, m.input_type.name))
+                         for m in SERVICE.methods}
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._stopping = False
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # One call, without HTTP: what tests and the handler use -----------------------
+
+    def call(self, url_path: str, body: bytes) -> tuple[int, bytes]:
+        """(HTTP status, JSON body) for a POST of ``body`` to ``url_path``."""
+        try:
+            response = self._call(url_path, body)
+            status, answer = 200, json_format.MessageToDict(
+                response, preserving_proto_field_name=True)
+        except CallFailed as failed:
+            status, answer = failed.http_status, {"code": failed.code.name,
+                                                  "message": failed.message}
+        return status, json.dumps(answer, separators=(",", ":")).encode()
+
+    def _call(self, url_path: str, body: bytes):
+        name = url_path[len(PATH_PREFIX):] if url_path.startswith(PATH_PREFIX) else None
+        if name not in self._methods:
+            raise CallFailed(S.UNIMPLEMENTED, f"Unknown method {url_path}: POST to "
+                             f"{PATH_PREFIX}<method>, one of "
+                             f"{', '.join(sorted(self._methods))}.", 404)
+        method, request_class = self._methods[name]
+        request = request_class()
+        try:
+            data = json.loads(body.decode()) if body.strip() else {}
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, not {type(data).__name__}")
+            json_format.ParseDict(data, request)
+        except (ValueError, json_format.ParseError) as exc:   # UnicodeDecodeError too
+            raise CallFailed(S.INVALID_ARGUMENT, f"Invalid {request_class.DESCRIPTOR.name} in "
+                             f"the body: {exc}") from None
+        with self._slots:
+            return method(request, _Context())
+
+    # Serving ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (replacing a socket a previous run left) and serve in a thread."""
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self._server = _Server(self.path, _Handler)
+        self._server.gateway = self
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL,),
+                                        name="json-gateway", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let calls in flight finish for up to ``grace``
+        seconds, then close and remove the socket."""
+        if self._server is None:
+            return
+        self._stopping = True       # kept-alive connections get no more calls
+        self._server.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
+        self._server.server_close()
+        self._server = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _enter(self) -> bool:
+        """Count a call in; False once stopping."""
+        with self._idle:
+            if self._stopping:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True       # an idle kept-alive connection must not hold up a stop
+    gateway: JsonGateway
+
+    def handle_error(self, request, client_address) -> None:
+        # In the log, not on stderr (socketserver's default); a client gone or
+        # too slow mid-request needs no traceback.
+        exc = sys.exc_info()[1]
+        log.warning("JSON request dropped: %r", exc, exc_info=not isinstance(exc, OSError))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "calico-endpoint-json"
+    timeout = IDLE_TIMEOUT
+
+    def do_POST(self) -> None:
+        gateway = self.server.gateway
+        if not gateway._enter():
+            self.close_connection = True
+            self._answer(*self._failure(S.UNAVAILABLE, "The endpoint service is stopping.", 503))
+            return
+        try:
+            status, body = self._post(gateway)
+        finally:
+            gateway._leave()
+        self._answer(status, body)
+
+    def _post(self, gateway: JsonGateway) -> tuple[int, bytes]:
+        # No Content-Length (and not chunked): no body, as HTTP/1.1 says.
+        length = self.headers.get("Content-Length", "0").strip()
+        if self.headers.get("Transfer-Encoding") or not length.isdigit():
+            self.close_connection = True
+            return self._failure(S.INVALID_ARGUMENT, "Give the body with its Content-Length "
+                                 "(not chunked).", 411)
+        length = int(length)
+        if length > MAX_BODY:
+            self.close_connection = True
+            return self._failure(S.RESOURCE_EXHAUSTED,
+                                 f"The body is larger than {MAX_BODY} bytes.", 413)
+        return gateway.call(self.path, self.rfile.read(length))
+
+    @staticmethod
+    def _failure(code: grpc.StatusCode, message: str, http_status: int) -> tuple[int, bytes]:
+        return http_status, json.dumps({"code": code.name, "message": message},
+                                       separators=(",", ":")).encode()
+
+    def _not_post(self) -> None:
+        self._answer(*self._failure(S.UNIMPLEMENTED, f"{self.command} is not served: POST "
+                                    "the request message as JSON.", 405),
+                     {"Allow": "POST"})
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = _not_post
+
+    def _answer(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:     # noqa: A002 (the base's name)
+        # Not to stderr, and without the client address (a unix socket has none).
+        log.debug("%s", format % args)
