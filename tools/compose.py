@@ -35,13 +35,14 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tools import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ROOT = Path("/run/calico-py/compose")           # sockets, pids (short paths)
@@ -174,14 +175,14 @@ class PrivateEngine:
 
     def stop(self, timeout: float = 20.0) -> None:
         pid = self.pid()
-        cgroups = _cgroup_dirs(pid or "self", self.cgroup_parent)
+        cgroups = processes.cgroup_dirs(pid or "self", self.cgroup_parent)
         if pid:
-            _terminate(pid, timeout)
+            processes.stop(pid, timeout)
         # A dockerd killed without its clean-up leaves containerd, shims and
         # container processes: found by the folder they name, and by cgroup.
         for other in _processes_naming(str(self.dir) + "/"):
-            _kill(other)
-        _remove_cgroups(cgroups)
+            processes.kill(other)
+        processes.remove_cgroups(cgroups)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def clear(self) -> None:
@@ -222,35 +223,6 @@ class PrivateEngine:
         shutil.rmtree(self.data_root, ignore_errors=True)
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM, then SIGKILL; the process may not be our child."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return
-            if state == "Z":
-                return
-        time.sleep(0.1)
-    _kill(pid)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _processes_naming(prefix: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -264,56 +236,6 @@ def _processes_naming(prefix: str) -> list[int]:
             found.append(int(entry))
     return found
 
-
-def _cgroup_dirs(pid: int | str, parent: str) -> list[Path]:
-    """The cgroup parent in every hierarchy: dockerd gives runc a relative
-    parent, which lands under dockerd's own cgroup of each hierarchy."""
-    mounts: dict[str, str] = {}
-    try:
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            _, point, fstype, options = line.split()[:4]
-            if fstype == "cgroup2":
-                mounts.setdefault("", point)
-            elif fstype == "cgroup":
-                for option in options.split(","):
-                    mounts.setdefault(option, point)
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return []
-    dirs = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        point = mounts.get(controllers.split(",")[0])
-        if point:
-            dirs.append(Path(point + path.rstrip("/")) / parent)
-    return dirs
-
-
-def _remove_cgroups(dirs: list[Path], timeout: float = 5.0) -> None:
-    """Kill what is left in these cgroup trees, then remove them, deepest first."""
-    for top in dirs:
-        for path, _, _ in os.walk(top):
-            try:
-                for pid in Path(path, "cgroup.procs").read_text().split():
-                    _kill(int(pid))
-            except OSError:
-                continue
-    deadline = time.monotonic() + timeout
-    for top in dirs:
-        for path, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            while True:
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
-
-
-# Talking to an engine -----------------------------------------------------
 
 class Stack:
     """The compose project ``project`` (default: COMPOSE_PROJECT_NAME, else

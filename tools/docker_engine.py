@@ -30,14 +30,12 @@ import functools
 import io
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
-from tools import launch
+from tools import launch, processes
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"          # not /usr/local/bin/docker: another client
@@ -180,7 +178,7 @@ class Engine:
         self.proc = launch.spawn(argv, self.log, env=_DOCKERD_ENV)
         launch.wait_until(f"dockerd of {self.name}", self.ping, self.proc, self.log,
                           timeout=timeout)
-        self.cgroups = _cgroup_dirs(self.proc.pid, self.cgroup_parent)
+        self.cgroups = processes.cgroup_dirs(self.proc.pid, self.cgroup_parent)
 
     def ping(self) -> bool:
         """Whether the engine's API answers ``GET /_ping``."""
@@ -289,99 +287,15 @@ def _remove_engine(folder: Path, cgroups: list[Path] | None = None) -> None:
     dockerds = [pid for pid, argv in procs if argv[0].endswith("dockerd")]
     if cgroups is None:
         try:
-            cgroups = _cgroup_dirs(dockerds[0] if dockerds else "self",
+            cgroups = processes.cgroup_dirs(dockerds[0] if dockerds else "self",
                                    f"{CGROUP_PREFIX}{name}")
         except OSError:             # that dockerd just went
-            cgroups = _cgroup_dirs("self", f"{CGROUP_PREFIX}{name}")
-    _kill_cgroup_members(cgroups)   # else dockerd waits for them to stop
+            cgroups = processes.cgroup_dirs("self", f"{CGROUP_PREFIX}{name}")
+    processes.kill_cgroup_members(cgroups)   # else dockerd waits for them to stop
     for pid in dockerds:
-        _stop(pid)
+        processes.stop(pid)
     for pid, argv in procs:
         if pid not in dockerds:
-            _kill(pid)
-    _remove_cgroups(cgroups)
+            processes.kill(pid)
+    processes.remove_cgroups(cgroups)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stop(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL: for a process that may not be our child, which
-    counts as gone once it is a zombie (its parent may be slow to reap it)."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            if _gone(pid):
-                return
-        time.sleep(0.05)
-    _kill(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _cgroup_dirs(pid: int | str, parent: str) -> list[Path]:
-    """The engine's cgroup parent in every hierarchy: dockerd gives runc a
-    relative parent, which lands under dockerd's own cgroup of each hierarchy."""
-    mounts: dict[str, str] = {}
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _, point, fstype, options = line.split()[:4]
-        if fstype == "cgroup2":
-            mounts.setdefault("", point)
-        elif fstype == "cgroup":
-            for option in options.split(","):     # controllers, or name=systemd
-                mounts.setdefault(option, point)
-    dirs = []
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        point = mounts.get(controllers.split(",")[0])
-        if point:
-            dirs.append(Path(point + path.rstrip("/")) / parent)
-    return dirs
-
-
-def _kill_cgroup_members(dirs: list[Path]) -> None:
-    for top in dirs:
-        for path, _, _ in os.walk(top):
-            try:
-                pids = Path(path, "cgroup.procs").read_text().split()
-            except OSError:
-                continue
-            for pid in pids:
-                _kill(int(pid))
-
-
-def _remove_cgroups(dirs: list[Path], timeout: float = 5.0) -> None:
-    """Kill any process still in these cgroup trees, then remove them,
-    deepest first (a cgroup goes only once its processes are gone)."""
-    _kill_cgroup_members(dirs)
-    deadline = time.monotonic() + timeout
-    for top in dirs:
-        for path, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            while True:
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)

@@ -7,7 +7,6 @@ stopped by the PID we recorded, never by name.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Callable
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import DatastoreUnavailable
 from calicopy.rpc import check_health
+from tools import processes
 
 
 def free_port() -> int:
@@ -37,26 +37,10 @@ def spawn(argv: list[str], log: Path, env: dict | None = None,
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``; quiet if it is already gone."""
+    processes.stop(pid, timeout)
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            # Not our child (started by an earlier `make up`): poll for it.
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
+        os.waitpid(pid, 0)      # reap it if it was our child
+    except ChildProcessError:
         pass
 
 
