@@ -14,6 +14,7 @@ containerd, its shims and containers go in the fixtures' ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -567,6 +568,10 @@ class Containerd:
 
     def _start(self, conflist: dict) -> None:
         (self.dir / "m").mkdir()
+        # The shims' socket folder is mounted over; a machine whose containerd
+        # never ran has no such folder. Made here, removed again in close().
+        self.made_run_dir = not os.path.isdir("/run/containerd")
+        os.makedirs("/run/containerd", exist_ok=True)
         (self.dir / "10-calico.conflist").write_text(json.dumps(conflist))
         (self.dir / "config.toml").write_text(_CONTAINERD_TOML.format(t=self.dir))
         rootfs = self.dir / "rootfs" / "bin"
@@ -619,6 +624,9 @@ class Containerd:
             finally:
                 self._kill_leftovers()
                 launch.stop_pid(self.proc.pid)
+        if getattr(self, "made_run_dir", False):
+            with contextlib.suppress(OSError):
+                os.rmdir("/run/containerd")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _kill_leftovers(self) -> None:
