@@ -14,14 +14,14 @@ import socket
 import sys
 import time
 
-import grpc
 from pyroute2 import IPRoute
 
 from common import control_plane, percentile
 from calico.bgp.v1 import bgp_pb2, bgp_pb2_grpc
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from services.endpoint import netns
+from calicopy import netns
+from calicopy import rpc
 from tools import launch
 from tools.lab import Lab, Namespace
 
@@ -71,7 +71,7 @@ def run(n: int, mode: str, tmp, etcd_unix, ipam_unix, bgp_unix) -> dict:
                 raise RuntimeError(f"BGP sessions did not come up ({n} hosts, {mode})")
             time.sleep(0.5)
         sessions = n * (n - 1) // 2 if mode == "mesh" else n
-        stubs = [endpoint_pb2_grpc.EndpointServiceStub(grpc.insecure_channel(h.endpoint_addr))
+        stubs = [endpoint_pb2_grpc.EndpointServiceStub(rpc.channel(h.endpoint_addr))
                  for h in hosts]
         routers = [IPRoute(fileno=netns.netlink_socket(h.ns.path).detach()) for h in hosts]
         times = []
@@ -105,14 +105,14 @@ def main() -> int:
         bgp = launch.start_service("services.bgp", bgp_tcp, etcd_tcp, tmp / "bgp.log",
                                    unix=bgp_unix)
         try:
-            with grpc.insecure_channel(ipam_tcp) as ch:
+            with rpc.channel(ipam_tcp) as ch:
                 ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
                     pool=ipam_pb2.Pool(cidr="10.150.0.0/16", block_size=32)), timeout=10)
             for n in (3, 10):
                 for mode in ("mesh", "rr"):
                     rows.append(run(n, mode, tmp, etcd_unix, ipam_unix, bgp_unix))
                     # The next run starts from the default settings again.
-                    with grpc.insecure_channel(bgp_tcp) as ch:
+                    with rpc.channel(bgp_tcp) as ch:
                         stub = bgp_pb2_grpc.BgpServiceStub(ch)
                         stub.SetBgpConfig(bgp_pb2.SetBgpConfigRequest(node_mesh=True), timeout=10)
                         for peer in stub.ListPeers(bgp_pb2.ListPeersRequest(), timeout=10).peers:

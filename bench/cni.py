@@ -29,10 +29,10 @@ import statistics
 import sys
 import threading
 
-import grpc
 
 from common import ROOT, control_plane, percentile
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy.rpc import channel
 from cni.invoke import invoke
 from tools import launch
 from tools.lab import Lab, Namespace
@@ -126,7 +126,7 @@ def main() -> int:
         policy_tcp, policy_unix = f"127.0.0.1:{launch.free_port()}", f"unix:{tmp}/policy.sock"
         policy = launch.start_service("services.policy", policy_tcp, etcd_tcp,
                                       tmp / "policy.log", unix=policy_unix)
-        with grpc.insecure_channel(ipam_tcp) as ch:
+        with channel(ipam_tcp) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
                 pool=ipam_pb2.Pool(cidr=POOL)), timeout=10)
         Lab.remove_leftovers(PREFIX)

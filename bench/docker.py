@@ -37,10 +37,10 @@ import subprocess
 import sys
 import time
 
-import grpc
 
 from common import control_plane, percentile
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy import rpc
 from tools import launch
 from tools.docker_engine import IMAGE
 from tools.icmp import Pinger
@@ -145,7 +145,7 @@ def main() -> int:
                 services.append(launch.start_service(
                     module, f"127.0.0.1:{launch.free_port()}", etcd_tcp,
                     tmp / f"{module}.log", unix=unix))
-            with grpc.insecure_channel(ipam_tcp) as ch:
+            with rpc.channel(ipam_tcp) as ch:
                 ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(
                     ipam_pb2.CreatePoolRequest(pool=ipam_pb2.Pool(cidr=POOL)), timeout=10)
             lab = Lab(tmp / "lab", etcd_unix, ipam_unix, prefix=PREFIX, bgp=bgp_unix,

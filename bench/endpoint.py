@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 
-import grpc
 
 from common import control_plane, percentile
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy import rpc
 from tools.icmp import Pinger
 from tools.lab import Lab, Namespace
 
@@ -51,7 +51,7 @@ def row(name, values):
 
 def main() -> int:
     with control_plane("endpoint") as (tmp, _, etcd_unix, ipam_tcp, ipam_unix):
-        with grpc.insecure_channel(ipam_tcp) as ch:
+        with rpc.channel(ipam_tcp) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
                 pool=ipam_pb2.Pool(cidr="10.140.0.0/16")), timeout=10)
         Lab.remove_leftovers("benchep")
@@ -60,7 +60,7 @@ def main() -> int:
             host = lab.add_host("bench-host")
             names = [Namespace(lab, f"benchep-s{i}") for i in range(SEQUENTIAL)]
             parallel = [Namespace(lab, f"benchep-c{i}") for i in range(CONCURRENT)]
-            channel = grpc.insecure_channel(host.endpoint_addr)
+            channel = rpc.channel(host.endpoint_addr)
             stub = endpoint_pb2_grpc.EndpointServiceStub(channel)
             pinger = Pinger(host.ns.path)
 

@@ -13,10 +13,10 @@ import json
 import subprocess
 import sys
 
-import grpc
 
 from common import ROOT, control_plane, percentile
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy import rpc
 
 PER_CLIENT = {1: 600, 8: 150}
 
@@ -45,7 +45,7 @@ def run_clients(addr: str, clients: int, run_id: str) -> dict:
 
 def main() -> int:
     with control_plane("ipam") as (_, _, _, addr, _):
-        with grpc.insecure_channel(addr) as ch:
+        with rpc.channel(addr) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(
                 ipam_pb2.CreatePoolRequest(pool=ipam_pb2.Pool(cidr="10.128.0.0/16")),
                 timeout=10)

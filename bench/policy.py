@@ -23,7 +23,7 @@ from common import control_plane, percentile
 from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import Txn
-from services.endpoint.model import ACTIVE, Endpoint, endpoint_id
+from calicopy.model.endpoint import ACTIVE, Endpoint, endpoint_id
 from tools import launch
 from tools.lab import Lab, Namespace
 

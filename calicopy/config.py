@@ -14,6 +14,8 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
+from calicopy.node_paths import NodePaths, json_socket
+
 
 class ConfigError(ValueError):
     pass
@@ -161,13 +163,18 @@ DOCKER_PLUGIN_DIR = Param(
     "Docker plugin folder", "where the node puts the Docker plugin socket (calico.sock)",
     "/run/docker/plugins", ("CALICO_DOCKER_PLUGIN_DIR",), parse_path)
 
+#: The Docker plugin's socket in DOCKER_PLUGIN_DIR (Docker finds plugins by file name).
+DOCKER_PLUGIN_SOCKET = "calico.sock"
+
 PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, POLICY_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
           RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR)
 
 
-def node_dir(node: str, environ: Mapping[str, str] | None = None) -> str:
-    """The folder of one node's sockets, pids and logs."""
-    return f"{STATE_DIR.resolve(environ=environ)}/{node}"
+def node_paths(node: str | None = None, environ: Mapping[str, str] | None = None
+               ) -> NodePaths:
+    """The state folder layout of ``node`` (default: this node)."""
+    node = node or NODENAME.resolve(environ=environ)
+    return NodePaths(STATE_DIR.resolve(environ=environ), node)
 
 
 def endpoint_addr(explicit: str | None = None, node: str | None = None,
@@ -176,20 +183,18 @@ def endpoint_addr(explicit: str | None = None, node: str | None = None,
     environ = os.environ if environ is None else environ
     if explicit is not None or environ.get("CALICO_ENDPOINT_ADDR"):
         return ENDPOINT_ADDR.resolve(explicit, environ)
-    node = node or NODENAME.resolve(environ=environ)
-    return f"unix:{node_dir(node, environ)}/endpoint.sock"
+    return node_paths(node, environ).endpoint_addr
 
 
 def endpoint_json_socket(addr: str) -> str | None:
     """The unix socket on which the endpoint service whose gRPC address is
     ``addr`` also serves its RPCs as JSON (services/endpoint/json_gateway.py):
-    next to the gRPC socket, ``.sock`` becoming ``.json.sock``
-    (``<node dir>/endpoint.json.sock`` by default). None for a ``host:port``
-    address: the JSON mapping is for local clients, on unix sockets only."""
+    next to the gRPC socket (calicopy.node_paths.json_socket). None for a
+    ``host:port`` address: the JSON mapping is for local clients, on unix
+    sockets only."""
     if not addr.strip().startswith("unix:"):
         return None
-    path = parse_unix_socket(addr)
-    return f"{path.removesuffix('.sock')}.json.sock"
+    return json_socket(parse_unix_socket(addr))
 
 
 def describe() -> str:

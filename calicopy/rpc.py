@@ -1,8 +1,10 @@
 """gRPC plumbing shared by every service and client.
 
 Servers always serve ``grpc.health.v1`` and reflection; domain errors become
-status codes in exactly one place (``status_for``); clients always set a
-deadline.
+status codes in exactly one place (``status_for``) and back again in one
+place (``error_from_rpc``). Every Python client of a calico-py service goes
+through ``Client`` (its channel from ``channel``), so every call has a
+deadline and every connection is made the same way.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from concurrent import futures
 from typing import Callable, Iterable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from calicopy import errors
 
@@ -76,6 +76,9 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
     ``addr`` is one address or several (``host:port``, port 0 picks one, or
     ``unix:<path>``); the port bound for the first is returned.
     """
+    # Here, not at the top: clients (the CNI plugin) should not pay for them.
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     for add in register:
         add(server)
@@ -96,12 +99,14 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
     return server, ports[0]
 
 
-def channel(addr: str) -> grpc.Channel:
-    return grpc.insecure_channel(addr)
+def channel(target: str) -> grpc.Channel:
+    """The one way a calico-py process opens a channel to a service."""
+    return grpc.insecure_channel(target)
 
 
 def check_health(addr: str, service: str = "", timeout: float = 2.0) -> bool:
     """True when the server at ``addr`` reports SERVING for ``service``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     with channel(addr) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(
@@ -112,19 +117,30 @@ def check_health(addr: str, service: str = "", timeout: float = 2.0) -> bool:
 
 
 class Client:
-    """A stub for one service whose failures come back as domain errors (so a
-    caller that is itself a service passes status and message on)."""
+    """A stub for one service. ``call`` turns failures into domain errors (so a
+    caller that is itself a service passes status and message on);
+    ``invoke`` leaves them as ``grpc.RpcError`` for callers that word their
+    own messages per status code (calicoctl, the CNI plugin)."""
 
     def __init__(self, name: str, target: str, stub_class, timeout: float):
         self.name, self.target, self.timeout = name, target, timeout
-        self._channel = grpc.insecure_channel(target)
+        self._channel = channel(target)
         self._stub = stub_class(self._channel)
 
-    def call(self, method: str, request):
+    def invoke(self, method: str, request, timeout: float | None = None):
+        return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+
+    def call(self, method: str, request, timeout: float | None = None):
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return self.invoke(method, request, timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"{self.name} at {self.target}") from None
 
     def close(self) -> None:
         self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

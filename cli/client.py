@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from calicopy import config
+from calicopy import config, rpc
 from cli.errors import CliError
 
 
@@ -17,7 +17,7 @@ class RpcFailure(Exception):
 
 
 class Service:
-    """One service's stub plus what is needed to explain a failure."""
+    """One service's client plus what is needed to explain a failure."""
 
     def __init__(self, name: str, param: config.Param, stub_class, addr: str | None = None,
                  hint: str = "'make up' starts it."):
@@ -26,12 +26,11 @@ class Service:
         self.hint = hint
         self.addr = addr or param.resolve()
         self.timeout = config.RPC_TIMEOUT.resolve()
-        self._channel = grpc.insecure_channel(self.addr)
-        self._stub = stub_class(self._channel)
+        self._client = rpc.Client(name, self.addr, stub_class, self.timeout)
 
     def call(self, method: str, request):
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return self._client.invoke(method, request)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.UNAVAILABLE and not details.startswith("Error accessing"):

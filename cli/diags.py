@@ -25,7 +25,6 @@ from pathlib import Path
 from calicopy import config
 from calicopy.datastore import keys
 from calicopy.errors import Unavailable
-from cli import node
 
 COMMANDS = {
     "ip-addr.txt": ["ip", "addr"],
@@ -54,7 +53,8 @@ def _run(argv: list[str]) -> str:
 
 def run(args: dict) -> None:
     name = config.NODENAME.resolve(args["--name"])
-    folder = node.node_dir(name)
+    paths = config.node_paths(name)
+    folder = paths.dir
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(args["--output"] or "/tmp") / f"calico-diags-{name}-{stamp}.tar.gz"
     base = f"calico-diags-{name}-{stamp}"
@@ -64,7 +64,7 @@ def run(args: dict) -> None:
                 tar.add(file, f"{base}/node/{file.name}")
         for filename, argv in COMMANDS.items():
             _add(tar, f"{base}/{filename}", _run(argv))
-        ctl = folder / "bird.ctl"
+        ctl = paths.bird_ctl
         if ctl.exists():
             for what in ("protocols all", "route all"):
                 _add(tar, f"{base}/birdc-show-{what.split()[0]}.txt",

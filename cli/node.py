@@ -60,13 +60,9 @@ def run(args: dict) -> None:
         start(name, args["--ip"], args["--ip6"], args["--as"])
 
 
-def node_dir(name: str) -> Path:
-    return Path(config.node_dir(name))
-
-
 def supervisor_pid(name: str) -> int | None:
     from node.supervisor import running_pid
-    return running_pid(node_dir(name) / "node.pid", name)
+    return running_pid(config.node_paths(name).pid, name)
 
 
 def _local_addresses() -> set[str]:
@@ -103,21 +99,22 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
         changed = "its registration was updated" if resp.changed else "nothing changed"
         print(f"Calico node {name} is already running; {changed}.")
         return
-    folder = node_dir(name)
+    paths = config.node_paths(name)
+    folder = paths.dir
     folder.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
-    with open(folder / "supervisor.log", "ab") as log:
+    with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + START_WAIT
-    endpoint = config.endpoint_addr(node=name)
+    endpoint = paths.endpoint_addr
     # The supervisor starts the Docker plugin when the engine answers; so that
     # `docker network create` works as soon as we return, wait for it too.
     docker_sock = config.DOCKER_HOST.resolve()
-    plugin = (Path(config.DOCKER_PLUGIN_DIR.resolve()) / "calico.sock"
+    plugin = (Path(config.DOCKER_PLUGIN_DIR.resolve()) / config.DOCKER_PLUGIN_SOCKET
               if LocalEngine(docker_sock, real_socket(docker_sock)).available() else None)
-    while not (check_health(endpoint, timeout=0.5) and (folder / "bird.ctl").exists()
+    while not (check_health(endpoint, timeout=0.5) and paths.bird_ctl.exists()
                and (plugin is None or plugin.exists())):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise CliError(f"Calico node {name} did not start; see the logs in {folder}.")

@@ -36,7 +36,7 @@ from calico.policy.v1 import policy_pb2
 from cli import client, workloads
 from cli.errors import CliError
 from cli.output import table
-from services.policy.rules import NAME_RE, TAG_RE, parse_rules
+from calicopy.model.policy import NAME_RE, TAG_RE, parse_rules
 
 NAME_MESSAGE = ("Profile names must be <30 character long and can only contain numbers, "
                 "letters and underscores.")

@@ -22,23 +22,22 @@ from cli.output import table
 
 def run(args: dict) -> None:
     name = config.NODENAME.resolve(args["--name"])
-    folder = node.node_dir(name)
+    paths = config.node_paths(name)
     pid = node.supervisor_pid(name)
     if not pid:
         raise CliError(f"calico-node is not running on this host (node {name}).")
     print(f"calico-node {name} is running (supervisor pid {pid}).")
     try:
-        status = json.loads((folder / "status.json").read_text())
+        status = json.loads(paths.status.read_text())
     except (OSError, ValueError):
         status = {"children": {}}
     print(table(["Process", "State", "PID", "Restarts"],
                 [[name_, c["state"], c["pid"] or "-", c["restarts"]]
                  for name_, c in status["children"].items()]))
-    from node import birdctl
-    ctl = folder / "bird.ctl"
+    from node.bird import ctl
     try:
-        sessions = birdctl.sessions(str(ctl)) if ctl.exists() else None
-    except birdctl.BirdError as exc:
+        sessions = ctl.sessions(str(paths.bird_ctl)) if paths.bird_ctl.exists() else None
+    except ctl.BirdError as exc:
         raise CliError(f"BIRD did not answer: {exc}") from None
     if sessions is None:
         raise CliError("BIRD is not running yet.")

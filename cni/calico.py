@@ -127,7 +127,7 @@ class CalicoPlugin:
                                f"interface {env.ifname} is in progress.")
             if netcheck.same_namespace(ep.netns, env.netns):
                 return ep
-            from services.endpoint import netns
+            from calicopy import netns
             if netns.alive(ep.netns):
                 raise CniError(spec.IN_USE, f"Container {env.container_id} already has interface "
                                f"{env.ifname}, in the network namespace {ep.netns}.")

@@ -42,7 +42,7 @@ class CalicoIpamPlugin:
         cfg = config.calico_ipam(conf, env)
         from calico.ipam.v1 import ipam_pb2
         from cni.rpc import Clients, RpcFailure
-        from services.endpoint.model import IPV4_GATEWAY, IPV6_GATEWAY
+        from calicopy.model.endpoint import IPV4_GATEWAY, IPV6_GATEWAY
         node = cfg.services.nodename
         handle = handle_id(node, cfg.name, env.container_id, env.ifname)
         with Clients(cfg.services) as clients:

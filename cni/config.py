@@ -156,6 +156,7 @@ def _parsed(key: str, value: str, parse):
 def _services(sections: list[dict]) -> Services:
     """Explicit keys first, then calicopy.config's environment variables and defaults."""
     from calicopy import config as cc    # only now: its imports cost milliseconds
+    from calicopy.node_paths import NodePaths
     try:
         node = _text(sections, "nodename")
         node = _parsed("nodename", node, cc.parse_name) if node is not None \
@@ -166,7 +167,7 @@ def _services(sections: list[dict]) -> Services:
             endpoint = _parsed("endpoint_addr", endpoint, cc.parse_address)
         elif state_dir is not None:
             folder = _parsed("state_dir", state_dir, cc.parse_path)
-            endpoint = cc.parse_address(f"unix:{folder}/{node}/endpoint.sock")
+            endpoint = NodePaths(folder, node).endpoint_addr
         else:
             endpoint = cc.endpoint_addr(node=node)
         addrs = {}

@@ -17,10 +17,9 @@ from cni.spec import INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, CniErro
 def check_namespace(path: str) -> None:
     """Raise the CNI error for a ``CNI_NETNS`` that is gone (3) or is not a
     network namespace (4)."""
-    from services.endpoint import netns
-    from services.endpoint.errors import NotANamespace, WorkloadNotRunning
+    from calicopy.netns import NotANamespace, WorkloadNotRunning, check
     try:
-        netns.check(path, path)
+        check(path, path)
     except WorkloadNotRunning:
         raise CniError(UNKNOWN_CONTAINER, f"The network namespace {path} does not exist.",
                        "CNI_NETNS") from None

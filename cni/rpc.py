@@ -171,31 +171,31 @@ class Clients:
 
     def __init__(self, services: Services):
         self.services = services
-        self._open: dict[str, tuple] = {}
+        self._open: dict = {}
 
-    def _stub(self, name: str):
+    def _client(self, name: str):
         if name not in self._open:
             import importlib
 
-            import grpc
+            from calicopy.rpc import Client
             label, attr, module, stub = self._SERVICES[name]
-            target = getattr(self.services, attr)
-            channel = grpc.insecure_channel(target)
-            self._open[name] = (channel, getattr(importlib.import_module(module), stub)(channel),
-                                label, target)
+            self._open[name] = Client(label, getattr(self.services, attr),
+                                      getattr(importlib.import_module(module), stub),
+                                      self.services.timeout)
         return self._open[name]
 
     def call(self, service: str, method: str, request):
         import grpc
-        _, stub, label, target = self._stub(service)
+        client = self._client(service)
         try:
-            return getattr(stub, method)(request, timeout=self.services.timeout)
+            return client.invoke(method, request)
         except grpc.RpcError as exc:
-            raise RpcFailure(exc.code().name, exc.details() or "", label, target) from None
+            raise RpcFailure(exc.code().name, exc.details() or "", client.name,
+                             client.target) from None
 
     def close(self) -> None:
-        for channel, *_ in self._open.values():
-            channel.close()
+        for client in self._open.values():
+            client.close()
         self._open.clear()
 
     def __enter__(self):

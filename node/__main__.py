@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from docopt import docopt
 
@@ -27,37 +26,30 @@ from node.supervisor import Child, Supervisor
 POLICY_WAIT = 10   # seconds an add may wait for the policy agent
 
 
-def paths(node_dir: Path) -> dict[str, Path]:
-    return {"bird_conf": node_dir / "bird.conf", "bird_ctl": node_dir / "bird.ctl",
-            "bird_pid": node_dir / "bird.pid", "status": node_dir / "status.json",
-            "pid": node_dir / "node.pid", "endpoint": node_dir / "endpoint.sock"}
-
-
 def main(argv=None) -> int:
     args = docopt(__doc__, argv)
     name = args["--name"]
-    node_dir = Path(config.node_dir(name))
-    node_dir.mkdir(parents=True, exist_ok=True)
+    p = config.node_paths(name)
+    p.dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    p = paths(node_dir)
-    p["pid"].write_text(str(os.getpid()))
+    p.pid.write_text(str(os.getpid()))
     python = sys.executable
     env = {"CALICO_NODENAME": name}
     endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
-                     f"--listen=unix:{p['endpoint']}", f"--policy-wait={POLICY_WAIT}"] + \
+                     f"--listen={p.endpoint_addr}", f"--policy-wait={POLICY_WAIT}"] + \
         (["--no-ipv6"] if args["--no-ipv6"] else [])
-    bird_argv = ["bird", "-f", "-c", str(p["bird_conf"]), "-s", str(p["bird_ctl"]),
-                 "-P", str(p["bird_pid"])]
+    bird_argv = ["bird", "-f", "-c", str(p.bird_conf), "-s", str(p.bird_ctl),
+                 "-P", str(p.bird_pid)]
     children = [
         # The policy agent first: endpoints must never be up without their policy.
         Child("policy agent", [python, "-m", "node.policy", f"--name={name}"],
-              node_dir / "policy.log", env),
-        Child("endpoint service", endpoint_argv, node_dir / "endpoint.log", env),
-        Child("bird renderer", [python, "-m", "node.renderer", f"--name={name}",
-                                f"--config={p['bird_conf']}", f"--ctl={p['bird_ctl']}"],
-              node_dir / "renderer.log", env),
-        Child("bird", bird_argv, node_dir / "bird.log", needs_file=p["bird_conf"],
+              p.log("policy"), env),
+        Child("endpoint service", endpoint_argv, p.log("endpoint"), env),
+        Child("bird renderer", [python, "-m", "node.bird", f"--name={name}",
+                                f"--config={p.bird_conf}", f"--ctl={p.bird_ctl}"],
+              p.log("renderer"), env),
+        Child("bird", bird_argv, p.log("bird"), needs_file=p.bird_conf,
               # After a crash: graceful-restart recovery, so BIRD keeps the routes
               # it left in the kernel until its peers have re-sent theirs.
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
@@ -71,17 +63,17 @@ def main(argv=None) -> int:
         children += [
             Child("docker plugin", [python, "-m", "node.docker_plugin", f"--name={name}",
                                     f"--plugin-dir={plugin_dir}"],
-                  node_dir / "docker-plugin.log", env),
+                  p.log("docker-plugin"), env),
             # The CALICO_IP proxy serves DOCKER_HOST only while the engine
             # listens on the alternative socket, and watches the engine either
             # way (see node/docker_proxy).
             Child("docker proxy", [python, "-m", "node.docker_proxy", f"--name={name}",
                                    f"--listen={docker_sock}"],
-                  node_dir / "docker-proxy.log", env)]
+                  p.log("docker-proxy"), env)]
     stop = stop_event()
-    logging.getLogger("calico-node").info("node %s starting in %s", name, node_dir)
-    Supervisor(children, p["status"]).run(stop)
-    p["pid"].unlink(missing_ok=True)
+    logging.getLogger("calico-node").info("node %s starting in %s", name, p.dir)
+    Supervisor(children, p.status).run(stop)
+    p.pid.unlink(missing_ok=True)
     return 0
 
 

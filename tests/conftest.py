@@ -18,6 +18,7 @@ import pytest
 
 from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
+from calicopy import rpc
 from services.ipam.allocator import Ipam
 from services.ipam.server import create_server
 from tools import launch
@@ -127,10 +128,9 @@ class IpamClient:
     """A thin test client: keyword arguments in, response message out."""
 
     def __init__(self, addr):
-        import grpc
         from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
         self.pb = ipam_pb2
-        self.channel = grpc.insecure_channel(addr)
+        self.channel = rpc.channel(addr)
         self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
 
     _ACRONYMS = {"assign_ip": "AssignIP", "release_ips": "ReleaseIPs"}

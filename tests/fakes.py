@@ -107,7 +107,7 @@ class FakeDataplane:
         return set(self.interfaces)
 
     def check_workload(self, path, workload):
-        from services.endpoint.errors import WorkloadNotRunning
+        from calicopy.netns import WorkloadNotRunning
         if path not in self.namespaces:
             raise WorkloadNotRunning(workload)
 

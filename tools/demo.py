@@ -29,6 +29,7 @@ import grpc
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy import config
+from calicopy import rpc
 from tools import stack
 from node.supervisor import running_pid
 from tools import docker_engine, launch
@@ -61,7 +62,7 @@ def ipam_story() -> None:
     step(f"Defining the pools {POOL} and {POOL6}")
     calicoctl("pool", "add", POOL, "--nat-outgoing")
     calicoctl("pool", "add", POOL6)
-    with grpc.insecure_channel(config.IPAM_ADDR.resolve()) as ch:
+    with rpc.channel(config.IPAM_ADDR.resolve()) as ch:
         ipam = ipam_pb2_grpc.IpamServiceStub(ch)
         for name, count in HOSTS.items():
             step(f"Allocating {count} addresses for {name} over gRPC (AutoAssign)")

@@ -2,7 +2,7 @@
 
 Benchmarks time "added -> reachable" in milliseconds; starting a ping process
 per probe would cost more than what is measured. A raw ICMP socket opened in
-the namespace (see services.endpoint.netns) is reused for every probe.
+the namespace (see calicopy.netns) is reused for every probe.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 
-from services.endpoint.netns import socket_in
+from calicopy.netns import socket_in
 
 
 def _checksum(data: bytes) -> int:

@@ -22,12 +22,13 @@ import time
 import grpc
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy import rpc
 
 
 def allocate_until(addr: str, host: str, handle: str, limit: int | None = None,
                    ready=lambda: None) -> dict:
     ips, latencies, retries, final = [], [], 0, "OK"
-    with grpc.insecure_channel(addr) as ch:
+    with rpc.channel(addr) as ch:
         grpc.channel_ready_future(ch).result(timeout=30)
         stub = ipam_pb2_grpc.IpamServiceStub(ch)
         ready()

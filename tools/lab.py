@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from string import Template
 
+from calicopy.node_paths import NodePaths
 from calicopy.rpc import check_health
 from node.supervisor import running_pid
-from services.endpoint.netns import socket_in
+from calicopy.netns import socket_in
 from tools import docker_engine, launch
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
@@ -188,8 +189,9 @@ class Host:
         return self._engine().container_netns(container)
 
     @property
-    def node_dir(self) -> Path:
-        return self.state_dir / self.name
+    def paths(self) -> NodePaths:
+        """The node's state folder (sockets, pids, logs)."""
+        return NodePaths(self.state_dir, self.name)
 
     def start_calico_node(self) -> subprocess.CompletedProcess:
         args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
@@ -200,15 +202,15 @@ class Host:
         return result
 
     def supervisor_pid(self) -> int | None:
-        return running_pid(self.node_dir / "node.pid", self.name)
+        return running_pid(self.paths.pid, self.name)
 
     def child_pid(self, name: str) -> int | None:
-        status = json.loads((self.node_dir / "status.json").read_text())
+        status = json.loads(self.paths.status.read_text())
         return status["children"][name]["pid"]
 
     @property
     def endpoint_addr(self) -> str:
-        return f"unix:{self.state_dir}/{self.name}/endpoint.sock"
+        return self.paths.endpoint_addr
 
     def start_node(self, ipv6: bool = True, failpoints: str = "") -> None:
         argv = ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "services.endpoint",

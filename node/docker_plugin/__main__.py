@@ -30,7 +30,7 @@ from node.docker_plugin import protocol
 from node.docker_plugin.ipam import IpamDriver
 from node.docker_plugin.network import NetworkDriver
 
-SOCKET_NAME = "calico.sock"
+SOCKET_NAME = config.DOCKER_PLUGIN_SOCKET
 # An add waits up to 10 s for the node's policy agent: a shorter deadline
 # would give up on adds that then complete.
 ENDPOINT_TIMEOUT = 30.0

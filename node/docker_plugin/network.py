@@ -21,7 +21,7 @@ from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
 from calicopy.errors import AlreadyExists, CalicoError, InvalidArgument, NotFound
 from node.docker_plugin.ipam import ADDRESS_SPACES
-from services.endpoint.model import IPV4_GATEWAY, IPV6_GATEWAY
+from calicopy.model.endpoint import IPV4_GATEWAY, IPV6_GATEWAY
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,12 @@ import sys
 from docopt import docopt
 
 from calicopy import config
+from calicopy.api.endpoint import EndpointClient
+from calicopy.api.policy import ProfileClient
 from calicopy.service_main import stop_event
 from calicopy.docker_api import LocalEngine, real_socket
 from node.docker_proxy.calico_ip import ContainerNetworking
 from node.docker_proxy.proxy import DockerProxy
-from node.docker_proxy.services import EndpointClient, ProfileClient
 from node.docker_proxy.watcher import Watcher
 
 # An add waits for the node's policy agent (up to 10 s) before it answers.

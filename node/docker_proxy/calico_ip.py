@@ -29,9 +29,8 @@ from typing import Protocol
 
 from calicopy.errors import (AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument,
                              NotFound, Unavailable)
-from services.endpoint.endpoints import AddRequest
-from services.endpoint.model import ACTIVE, Endpoint
-from services.policy.rules import NAME_RE
+from calicopy.model.endpoint import ACTIVE, AddRequest, Endpoint
+from calicopy.model.policy import NAME_RE
 
 log = logging.getLogger("docker-proxy")
 

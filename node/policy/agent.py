@@ -1,24 +1,25 @@
-"""The policy agent's loop: etcd snapshot -> desired dataplane -> apply the difference.
+"""The policy agent: etcd snapshot -> desired dataplane -> apply the difference.
 
-Every change under /calico/v1/ (an etcd watch; nodes' own status reports
-excluded) wakes it; it also resyncs fully on start and every RESYNC seconds
-(rewriting every chain, which repairs anything edited by hand). After each
-successful pass it records the etcd revision its dataplane reflects, which
-the endpoint service waits for before an add returns.
+Run by the shared watch loop (calicopy.datastore.watchloop): every change
+under /calico/v1/ (nodes' own status reports excluded) wakes it; it resyncs
+fully on start, after any end of its watch and every RESYNC seconds
+(rewriting every chain, which repairs anything edited by hand), and whenever
+the built-in chains no longer jump to ours. After each successful pass it
+records the etcd revision its dataplane reflects, which the endpoint service
+waits for before an add returns.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
-from calicopy.errors import CalicoError, Unavailable
+from calicopy.datastore.watchloop import WatchLoop
+from calicopy.model.policy import Snapshot
 from node.policy import dataplane, ipsets
 from node.policy.iptables import Tables
-from services.policy.model import Snapshot
 
 log = logging.getLogger("calico-policy-agent")
 
@@ -29,14 +30,9 @@ class Agent:
     def __init__(self, store: Store, node: str, backend: str):
         self.store, self.node, self.backend = store, node, backend
         self.tables = {v: Tables(v, backend) for v in (4, 6)}
-        self.changed = threading.Event()
         self._sets: dict[str, set[str]] | None = None    # what we last wrote
         self._applied_kv: KV | None = None
         self.applied_revision = 0
-
-    def _on_event(self, response) -> None:
-        if keys.changes_configuration(response):
-            self.changed.set()
 
     def hooks_in_place(self) -> bool:
         """Whether the built-in chains still jump to ours (someone may have
@@ -44,7 +40,18 @@ class Agent:
         return all(self.tables[v].hooked(table) for v in (4, 6) for table in
                    (("filter", "nat") if v == 4 else ("filter",)) if self.tables[v].written)
 
-    def sync(self, full: bool = False) -> dict:
+    def step(self, full: bool, events=()) -> int:
+        """One pass of the watch loop; full also when someone flushed our hooks.
+        Returns the revision the dataplane now reflects."""
+        full = full or not self.hooks_in_place()
+        revision, stats = self.sync(full=full)
+        if any(stats.values()):
+            log.info("dataplane updated%s: %s", " (full resync)" if full else "", stats)
+        return revision
+
+    def sync(self, full: bool = False) -> tuple[int, dict]:
+        """Make the dataplane match etcd now; returns the revision it reflects
+        and how many sets and chains changed."""
         revision, kvs = self.store.snapshot(keys.PREFIX)
         snapshot = Snapshot.from_kvs(revision, kvs)
         for name, why in snapshot.invalid_profiles.items():
@@ -58,8 +65,7 @@ class Agent:
                 stats["chains"] += self.tables[version].apply(table, chains, full=full)
         stats["stale_sets"] = ipsets.remove_stale(desired.ipsets, have)
         self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
-        self._record(revision)
-        return stats
+        return revision, stats
 
     def _record(self, revision: int) -> None:
         """Say that the dataplane reflects etcd as of ``revision``."""
@@ -76,31 +82,5 @@ class Agent:
             self._applied_kv = self.store.get(key)
 
     def run(self, stop: threading.Event) -> None:
-        watch = None
-        next_full = 0.0
-        while not stop.is_set():
-            try:
-                if watch is None:
-                    watch = self.store.watch(keys.PREFIX, self._on_event)
-                self.changed.clear()
-                full = time.monotonic() >= next_full or not self.hooks_in_place()
-                stats = self.sync(full=full)
-                if full:
-                    next_full = time.monotonic() + RESYNC
-                if any(stats.values()):
-                    log.info("dataplane updated%s: %s", " (full resync)" if full else "", stats)
-            except Unavailable as exc:
-                log.warning("%s", exc)
-                if watch is not None:
-                    self.store.cancel_watch(watch)
-                    watch = None
-                stop.wait(1)
-                continue
-            except Exception as exc:     # keep enforcing what is there; try again
-                log.error("%s", exc, exc_info=not isinstance(exc, CalicoError))
-                next_full = 0.0          # re-read the kernel before trusting our cache
-                stop.wait(1)
-                continue
-            self.changed.wait(min(5.0, max(0.1, next_full - time.monotonic())))
-        if watch is not None:
-            self.store.cancel_watch(watch)
+        WatchLoop(self.store, keys.PREFIX, self.step, log=log, resync=RESYNC, poll=5.0,
+                  report=self._record).run(stop)

@@ -30,9 +30,9 @@ import hashlib
 import ipaddress
 import re
 
-from services.endpoint.model import Endpoint
-from services.policy.model import Snapshot
-from services.policy.rules import INBOUND, OUTBOUND, Rule
+from calicopy.model.endpoint import Endpoint
+from calicopy.model.policy import Snapshot
+from calicopy.model.policy import INBOUND, OUTBOUND, Rule
 
 MARK = "0x1000000"
 ACCEPT_MARK = f"{MARK}/{MARK}"

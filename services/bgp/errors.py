@@ -1,10 +1,7 @@
 """The BGP service's domain errors."""
 
-from calicopy.errors import FailedPrecondition, InvalidArgument, NotFound
-
-
-class BadInput(InvalidArgument):
-    pass
+from calicopy.errors import FailedPrecondition, NotFound
+from calicopy.model.bgp import BadInput  # noqa: F401 (the BGP service raises it too)
 
 
 class NodeNotFound(NotFound):

@@ -7,80 +7,14 @@ read here.
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
-import re
-
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
-from services.bgp.errors import BadInput, NodeInUse, NodeNotFound, PeerNotFound
-from services.endpoint.model import Endpoint
+from calicopy.model.bgp import (BadInput, BgpConfig, Node, Peer, check_as, check_name, parse_ip,
+                                read_config, read_nodes, read_peers)
+from calicopy.model.endpoint import Endpoint
+from services.bgp.errors import NodeInUse, NodeNotFound, PeerNotFound
 
-DEFAULT_AS = 64511
-MAX_AS = 4294967295
-_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 _TXN_OPS = 100     # etcd caps the operations of one transaction (128 by default)
-
-
-def parse_ip(text: str, version: int | None = None, what: str = "IP address"):
-    try:
-        ip = ipaddress.ip_address((text or "").strip())
-    except ValueError:
-        raise BadInput(f"{text} is not a valid {what}.") from None
-    if version and ip.version != version:
-        raise BadInput(f"{text} is not a valid IPv{version} address.")
-    return ip
-
-
-def check_as(num: int) -> int:
-    if not 1 <= num <= MAX_AS:
-        raise BadInput(f"Invalid AS number {num}: use 1-{MAX_AS}.")
-    return num
-
-
-def check_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
-        raise BadInput(f"Invalid node name '{name}': use 1-253 letters, digits, '.', '-' "
-                       "or '_'.")
-    return name
-
-
-@dataclasses.dataclass
-class Node:
-    name: str
-    ipv4: str
-    ipv6: str = ""
-    as_num: int = 0          # 0: the cluster default
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Node":
-        return cls(data["name"], data.get("ipv4", ""), data.get("ipv6", ""),
-                   int(data.get("as_num") or 0))
-
-
-@dataclasses.dataclass
-class Peer:
-    ip: str
-    as_num: int = 0          # 0: the cluster default (iBGP)
-    node: str = ""           # "" for a global peer
-    route_reflector: bool = False
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Peer":
-        return cls(data["ip"], int(data.get("as_num") or 0), data.get("node", ""),
-                   bool(data.get("route_reflector")))
-
-
-@dataclasses.dataclass
-class BgpConfig:
-    default_as: int = DEFAULT_AS
-    node_mesh: bool = True
 
 
 class BgpRegistry:
@@ -114,8 +48,7 @@ class BgpRegistry:
         return Node.from_json(kv.json())
 
     def list_nodes(self) -> list[Node]:
-        return sorted((Node.from_json(kv.json()) for kv in self.store.list(keys.HOSTS)
-                       if keys.is_node(kv.key)), key=lambda n: n.name)
+        return read_nodes(self.store)
 
     def endpoints(self, name: str) -> list[Endpoint]:
         return [Endpoint.from_json(kv.json())
@@ -140,9 +73,7 @@ class BgpRegistry:
     # Settings ----------------------------------------------------------------
 
     def config(self) -> BgpConfig:
-        as_kv, mesh_kv = self.store.get(keys.BGP_AS), self.store.get(keys.BGP_NODE_MESH)
-        return BgpConfig(int(as_kv.json()) if as_kv else DEFAULT_AS,
-                         bool(mesh_kv.json().get("enabled", True)) if mesh_kv else True)
+        return read_config(self.store)
 
     def set_config(self, default_as: int | None = None, node_mesh: bool | None = None
                    ) -> BgpConfig:
@@ -191,11 +122,7 @@ class BgpRegistry:
             raise PeerNotFound(f"{ip} changed while being removed; run the command again.")
 
     def peers(self, node: str = "", version: int = 0) -> list[Peer]:
-        versions = [version] if version else [4, 6]
-        found = [Peer.from_json(kv.json()) for v in versions
-                 for kv in self.store.list(keys.peers_prefix(v, node or None))]
-        return sorted(found, key=lambda p: (ipaddress.ip_address(p.ip).version,
-                                            ipaddress.ip_address(p.ip)))
+        return read_peers(self.store, node, version)
 
     # Status --------------------------------------------------------------------
 

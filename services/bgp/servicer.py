@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 from calico.bgp.v1 import bgp_pb2, bgp_pb2_grpc
+from calicopy.api.bgp import config_to_msg, node_from_msg, node_to_msg, peer_from_msg, peer_to_msg
+from calicopy.api.endpoint import endpoint_to_msg
 from calicopy.rpc import maps_errors
-from services.bgp.registry import BgpRegistry, Node, Peer
-from services.endpoint.servicer import endpoint_msg
-
-
-def _node_msg(node: Node) -> bgp_pb2.Node:
-    return bgp_pb2.Node(name=node.name, ipv4=node.ipv4, ipv6=node.ipv6, as_num=node.as_num)
-
-
-def _peer_msg(peer: Peer) -> bgp_pb2.Peer:
-    return bgp_pb2.Peer(ip=peer.ip, as_num=peer.as_num, node=peer.node,
-                        route_reflector=peer.route_reflector)
+from services.bgp.registry import BgpRegistry
 
 
 class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
@@ -24,13 +16,12 @@ class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
 
     @maps_errors
     def RegisterNode(self, request, context):
-        n = request.node
-        node, changed = self.registry.register(Node(n.name, n.ipv4, n.ipv6, n.as_num))
-        return bgp_pb2.RegisterNodeResponse(node=_node_msg(node), changed=changed)
+        node, changed = self.registry.register(node_from_msg(request.node))
+        return bgp_pb2.RegisterNodeResponse(node=node_to_msg(node), changed=changed)
 
     @maps_errors
     def GetNode(self, request, context):
-        return bgp_pb2.GetNodeResponse(node=_node_msg(self.registry.get_node(request.name)))
+        return bgp_pb2.GetNodeResponse(node=node_to_msg(self.registry.get_node(request.name)))
 
     @maps_errors
     def ListNodes(self, request, context):
@@ -38,8 +29,8 @@ class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
         for node in self.registry.list_nodes():
             eps = self.registry.endpoints(node.name)
             infos.append(bgp_pb2.NodeInfo(
-                node=_node_msg(node), endpoint_count=len(eps),
-                endpoints=[endpoint_msg(e) for e in eps] if request.with_endpoints else []))
+                node=node_to_msg(node), endpoint_count=len(eps),
+                endpoints=[endpoint_to_msg(e) for e in eps] if request.with_endpoints else []))
         return bgp_pb2.ListNodesResponse(nodes=infos)
 
     @maps_errors
@@ -47,25 +38,21 @@ class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
         self.registry.delete_node(request.name, request.force)
         return bgp_pb2.DeleteNodeResponse()
 
-    def _config_msg(self, config):
-        return bgp_pb2.BgpConfig(default_as=config.default_as, node_mesh=config.node_mesh)
-
     @maps_errors
     def GetBgpConfig(self, request, context):
-        return bgp_pb2.GetBgpConfigResponse(config=self._config_msg(self.registry.config()))
+        return bgp_pb2.GetBgpConfigResponse(config=config_to_msg(self.registry.config()))
 
     @maps_errors
     def SetBgpConfig(self, request, context):
         config = self.registry.set_config(
             request.default_as if request.HasField("default_as") else None,
             request.node_mesh if request.HasField("node_mesh") else None)
-        return bgp_pb2.SetBgpConfigResponse(config=self._config_msg(config))
+        return bgp_pb2.SetBgpConfigResponse(config=config_to_msg(config))
 
     @maps_errors
     def AddPeer(self, request, context):
-        p = request.peer
-        peer = self.registry.add_peer(Peer(p.ip, p.as_num, p.node, p.route_reflector))
-        return bgp_pb2.AddPeerResponse(peer=_peer_msg(peer))
+        peer = self.registry.add_peer(peer_from_msg(request.peer))
+        return bgp_pb2.AddPeerResponse(peer=peer_to_msg(peer))
 
     @maps_errors
     def RemovePeer(self, request, context):
@@ -75,7 +62,7 @@ class BgpServicer(bgp_pb2_grpc.BgpServiceServicer):
     @maps_errors
     def ListPeers(self, request, context):
         peers = self.registry.peers(request.node, request.ip_version)
-        return bgp_pb2.ListPeersResponse(peers=[_peer_msg(p) for p in peers])
+        return bgp_pb2.ListPeersResponse(peers=[peer_to_msg(p) for p in peers])
 
     @maps_errors
     def GetNodeStatus(self, request, context):

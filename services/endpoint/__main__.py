@@ -39,12 +39,12 @@ import time
 from docopt import docopt
 
 from calicopy import config
+from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
 from calicopy.service_main import stop_event
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
-from services.endpoint.ipam_client import IpamClient
 from services.endpoint.json_gateway import JsonGateway
 from services.endpoint.server import create_server
 

@@ -20,7 +20,6 @@ takes the same locks, so it never races an operation in flight.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -35,12 +34,12 @@ from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
-from services.endpoint import netns
+from calicopy import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
                                      InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
                                      OrchestratorOwned)
 from services.endpoint.kernel import InterfaceSpec
-from services.endpoint.model import ACTIVE, PENDING, Endpoint, endpoint_id
+from calicopy.model.endpoint import ACTIVE, PENDING, AddRequest, Endpoint, endpoint_id
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +84,6 @@ class Dataplane(Protocol):
     def host_interfaces(self) -> set[str]: ...
 
     def workload_has_interface(self, path: str, name: str) -> bool: ...
-
-
-@dataclasses.dataclass
-class AddRequest:
-    orchestrator: str
-    workload_id: str
-    netns_path: str = ""
-    pid: int = 0
-    interface_name: str = ""
-    ips: list[str] = dataclasses.field(default_factory=list)
-    auto_ipv4: int = 0
-    auto_ipv6: int = 0
-    ipv4_pools: list[str] = dataclasses.field(default_factory=list)
-    ipv6_pools: list[str] = dataclasses.field(default_factory=list)
-    profile_ids: list[str] = dataclasses.field(default_factory=list)
-    labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    peer_name: str = ""             # detached: leave the workload side here
-    ips_preassigned: bool = False   # the caller claimed (and releases) the ips
-    persistent: bool = False        # survive the workload stopping
-    mac: str = ""
-    mtu: int = 0                    # of both veth ends; 0: the kernel's default
 
 
 _MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")

@@ -8,16 +8,6 @@ class BadRequest(InvalidArgument):
     pass
 
 
-class NotANamespace(InvalidArgument):
-    def __init__(self, path):
-        super().__init__(f"{path} is not a network namespace.")
-
-
-class WorkloadNotRunning(FailedPrecondition):
-    def __init__(self, workload):
-        super().__init__(f"{workload} is not currently running.")
-
-
 class AlreadyNetworked(AlreadyExists):
     def __init__(self, workload):
         super().__init__(f"{workload} has already been configured with Calico Networking.")

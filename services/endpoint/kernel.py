@@ -39,13 +39,10 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.endpoint import netns
+from calicopy import netns
+from calicopy.model.endpoint import (HOST_MAC, INTERFACE_PREFIX, IPV4_GATEWAY, IPV6_GATEWAY,
+                                     ROUTE_PROTOCOL)
 from services.endpoint.errors import DataplaneError, InterfaceInUse
-from services.endpoint.model import HOST_MAC, INTERFACE_PREFIX, IPV4_GATEWAY, IPV6_GATEWAY
-
-#: Routes we install carry this protocol number, so we can tell them apart
-#: from everyone else's (and BIRD can pick exactly them up).
-ROUTE_PROTOCOL = 80
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 RT_TABLE_MAIN = 254

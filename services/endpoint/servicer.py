@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
+from calicopy.api.endpoint import add_request_from_msg
+from calicopy.api.endpoint import endpoint_to_msg as endpoint_msg
 from calicopy.rpc import maps_errors
-from services.endpoint.endpoints import AddRequest, EndpointManager
-from services.endpoint.model import Endpoint
-
-
-def endpoint_msg(ep: Endpoint) -> endpoint_pb2.Endpoint:
-    return endpoint_pb2.Endpoint(
-        endpoint_id=ep.endpoint_id, node=ep.node, orchestrator=ep.orchestrator,
-        workload_id=ep.workload_id, interface_name=ep.interface_name,
-        host_interface=ep.host_interface, mac=ep.mac, ipv4_nets=ep.ipv4_nets,
-        ipv6_nets=ep.ipv6_nets, ipv4_gateway=ep.ipv4_gateway, ipv6_gateway=ep.ipv6_gateway,
-        profile_ids=ep.profile_ids, labels=ep.labels, state=ep.state, netns=ep.netns,
-        persistent=ep.persistent, mtu=ep.mtu)
+from services.endpoint.endpoints import EndpointManager
 
 
 class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
@@ -25,15 +16,7 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
 
     @maps_errors
     def AddEndpoint(self, request, context):
-        ep = self.manager.add(AddRequest(
-            orchestrator=request.orchestrator, workload_id=request.workload_id,
-            netns_path=request.netns_path, pid=request.pid,
-            interface_name=request.interface_name, ips=list(request.ips),
-            auto_ipv4=request.auto_ipv4, auto_ipv6=request.auto_ipv6,
-            ipv4_pools=list(request.ipv4_pools), ipv6_pools=list(request.ipv6_pools),
-            profile_ids=list(request.profile_ids), labels=dict(request.labels),
-            peer_name=request.peer_name, ips_preassigned=request.ips_preassigned,
-            persistent=request.persistent, mac=request.mac, mtu=request.mtu))
+        ep = self.manager.add(add_request_from_msg(request))
         return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors

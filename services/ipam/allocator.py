@@ -37,17 +37,16 @@ from collections import Counter, defaultdict
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
-from services.ipam.blocks import Block
-from services.ipam.errors import (AddressTaken, InvalidInput, NoPool, OutsidePools,
-                                  PoolConflict, PoolExhausted, PoolNotFound)
-from services.ipam.handles import Handle
-from services.ipam.pools import Pool, PoolRegistry, parse_cidr, parse_ip, within
+from calicopy.model.ipam import (CONFIRMED, PENDING, Block, Handle, InvalidInput, Pool,
+                                 parse_cidr, parse_ip, within)
+from services.ipam.errors import (AddressTaken, NoPool, OutsidePools, PoolConflict,
+                                  PoolExhausted, PoolNotFound)
+from services.ipam.pools import PoolRegistry
 
 MAX_PER_REQUEST = 1024
 # etcd refuses a transaction of more than 128 operations (by default); a
 # block change plus this many handle changes stays well under it.
 MAX_HANDLES_PER_TXN = 50
-PENDING, CONFIRMED = "pending", "confirmed"
 
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 

@@ -2,10 +2,7 @@
 
 from calicopy.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
                              NotFound, ResourceExhausted)
-
-
-class InvalidInput(InvalidArgument):
-    """A CIDR, address, count, handle or host name is malformed."""
+from calicopy.model.ipam import InvalidInput  # noqa: F401 (IPAM raises it too)
 
 
 class PoolNotFound(NotFound):

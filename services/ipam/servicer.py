@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy.api.ipam import VERSIONS as _VERSIONS
+from calicopy.api.ipam import pool_to_msg as _pool_msg
 from calicopy.rpc import maps_errors
 from services.ipam.allocator import Ipam
-from services.ipam.pools import Pool
-
-_VERSIONS = {ipam_pb2.IP_VERSION_V4: 4, ipam_pb2.IP_VERSION_V6: 6}
-_ENUMS = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}
-
-
-def _pool_msg(pool: Pool) -> ipam_pb2.Pool:
-    return ipam_pb2.Pool(cidr=str(pool.cidr), block_size=pool.block_size,
-                         nat_outgoing=pool.nat_outgoing, ipip=pool.ipip,
-                         disabled=pool.disabled, ip_version=_ENUMS[pool.version])
 
 
 def _flag(request, name):

@@ -1,10 +1,7 @@
 """The policy service's domain errors."""
 
-from calicopy.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-
-
-class BadRule(InvalidArgument):
-    """A profile name, tag or rule is malformed; the message says which and why."""
+from calicopy.errors import AlreadyExists, FailedPrecondition, NotFound
+from calicopy.model.policy import BadRule  # noqa: F401 (the policy service raises it too)
 
 
 class ProfileNotFound(NotFound):

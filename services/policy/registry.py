@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
-from services.endpoint.model import Endpoint
+from calicopy.model.endpoint import Endpoint
 from services.policy.errors import (BadRule, EndpointNotFound, ProfileExists, ProfileInUse,
                                     ProfileNotFound)
-from services.policy.rules import Profile, check_profile_name, check_tag, parse_rules
+from calicopy.model.policy import Profile, check_profile_name, check_tag, parse_rules
 
 
 class PolicyRegistry:

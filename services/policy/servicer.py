@@ -6,18 +6,13 @@ import ipaddress
 import json
 
 from calico.policy.v1 import policy_pb2, policy_pb2_grpc
+from calicopy.api.policy import profile_to_msg
 from calicopy.datastore import keys
 from calicopy.rpc import maps_errors
 from services.policy.errors import BadRule
-from services.policy.model import Packet, Snapshot, explain
+from services.policy.explain import Packet, explain
 from services.policy.registry import PolicyRegistry
-from services.policy.rules import Profile
-
-
-def _profile_msg(profile: Profile, members=()) -> policy_pb2.Profile:
-    return policy_pb2.Profile(name=profile.name, tags=profile.tags,
-                              rules_json=json.dumps(profile.rules_json(), indent=2),
-                              member_endpoint_ids=list(members))
+from calicopy.model.policy import Snapshot
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
@@ -28,7 +23,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     @maps_errors
     def CreateProfile(self, request, context):
         return policy_pb2.CreateProfileResponse(
-            profile=_profile_msg(self.registry.create(request.name)))
+            profile=profile_to_msg(self.registry.create(request.name)))
 
     @maps_errors
     def DeleteProfile(self, request, context):
@@ -38,20 +33,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     @maps_errors
     def GetProfile(self, request, context):
         return policy_pb2.GetProfileResponse(
-            profile=_profile_msg(self.registry.get(request.name)))
+            profile=profile_to_msg(self.registry.get(request.name)))
 
     @maps_errors
     def ListProfiles(self, request, context):
         endpoints = [ep for ep, _ in self.registry.endpoints()] if request.with_members else []
         return policy_pb2.ListProfilesResponse(profiles=[
-            _profile_msg(p, [ep.endpoint_id for ep in endpoints if p.name in ep.profile_ids])
+            profile_to_msg(p, [ep.endpoint_id for ep in endpoints if p.name in ep.profile_ids])
             for p in self.registry.list()])
 
     @maps_errors
     def UpdateTags(self, request, context):
         profile = self.registry.set_tags(request.name, request.add or None,
                                          request.remove or None)
-        return policy_pb2.UpdateTagsResponse(profile=_profile_msg(profile))
+        return policy_pb2.UpdateTagsResponse(profile=profile_to_msg(profile))
 
     @maps_errors
     def UpdateRules(self, request, context):
@@ -60,7 +55,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         except ValueError as exc:
             raise BadRule(f"The rules are not valid JSON: {exc}.") from None
         profile = self.registry.set_rules(request.name, document)
-        return policy_pb2.UpdateRulesResponse(profile=_profile_msg(profile))
+        return policy_pb2.UpdateRulesResponse(profile=profile_to_msg(profile))
 
     @maps_errors
     def GetEndpointProfiles(self, request, context):

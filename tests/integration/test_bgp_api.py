@@ -5,13 +5,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from calico.bgp.v1 import bgp_pb2, bgp_pb2_grpc
+from calicopy import rpc
 
 Code = grpc.StatusCode
 
 
 @pytest.fixture
 def bgp(bgp_server):
-    with grpc.insecure_channel(bgp_server[0]) as ch:
+    with rpc.channel(bgp_server[0]) as ch:
         yield bgp_pb2_grpc.BgpServiceStub(ch)
 
 
@@ -40,7 +41,7 @@ def test_codes(bgp):
 
 
 def test_health(bgp_server):
-    with grpc.insecure_channel(bgp_server[1]) as ch:
+    with rpc.channel(bgp_server[1]) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="calico.bgp.v1.BgpService"), timeout=5)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

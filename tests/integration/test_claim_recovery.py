@@ -5,7 +5,7 @@ import ipaddress
 from calico.ipam.v1 import ipam_pb2
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
-from services.ipam.blocks import Block
+from calicopy.model.ipam import Block
 
 BLOCK = ipaddress.ip_network("10.60.0.0/26")
 

@@ -6,6 +6,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from calico.ipam.v1 import ipam_pb2
+from calicopy import rpc
 
 Code = grpc.StatusCode
 
@@ -79,7 +80,7 @@ def test_release_is_idempotent(ipam_client, pool):
 
 
 def test_health_and_reflection(ipam_addr):
-    with grpc.insecure_channel(ipam_addr) as ch:
+    with rpc.channel(ipam_addr) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         for service in ("", "calico.ipam.v1.IpamService"):
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)

@@ -33,6 +33,7 @@ from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2
 from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
+from calicopy import rpc
 from cni.invoke import Chain, invoke
 from tests.conftest import ROOT, IpamClient, serving
 from tests.system.helpers import established, wait_for
@@ -106,7 +107,7 @@ def cluster(etcd_server, tmp_path_factory):
             lab = Lab(tmp, etcd_server[1], ipam[1], bgp=bgp[1], policy=policy[1])
             try:
                 hosts = [lab.add_host(name, node=True) for name in ("cni1", "cni2")]
-                channels = {h.name: grpc.insecure_channel(h.endpoint_addr) for h in hosts}
+                channels = {h.name: rpc.channel(h.endpoint_addr) for h in hosts}
                 stubs = {n: endpoint_pb2_grpc.EndpointServiceStub(c) for n, c in channels.items()}
                 for h in hosts:
                     wait_for(f"{h.name} BGP sessions", lambda h=h: established(h, 2))

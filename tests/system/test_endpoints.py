@@ -3,6 +3,7 @@
 import pytest
 
 from calicopy.datastore import keys
+from calicopy import rpc
 
 
 @pytest.fixture
@@ -110,7 +111,6 @@ def test_ipv6_refused_on_a_node_without_ipv6(lab, ipam_client):
 
 
 def test_mtu_on_both_veth_ends_and_kept_by_reconcile(host, lab):
-    import grpc
 
     from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
     from tests.system.helpers import wait_for
@@ -120,7 +120,7 @@ def test_mtu_on_both_veth_ends_and_kept_by_reconcile(host, lab):
     def mtu(where, name):
         return where.run("cat", f"/sys/class/net/{name}/mtu").stdout.strip()
 
-    with grpc.insecure_channel(host.endpoint_addr) as channel:
+    with rpc.channel(host.endpoint_addr) as channel:
         stub = endpoint_pb2_grpc.EndpointServiceStub(channel)
         ep = stub.AddEndpoint(endpoint_pb2.AddEndpointRequest(
             orchestrator="netns", workload_id=ns.name, netns_path=ns.path, auto_ipv4=1,

@@ -1,7 +1,6 @@
 """The example scheduler client in examples/ works as docs/api.md says."""
 
 import os
-import subprocess
 import sys
 
 from tools.lab import ROOT, Namespace

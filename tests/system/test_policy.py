@@ -9,7 +9,7 @@ import time
 import pytest
 
 from calico.ipam.v1 import ipam_pb2
-from services.endpoint.netns import socket_in
+from calicopy.netns import socket_in
 from tests.system.helpers import wait_for
 from tools.lab import assert_connectivity
 

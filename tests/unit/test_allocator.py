@@ -9,8 +9,9 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
                              ResourceExhausted)
-from services.ipam.allocator import CONFIRMED, PENDING, Ipam
-from services.ipam.blocks import Block
+from services.ipam.allocator import Ipam
+from calicopy.model.ipam import CONFIRMED, PENDING
+from calicopy.model.ipam import Block
 from tests.fakes import MemoryStore
 
 

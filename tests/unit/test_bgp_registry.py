@@ -4,7 +4,8 @@ import pytest
 
 from calicopy.datastore import keys
 from calicopy.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.bgp.registry import BgpRegistry, Node, Peer
+from calicopy.model.bgp import Node, Peer
+from services.bgp.registry import BgpRegistry
 from tests.fakes import MemoryStore
 
 
@@ -64,7 +65,7 @@ def test_delete_node_refuses_with_endpoints_unless_forced(registry):
     registry.register(Node("h1", "172.30.0.2"))
     store = registry.store
     from calicopy.datastore.store import Txn
-    from services.endpoint.model import Endpoint
+    from calicopy.model.endpoint import Endpoint
     ep = Endpoint("e" * 32, "h1", "netns", "w1", "eth0", "/x", "active")
     store.commit(Txn().create(keys.endpoint("h1", "netns", "w1", ep.endpoint_id), ep.to_json()))
     with pytest.raises(FailedPrecondition, match="can't be stopped. Force with --force"):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from node.bird import (GLOBAL, MESH, NODE, ROUTE_REFLECTOR, build_model, parse_protocol_name,
+from node.bird.conf import (GLOBAL, MESH, NODE, ROUTE_REFLECTOR, build_model, parse_protocol_name,
                        protocol_name, render)
-from services.bgp.registry import BgpConfig, Node, Peer
+from calicopy.model.bgp import BgpConfig, Node, Peer
 
 GOLDEN = Path(__file__).with_name("golden")
 H1 = Node("h1", "172.30.0.2", "fd99::2")

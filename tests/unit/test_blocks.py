@@ -1,6 +1,6 @@
 import ipaddress
 
-from services.ipam.blocks import Block
+from calicopy.model.ipam import Block
 
 NET = ipaddress.ip_network("10.0.0.0/30")
 

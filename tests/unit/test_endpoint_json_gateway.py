@@ -15,6 +15,7 @@ from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calicopy import errors
 from calicopy.config import endpoint_json_socket
 from calicopy.rpc import status_for
+from calicopy import rpc
 from cni.config import Services
 from cni.rpc import Endpoint, EndpointClient, RpcFailure
 from services.endpoint.endpoints import EndpointManager
@@ -103,7 +104,7 @@ def test_same_answers_as_the_grpc_server(world):
     server, _ = create_server(grpc_addr, manager)
     server.start()
     try:
-        with grpc.insecure_channel(grpc_addr) as channel:
+        with rpc.channel(grpc_addr) as channel:
             stub = endpoint_pb2_grpc.EndpointServiceStub(channel)
             added = stub.AddEndpoint(json_format.ParseDict(ADD, endpoint_pb2.AddEndpointRequest()),
                                      timeout=10)

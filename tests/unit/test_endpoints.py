@@ -6,7 +6,7 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.errors import AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument, NotFound
 from services.endpoint.endpoints import AddRequest, EndpointManager
-from services.endpoint.model import PENDING, Endpoint, endpoint_id
+from calicopy.model.endpoint import PENDING, Endpoint, endpoint_id
 from services.ipam.allocator import Ipam
 from tests.fakes import FakeDataplane, MemoryStore
 

@@ -2,8 +2,8 @@ import ipaddress
 
 import pytest
 
-from services.ipam.errors import InvalidInput
-from services.ipam.pools import Pool, parse_cidr
+from calicopy.model.ipam import InvalidInput
+from calicopy.model.ipam import Pool, parse_cidr
 
 
 @pytest.mark.parametrize("text,cidr,normalised", [

@@ -6,9 +6,9 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import KV
 from calicopy.errors import InvalidArgument
 from node.policy.dataplane import compute, profile_chain, tag_set
-from services.endpoint.model import ACTIVE, Endpoint
-from services.policy.model import Packet, Snapshot, explain
-from services.policy.rules import Profile, Rule, parse_rule, parse_rules
+from calicopy.model.endpoint import ACTIVE, Endpoint
+from services.policy.explain import Packet, explain
+from calicopy.model.policy import Profile, Rule, Snapshot, parse_rule, parse_rules
 
 
 def test_default_profile_is_the_seed_one():

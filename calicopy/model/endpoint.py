@@ -1,8 +1,11 @@
-"""The endpoint record: what etcd stores about one workload interface.
+"""The endpoint record: what etcd stores about one workload interface, and
+what a caller asks for when it adds one.
 
 The JSON field names follow the original tool's endpoint records (``name``
 for the host-side interface, ``ipv4_nets``...), so that tools reading etcd see
-the familiar shape.
+the familiar shape. Endpoint records are written by their node's endpoint
+service; the policy service changes only their ``profile_ids``; agents, the
+BGP service and the Docker integration read them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ IPV6_GATEWAY = "fe80::ecee:eeff:feee:eeee"
 
 INTERFACE_PREFIX = "cali"
 PENDING, ACTIVE = "pending", "active"
+#: The routing protocol number of the host routes to workloads, so that they
+#: are told apart from everyone else's (and BIRD learns exactly them).
+ROUTE_PROTOCOL = 80
 
 
 def endpoint_id(node: str, orchestrator: str, workload_id: str, interface: str) -> str:
@@ -115,3 +121,26 @@ class Endpoint:
             dict(data.get("labels", {})), persistent=bool(data.get("persistent", False)),
             netns_id=data.get("netns_id", ""), request=data.get("request", ""),
             mtu=int(data.get("mtu", 0)))
+
+
+@dataclasses.dataclass
+class AddRequest:
+    """An endpoint add, as a caller states it (the AddEndpoint RPC's fields)."""
+
+    orchestrator: str
+    workload_id: str
+    netns_path: str = ""
+    pid: int = 0
+    interface_name: str = ""
+    ips: list[str] = dataclasses.field(default_factory=list)
+    auto_ipv4: int = 0
+    auto_ipv6: int = 0
+    ipv4_pools: list[str] = dataclasses.field(default_factory=list)
+    ipv6_pools: list[str] = dataclasses.field(default_factory=list)
+    profile_ids: list[str] = dataclasses.field(default_factory=list)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    peer_name: str = ""             # detached: leave the workload side here
+    ips_preassigned: bool = False   # the caller claimed (and releases) the ips
+    persistent: bool = False        # survive the workload stopping
+    mac: str = ""
+    mtu: int = 0                    # of both veth ends; 0: the kernel's default

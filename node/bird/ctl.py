@@ -6,7 +6,7 @@ import dataclasses
 import subprocess
 
 from calicopy.errors import CalicoError
-from node.bird import parse_protocol_name
+from node.bird.conf import parse_protocol_name
 
 
 class BirdError(CalicoError):

@@ -13,7 +13,17 @@ import os
 import socket
 import threading
 
-from services.endpoint.errors import NotANamespace, WorkloadNotRunning
+from calicopy.errors import FailedPrecondition, InvalidArgument
+
+
+class NotANamespace(InvalidArgument):
+    def __init__(self, path):
+        super().__init__(f"{path} is not a network namespace.")
+
+
+class WorkloadNotRunning(FailedPrecondition):
+    def __init__(self, workload):
+        super().__init__(f"{workload} is not currently running.")
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703      # ioctl: which kind of namespace an nsfs file is

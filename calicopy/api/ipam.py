@@ -1,30 +1,34 @@
-"""The IPAM service as seen by the endpoint service: a gRPC client with the
-same methods as the IPAM domain, every call with a deadline, failures turned
-back into domain errors (so their status codes pass through unchanged)."""
+"""The IPAM service's messages <-> calicopy.model.ipam, and its client."""
 
 from __future__ import annotations
 
-import grpc
-
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from calicopy.rpc import error_from_rpc
+from calicopy.model.ipam import Pool
+from calicopy.rpc import Client
+
+VERSIONS = {ipam_pb2.IP_VERSION_V4: 4, ipam_pb2.IP_VERSION_V6: 6}
+ENUMS = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}
+
+
+def pool_to_msg(pool: Pool) -> ipam_pb2.Pool:
+    return ipam_pb2.Pool(cidr=str(pool.cidr), block_size=pool.block_size,
+                         nat_outgoing=pool.nat_outgoing, ipip=pool.ipip,
+                         disabled=pool.disabled, ip_version=ENUMS[pool.version])
 
 
 class IpamClient:
+    """The IPAM service, with the same methods as its domain
+    (services.ipam.allocator.Ipam): what the endpoint service calls. Failures
+    come back as domain errors, so status codes pass through unchanged."""
+
     def __init__(self, target: str, timeout: float = 10.0):
-        self.target = target
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
-        self._stub = ipam_pb2_grpc.IpamServiceStub(self._channel)
+        self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout)
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
 
     def _call(self, method: str, request):
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"IPAM service at {self.target}") from None
+        return self._client.call(method, request)
 
     def auto_assign(self, num_ipv4, num_ipv6, handle_id, host, attributes=None,
                     ipv4_pools=(), ipv6_pools=()):

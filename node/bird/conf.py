@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from string import Template
 
-from services.endpoint.kernel import ROUTE_PROTOCOL
+from calicopy.model.endpoint import ROUTE_PROTOCOL
 
 TEMPLATE = Path(__file__).with_name("bird.conf.template")
 
@@ -72,7 +72,7 @@ def parse_protocol_name(name: str) -> tuple[str, str, int] | None:
 
 def build_model(node, nodes, config, global_peers, node_peers, pools, blocks) -> BirdModel:
     """The BIRD model for ``node`` given the cluster state (plain values from
-    services.bgp.registry and the IPAM records)."""
+    calicopy.model.bgp and the IPAM records)."""
     local_as = node.as_num or config.default_as
     peers: list[BgpPeer] = []
     reflectors = [p for p in global_peers if p.route_reflector]

@@ -1,82 +1,18 @@
-"""The whole cluster's policy at one etcd revision, and its verdict on a packet.
+"""The cluster policy's verdict on a packet.
 
-The node agent programs iptables and ipsets from a ``Snapshot``; ``explain``
-evaluates the same snapshot in Python, rule by rule, with the semantics in
-services.policy.rules, so the answer to "why was it blocked?" is the
-dataplane's own answer, not a second opinion.
+The node agents program iptables and ipsets from a ``Snapshot``
+(calicopy.model.policy); ``explain`` evaluates the same snapshot in Python,
+rule by rule, with the semantics stated there, so the answer to "why was it
+blocked?" is the dataplane's own answer, not a second opinion.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import logging
-from collections import defaultdict
 
-from calicopy.datastore import keys
-from calicopy.datastore.store import KV
-from services.endpoint.model import ACTIVE, Endpoint
-from services.policy.rules import INBOUND, OUTBOUND, Profile, Rule, parse_rules
-
-log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Snapshot:
-    revision: int
-    endpoints: list[Endpoint]
-    profiles: dict[str, Profile]
-    invalid_profiles: dict[str, str]          # name -> why it was ignored
-    pools: list[dict]
-
-    @classmethod
-    def from_kvs(cls, revision: int, kvs: list[KV]) -> "Snapshot":
-        endpoints, tags, rules, pools = [], {}, {}, []
-        for kv in kvs:
-            try:
-                if keys.is_endpoint(kv.key):
-                    ep = Endpoint.from_json(kv.json())
-                    if ep.state == ACTIVE:
-                        endpoints.append(ep)
-                elif kv.key.startswith(keys.PROFILES):
-                    name, part = keys.parse_profile(kv.key)
-                    (tags if part == "tags" else rules)[name] = kv.json()
-                elif kv.key.startswith(keys.pools_prefix()):
-                    pools.append(kv.json())
-            except (ValueError, KeyError, TypeError) as exc:
-                # A malformed record is left out (its workload fails closed);
-                # it must not stop policy for everyone else.
-                log.error("ignoring malformed record %s: %r", kv.key, exc)
-        profiles, invalid = {}, {}
-        for name in sorted(set(tags) & set(rules)):
-            try:
-                inbound, outbound = parse_rules(rules[name], name)
-                profiles[name] = Profile(name, list(tags[name]), inbound, outbound)
-            except Exception as exc:   # a bad profile is ignored (fails closed), not fatal
-                invalid[name] = str(exc)
-        endpoints.sort(key=lambda e: e.endpoint_id)
-        return cls(revision, endpoints, profiles, invalid, pools)
-
-    def tag_members(self) -> dict[str, dict[int, set[str]]]:
-        """tag -> IP version -> addresses of every endpoint carrying the tag."""
-        members: dict[str, dict[int, set[str]]] = defaultdict(lambda: {4: set(), 6: set()})
-        for ep in self.endpoints:
-            for name in ep.profile_ids:
-                profile = self.profiles.get(name)
-                for tag in profile.tags if profile else ():
-                    for ip in ep.ips:
-                        members[tag][ipaddress.ip_address(ip).version].add(ip)
-        return members
-
-    def referenced_tags(self) -> set[str]:
-        return {t for p in self.profiles.values() for r in p.inbound + p.outbound
-                for t in (r.src_tag, r.dst_tag) if t}
-
-    def endpoint_with_ip(self, ip: str) -> Endpoint | None:
-        for ep in self.endpoints:
-            if ip in ep.ips:
-                return ep
-        return None
+from calicopy.model.endpoint import Endpoint
+from calicopy.model.policy import INBOUND, OUTBOUND, Rule, Snapshot
 
 
 @dataclasses.dataclass

@@ -1,0 +1,132 @@
+"""One loop for every process that keeps something in step with etcd.
+
+The loop watches a prefix and calls its owner's ``sync(full, events)``:
+
+- with ``full=True`` on start, after any end of the watch (which is then
+  rebuilt, so nothing that happened meanwhile is missed: the owner re-reads
+  everything) and every ``resync`` seconds;
+- with ``full=False`` when the watch delivered events that change
+  configuration (nodes' own reports are left out, see
+  ``keys.changes_configuration``), and every ``poll`` seconds regardless, so a
+  lost event costs at most ``poll``.
+
+A sync returns what it wants reported (e.g. the revision its work reflects),
+and ``report(result)`` runs after each successful sync: how an owner tells
+others about its progress. ``tick()``, if given, runs every ``tick_every``
+seconds whatever happened (e.g. a status report).
+
+Failures never end the loop: an unreachable datastore drops the watch (it is
+rebuilt, with a full sync) and is retried after a pause; anything else is
+logged and the next pass is a full one, so the owner re-reads the world
+before trusting its caches again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import Store
+from calicopy.errors import CalicoError, Unavailable
+
+RETRY_PAUSE = 1.0
+
+
+class WatchLoop:
+    def __init__(self, store: Store, prefix: str, sync: Callable[[bool, list], Any], *,
+                 log: logging.Logger, resync: float = 60.0, poll: float = 5.0,
+                 settle: float = 0.0, report: Callable[[Any], None] | None = None,
+                 tick: Callable[[], None] | None = None, tick_every: float = 0.0,
+                 relevant: Callable[[Any], bool] = keys.changes_configuration):
+        self.store, self.prefix, self._sync = store, prefix, sync
+        self.log, self.resync, self.poll, self.settle = log, resync, poll, settle
+        self._report, self._tick, self.tick_every = report, tick, tick_every
+        self._relevant = relevant
+        self.changed = threading.Event()
+        self._lock = threading.Lock()
+        self._events: list = []
+        self._watch = None
+        self._watch_ended = False
+        self._last_problem = ""
+
+    # The watch ---------------------------------------------------------------
+
+    def _on_event(self, response) -> None:
+        events = getattr(response, "events", None)
+        with self._lock:
+            if events is None:              # an error: this watch is over
+                self._watch_ended = True
+            elif self._relevant(response):
+                self._events.extend(events)
+            else:
+                return
+        self.changed.set()
+
+    def _ensure_watch(self) -> bool:
+        """Whether the watch had to be (re)built, which calls for a full sync."""
+        with self._lock:
+            ended, self._watch_ended = self._watch_ended, False
+        if ended and self._watch is not None:
+            self.store.cancel_watch(self._watch)
+            self._watch = None
+        if self._watch is not None:
+            return False
+        self._watch = self.store.watch(self.prefix, self._on_event)
+        return True
+
+    def _drop_watch(self) -> None:
+        if self._watch is not None:
+            self.store.cancel_watch(self._watch)
+            self._watch = None
+
+    def _take_events(self) -> list:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    # The loop ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        next_full = 0.0
+        next_tick = 0.0
+        while not stop.is_set():
+            try:
+                rebuilt = self._ensure_watch()
+                self.changed.clear()
+                events = self._take_events()
+                full = rebuilt or time.monotonic() >= next_full
+                result = self._sync(full, events)
+                if full:
+                    next_full = time.monotonic() + self.resync
+                if self._report is not None:
+                    self._report(result)
+                if self._tick is not None and time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + self.tick_every
+                self._problem("")
+            except Unavailable as exc:
+                self._problem(str(exc))
+                self._drop_watch()
+                stop.wait(RETRY_PAUSE)
+                continue
+            except Exception as exc:      # keep what is there; look again from scratch
+                self.log.error("%s", exc, exc_info=not isinstance(exc, CalicoError))
+                next_full = 0.0
+                stop.wait(RETRY_PAUSE)
+                continue
+            wait = min(self.poll, max(0.05, next_full - time.monotonic()))
+            if self._tick is not None:
+                wait = min(wait, max(0.05, next_tick - time.monotonic()))
+            self.changed.wait(wait)
+            if self.settle and not stop.is_set():
+                time.sleep(self.settle)     # let a burst of changes land first
+        self._drop_watch()
+
+    def _problem(self, text: str) -> None:
+        """Log a datastore problem once, not at every retry."""
+        if text and text != self._last_problem:
+            self.log.warning("%s", text)
+        self._last_problem = text

@@ -1,0 +1,44 @@
+"""calico-bird-renderer: keeps one node's BIRD configuration in step with etcd
+(node.bird.renderer), run by the node supervisor in the host's namespace.
+
+Usage:
+  calico-bird-renderer --config=<FILE> --ctl=<SOCKET> [--name=<NODE>]
+
+Options:
+  --config=<FILE>    The BIRD configuration file to keep.
+  --ctl=<SOCKET>     BIRD's control socket.
+  --name=<NODE>      This node's name; else CALICO_NODENAME, else the hostname.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from docopt import docopt
+
+from calicopy import config
+from calicopy.datastore.etcd import EtcdStore
+from calicopy.service_main import stop_event
+from node.bird.renderer import Renderer
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = docopt(__doc__, argv)
+    try:
+        name = config.NODENAME.resolve(args["--name"])
+        store = EtcdStore(config.ETCD_ENDPOINTS.resolve())
+    except config.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    stop = stop_event()
+    Renderer(store, name, Path(args["--config"]), args["--ctl"]).run(stop)
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
