@@ -161,6 +161,6 @@ def show() -> None:
     eps = _call("ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
     rows = [[ep.workload_id, ep.interface_name, ep.host_interface,
              ", ".join(list(ep.ipv4_nets) + list(ep.ipv6_nets)), ep.mac, ep.state,
-             ",".join(ep.profile_ids)] for ep in eps]
+             ",".join(ep.profile_ids), ep.endpoint_id] for ep in eps]
     print(table(["Container", "Interface", "Host interface", "Addresses", "MAC", "State",
-                 "Profiles"], rows))
+                 "Profiles", "Endpoint ID"], rows))

@@ -93,8 +93,10 @@ class Endpoint:
         return IPV6_GATEWAY if self.ipv6_nets else ""
 
     def set_ips(self, ips: list[str]) -> None:
-        addrs = sorted({ipaddress.ip_address(ip) for ip in ips},
-                       key=lambda a: (a.version, a))
+        """Record the addresses in the order given (an address added later
+        comes after the first ones, which stay the workload's primary
+        addresses, as in the original tool), once each."""
+        addrs = list(dict.fromkeys(ipaddress.ip_address(ip) for ip in ips))
         self.ipv4_nets = [f"{a}/32" for a in addrs if a.version == 4]
         self.ipv6_nets = [f"{a}/128" for a in addrs if a.version == 6]
 

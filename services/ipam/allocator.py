@@ -88,7 +88,9 @@ class Problem:
 
 
 class Ipam:
-    """Pools and allocations; stateless over the store it is given."""
+    """Pools and allocations over the store it is given. The store holds all
+    the state; what an instance remembers (blocks it saw, per host) is only a
+    hint that every commit re-checks, so any number of instances may serve."""
 
     def __init__(self, store: Store, max_blocks_per_host: int | None = None):
         self.store = store

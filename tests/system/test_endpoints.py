@@ -136,3 +136,20 @@ def test_mtu_on_both_veth_ends_and_kept_by_reconcile(host, lab):
         finally:
             stub.RemoveEndpoint(endpoint_pb2.RemoveEndpointRequest(
                 orchestrator="netns", workload_id=ns.name), timeout=30)
+
+
+def test_container_show_gives_the_ids_endpoint_commands_take(host):
+    """`calicoctl endpoint --help` says the ids are shown by `container show`."""
+    assert "container show" in host.calicoctl("endpoint", "--help").stdout
+    w = host.add_workload("w-ids")
+    shown = host.calicoctl("container", "show").stdout
+    header = next(line for line in shown.splitlines() if "Container" in line)
+    column = [c.strip() for c in header.split("|")].index("Endpoint ID")
+    row = next(line for line in shown.splitlines() if w.ns.name in line)
+    ep_id = row.split("|")[column].strip()
+    assert len(ep_id) == 32, shown
+    added = host.calicoctl("profile", "add", "IDS")
+    assert added.returncode == 0, added.stderr
+    appended = host.calicoctl("endpoint", ep_id, "profile", "append", "IDS")
+    assert (appended.returncode, appended.stdout) == (0, f"Profiles of endpoint {ep_id}: IDS\n")
+    assert host.calicoctl("endpoint", ep_id, "profile", "show").stdout == "IDS\n"

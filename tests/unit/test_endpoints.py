@@ -110,6 +110,14 @@ def test_exhausted_pool_undoes_the_explicit_claim(world):
     assert allocated(ipam) == 0 and manager.list() == []
 
 
+def test_an_address_added_later_comes_after_the_first(world):
+    store, ipam, dataplane, manager = world
+    add(manager, ips=["10.0.0.20"])
+    ep = manager.add_address("netns", "wl1", "", "10.0.0.5")
+    assert ep.ipv4_nets == ["10.0.0.20/32", "10.0.0.5/32"]     # the first stays first
+    assert manager.list()[0].ipv4_nets == ep.ipv4_nets
+
+
 def test_addresses_added_and_removed(world):
     store, ipam, dataplane, manager = world
     ep = add(manager, ips=["10.0.0.10"])
