@@ -22,7 +22,6 @@ from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy import netns
 from calicopy import rpc
-from tools import launch
 from tools.lab import Lab, Namespace
 
 TRIALS = 12
@@ -53,10 +52,10 @@ def has_route(ipr: IPRoute, ip: str) -> bool:
     return False
 
 
-def run(n: int, mode: str, tmp, etcd_unix, ipam_unix, bgp_unix) -> dict:
+def run(n: int, mode: str, plane) -> dict:
     prefix = f"bgpb{n}{mode[0]}"
     Lab.remove_leftovers(prefix)
-    lab = Lab(tmp / prefix, etcd_unix, ipam_unix, prefix=prefix, bgp=bgp_unix)
+    lab = Lab(plane.tmp / prefix, plane.etcd_unix, plane.pki, prefix=prefix)
     try:
         hosts = [lab.add_host(f"n{i}", node=True, ipv6=False) for i in range(n)]
         expected = n - 1
@@ -95,31 +94,28 @@ def run(n: int, mode: str, tmp, etcd_unix, ipam_unix, bgp_unix) -> dict:
         return {"hosts": n, "mode": mode, "sessions": sessions,
                 "p50": percentile(times, 50) * 1000, "max": max(times) * 1000}
     finally:
+        reset_bgp(lab.unix["bgp"])      # the next run starts from the default settings
         lab.close()
+
+
+def reset_bgp(addr: str) -> None:
+    with rpc.channel(addr) as ch:
+        stub = bgp_pb2_grpc.BgpServiceStub(ch)
+        stub.SetBgpConfig(bgp_pb2.SetBgpConfigRequest(node_mesh=True), timeout=10)
+        for peer in stub.ListPeers(bgp_pb2.ListPeersRequest(), timeout=10).peers:
+            stub.RemovePeer(bgp_pb2.RemovePeerRequest(
+                ip=peer.ip, route_reflector=peer.route_reflector), timeout=10)
 
 
 def main() -> int:
     rows = []
-    with control_plane("bgp") as (tmp, etcd_tcp, etcd_unix, ipam_tcp, ipam_unix):
-        bgp_tcp, bgp_unix = f"127.0.0.1:{launch.free_port()}", f"unix:{tmp}/bgp.sock"
-        bgp = launch.start_service("services.bgp", bgp_tcp, etcd_tcp, tmp / "bgp.log",
-                                   unix=bgp_unix)
-        try:
-            with rpc.channel(ipam_tcp) as ch:
-                ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
-                    pool=ipam_pb2.Pool(cidr="10.150.0.0/16", block_size=32)), timeout=10)
-            for n in (3, 10):
-                for mode in ("mesh", "rr"):
-                    rows.append(run(n, mode, tmp, etcd_unix, ipam_unix, bgp_unix))
-                    # The next run starts from the default settings again.
-                    with rpc.channel(bgp_tcp) as ch:
-                        stub = bgp_pb2_grpc.BgpServiceStub(ch)
-                        stub.SetBgpConfig(bgp_pb2.SetBgpConfigRequest(node_mesh=True), timeout=10)
-                        for peer in stub.ListPeers(bgp_pb2.ListPeersRequest(), timeout=10).peers:
-                            stub.RemovePeer(bgp_pb2.RemovePeerRequest(
-                                ip=peer.ip, route_reflector=peer.route_reflector), timeout=10)
-        finally:
-            launch.stop_pid(bgp.pid)
+    with control_plane("bgp") as plane:
+        with rpc.channel(plane.ipam_tcp) as ch:
+            ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
+                pool=ipam_pb2.Pool(cidr="10.150.0.0/16", block_size=32)), timeout=10)
+        for n in (3, 10):
+            for mode in ("mesh", "rr"):
+                rows.append(run(n, mode, plane))
 
     print("Workload add -> its route installed on every other host (real BIRD, /32 blocks)")
     print(f"{'hosts':>6} {'topology':<16} {'sessions':>9} {'trials':>7} {'p50 ms':>8} "

@@ -34,7 +34,6 @@ from common import ROOT, control_plane, percentile
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy.rpc import channel
 from cni.invoke import invoke
-from tools import launch
 from tools.lab import Lab, Namespace
 
 SEQUENTIAL, CONCURRENT = 100, 20
@@ -122,22 +121,20 @@ def row(operation: str, plugin: str, values: list[float]) -> str:
 
 
 def main() -> int:
-    with control_plane("cni") as (tmp, etcd_tcp, etcd_unix, ipam_tcp, ipam_unix):
-        policy_tcp, policy_unix = f"127.0.0.1:{launch.free_port()}", f"unix:{tmp}/policy.sock"
-        policy = launch.start_service("services.policy", policy_tcp, etcd_tcp,
-                                      tmp / "policy.log", unix=policy_unix)
-        with channel(ipam_tcp) as ch:
+    with control_plane("cni") as plane:
+        tmp = plane.tmp
+        with channel(plane.ipam_tcp) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
                 pool=ipam_pb2.Pool(cidr=POOL)), timeout=10)
         Lab.remove_leftovers(PREFIX)
-        lab = Lab(tmp / "lab", etcd_unix, ipam_unix, prefix=PREFIX, policy=policy_unix)
+        lab = Lab(tmp / "lab", plane.etcd_unix, plane.pki, prefix=PREFIX)
         try:
             host = lab.add_host("bench-cni")
             runner = ["nsenter", f"--net={host.ns.path}"]
             calico = Plugin("calico", CALICO, {
                 "cniVersion": "1.0.0", "name": "benchcal", "type": "calico",
                 "nodename": host.name, "state_dir": str(host.state_dir),
-                "ipam_addr": ipam_unix, "policy_addr": policy_unix}, runner)
+                "ipam_addr": lab.ipam, "policy_addr": lab.policy}, runner)
             ptp = Plugin("ptp+host-local", f"{DEBIAN}/ptp", {
                 "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp",
                 "ipam": {"type": "host-local", "subnet": PTP_SUBNET,
@@ -169,7 +166,6 @@ def main() -> int:
                     imports[command].append(traced(calico, command, f"t{i}", traced_ns.path))
         finally:
             lab.close()
-            launch.stop_pid(policy.pid)
             shutil.rmtree(tmp / "host-local", ignore_errors=True)
 
     print("CNI plugin latency: process start to exit, one simulated host (endpoint service, "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -11,6 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from calicopy import pki  # noqa: E402
+from calicopy.tls import Security, TlsFiles  # noqa: E402
 from tools import launch  # noqa: E402
 
 
@@ -19,23 +23,80 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+@dataclasses.dataclass
+class Plane:
+    """A private control plane: where its parts listen and as whom we call them."""
+    tmp: Path
+    etcd_tcp: str          # an ETCD_ENDPOINTS entry on loopback
+    etcd_unix: str         # the same etcd for other network namespaces (simulated hosts)
+    ipam_tcp: str
+    ipam_unix: str
+    pki: Path | None       # None: a plaintext plane (CALICO_INSECURE)
+    env: dict              # what makes a process the operator (admin)
+
+    @property
+    def security(self) -> Security:
+        return Security(TlsFiles.of(self.env["CALICO_TLS_CA_FILE"],
+                                    self.env["CALICO_TLS_CERT_FILE"],
+                                    self.env["CALICO_TLS_KEY_FILE"]) if self.pki else None,
+                        insecure=self.pki is None)
+
+
+def _identity_env(folder: Path, identity: str) -> dict:
+    pki.ensure(folder, {identity: ["172.30.0.250", "fd99::250"]})
+    ca, (cert, key) = pki.paths(folder, pki.CA_NAME)[0], pki.paths(folder, identity)
+    return {"CALICO_TLS_CA_FILE": str(ca), "CALICO_TLS_CERT_FILE": str(cert),
+            "CALICO_TLS_KEY_FILE": str(key), "ETCD_CA_CERT_FILE": str(ca),
+            "ETCD_CERT_FILE": str(cert), "ETCD_KEY_FILE": str(key)}
+
+
 @contextlib.contextmanager
-def control_plane(name: str):
+def control_plane(name: str, tls: bool = True):
     """etcd and the IPAM service on free loopback ports and unix sockets, in a
-    temporary folder; yields (tmp, etcd tcp, etcd unix, ipam tcp, ipam unix).
-    Everything is stopped and removed afterwards."""
+    temporary folder; with ``tls`` (the default) as in production: mutual TLS,
+    etcd with client certificates and its authentication on; without, in
+    plaintext. While it runs, this process acts as admin (its environment
+    says so). Everything is stopped and removed afterwards; yields a Plane."""
     tmp = Path(tempfile.mkdtemp(prefix=f"calico-bench-{name}-"))
+    folder = tmp / "pki" if tls else None
+    env = (_identity_env(folder, "admin") if tls else
+           {"CALICO_INSECURE": "1", "CALICO_PKI_DIR": str(tmp / "no-pki")})
+    if tls:
+        env["CALICO_PKI_DIR"] = str(folder)
+    saved = {k: os.environ.get(k) for k in list(env) + list(TLS_VARS)}
+    for k in TLS_VARS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
     etcd = ipam = None
     try:
         port = launch.free_port()
-        etcd = launch.start_etcd(tmp / "etcd", port, launch.free_port(), tmp / "etcd.log")
+        etcd = launch.start_etcd(
+            tmp / "etcd", port, launch.free_port(), tmp / "etcd.log",
+            tls=TlsFiles.of(*_files(folder, "service:etcd")) if tls else None,
+            admin=TlsFiles.of(*_files(folder, "admin")) if tls else None)
+        etcd_tcp = f"https://127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
         ipam_tcp, ipam_unix = f"127.0.0.1:{launch.free_port()}", f"unix:{tmp}/ipam.sock"
-        ipam = launch.start_service("services.ipam", ipam_tcp, f"127.0.0.1:{port}",
-                                    tmp / "ipam.log", unix=ipam_unix)
-        yield (tmp, f"127.0.0.1:{port}", launch.etcd_unix_endpoint(tmp / "etcd", port),
-               ipam_tcp, ipam_unix)
+        ipam = launch.start_service(
+            "services.ipam", ipam_tcp, etcd_tcp, tmp / "ipam.log", unix=ipam_unix,
+            env=_identity_env(folder, "service:ipam") if tls else {"CALICO_INSECURE": "1"})
+        yield Plane(tmp, etcd_tcp, launch.etcd_unix_endpoint(tmp / "etcd", port, tls=tls),
+                    ipam_tcp, ipam_unix, folder, env)
     finally:
         for proc in (ipam, etcd):
             if proc is not None:
                 launch.stop_pid(proc.pid)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+TLS_VARS = ("CALICO_TLS_CA_FILE", "CALICO_TLS_CERT_FILE", "CALICO_TLS_KEY_FILE",
+            "ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE", "CALICO_INSECURE")
+
+
+def _files(folder: Path, identity: str) -> tuple:
+    pki.ensure(folder, {identity: []})
+    return (pki.paths(folder, pki.CA_NAME)[0], *pki.paths(folder, identity))

@@ -135,21 +135,15 @@ def main() -> int:
                         help="docker runs per driver (default 50)")
     runs = parser.parse_args().runs
 
-    with control_plane("docker") as (tmp, etcd_tcp, etcd_unix, ipam_tcp, ipam_unix):
-        bgp_unix, policy_unix = f"unix:{tmp}/bgp.sock", f"unix:{tmp}/policy.sock"
-        services = []
+    with control_plane("docker") as plane:
+        tmp = plane.tmp
         Lab.remove_leftovers(PREFIX)
         lab = None
         try:
-            for module, unix in (("services.bgp", bgp_unix), ("services.policy", policy_unix)):
-                services.append(launch.start_service(
-                    module, f"127.0.0.1:{launch.free_port()}", etcd_tcp,
-                    tmp / f"{module}.log", unix=unix))
-            with rpc.channel(ipam_tcp) as ch:
+            with rpc.channel(plane.ipam_tcp) as ch:
                 ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(
                     ipam_pb2.CreatePoolRequest(pool=ipam_pb2.Pool(cidr=POOL)), timeout=10)
-            lab = Lab(tmp / "lab", etcd_unix, ipam_unix, prefix=PREFIX, bgp=bgp_unix,
-                      policy=policy_unix)
+            lab = Lab(tmp / "lab", plane.etcd_unix, plane.pki, prefix=PREFIX)
             a = lab.add_host("a", node=True, docker=True, ipv6=False)
             b = lab.add_host("b", node=True, docker=True, ipv6=False)
             for host in (a, b):
@@ -203,8 +197,6 @@ def main() -> int:
         finally:
             if lab is not None:
                 lab.close()
-            for proc in reversed(services):
-                launch.stop_pid(proc.pid)
 
     def row(name: str, values: list[float], returned: list[float]) -> str:
         v, after = ms(values), ms([t - r for t, r in zip(values, returned)])

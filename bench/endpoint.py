@@ -50,12 +50,13 @@ def row(name, values):
 
 
 def main() -> int:
-    with control_plane("endpoint") as (tmp, _, etcd_unix, ipam_tcp, ipam_unix):
-        with rpc.channel(ipam_tcp) as ch:
+    with control_plane("endpoint") as plane:
+        tmp = plane.tmp
+        with rpc.channel(plane.ipam_tcp) as ch:
             ipam_pb2_grpc.IpamServiceStub(ch).CreatePool(ipam_pb2.CreatePoolRequest(
                 pool=ipam_pb2.Pool(cidr="10.140.0.0/16")), timeout=10)
         Lab.remove_leftovers("benchep")
-        lab = Lab(tmp / "lab", etcd_unix, ipam_unix, prefix="benchep")
+        lab = Lab(tmp / "lab", plane.etcd_unix, plane.pki, prefix="benchep")
         try:
             host = lab.add_host("bench-host")
             names = [Namespace(lab, f"benchep-s{i}") for i in range(SEQUENTIAL)]

@@ -78,11 +78,11 @@ def counts(ns: Namespace) -> tuple[int, int]:
 
 def main() -> int:
     rows = []
-    with control_plane("policy") as (tmp, etcd_tcp, etcd_unix, _, _):
-        host, port = etcd_tcp.split(":")
-        store = EtcdStore([(host, int(port))])
+    with control_plane("policy") as plane:
+        tmp = plane.tmp
+        store = EtcdStore.from_env(plane.etcd_tcp)
         Lab.remove_leftovers("benchpol")
-        lab = Lab(tmp / "lab", etcd_unix, "", prefix="benchpol")
+        lab = Lab(tmp / "lab", plane.etcd_unix, plane.pki, prefix="benchpol")
         ns = Namespace(lab, "benchpol-node")
         agent = None
         try:
@@ -95,7 +95,7 @@ def main() -> int:
             def start_agent():
                 return launch.spawn(["ip", "netns", "exec", ns.name, sys.executable, "-m",
                                      "node.policy", f"--name={NODE}"], tmp / "agent.log",
-                                    env={"ETCD_ENDPOINTS": etcd_unix})
+                                    env={"ETCD_ENDPOINTS": plane.etcd_unix})
             agent = start_agent()
             wait_applied(store, revision)
             have = 100

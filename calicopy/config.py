@@ -30,12 +30,51 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def parse_endpoints(text: str) -> list[tuple[str, int]]:
-    """``host:port[,host:port...]``; an ``http://`` scheme is tolerated."""
-    items = [t.strip().removeprefix("http://") for t in text.split(",") if t.strip()]
+@dataclasses.dataclass(frozen=True)
+class EtcdEndpoint:
+    """One etcd member's client URL: ``https://host:port`` (TLS), ``http://host:port``
+    or a bare ``host:port`` (plaintext), or a unix socket etcd created
+    (named ``<name>:<port>``): ``unixs:<path>`` (TLS) or ``unix:<path>``."""
+
+    scheme: str          # https, http, unixs or unix
+    host: str            # for unix sockets: "unix:<dir>/<name>"
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("https", "unixs")
+
+    def __str__(self) -> str:
+        if self.scheme in ("unix", "unixs"):
+            return f"{self.scheme}:{self.host[len('unix:'):]}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        # Plaintext as the original tool named it (host:port); TLS with its scheme.
+        return f"https://{host}:{self.port}" if self.tls else f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> EtcdEndpoint:
+    text = text.strip()
+    for scheme in ("https://", "http://"):
+        if text.startswith(scheme):
+            host, port = parse_hostport(text[len(scheme):].rstrip("/"))
+            return EtcdEndpoint(scheme[:-3], host, port)
+    for scheme in ("unixs:", "unix:"):
+        if text.startswith(scheme):
+            path = "/" + text[len(scheme):].lstrip("/")
+            folder, port = parse_hostport(path)
+            return EtcdEndpoint(scheme[:-1], "unix:" + folder, port)
+    if "://" in text:
+        raise ValueError(f"'{text}': use https://, http://, unixs: or unix:")
+    host, port = parse_hostport(text)
+    return EtcdEndpoint("http", host, port)
+
+
+def parse_endpoints(text: str) -> list[EtcdEndpoint]:
+    """A comma-separated list of etcd client URLs (see EtcdEndpoint)."""
+    items = [t for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError("no endpoint given")
-    return [parse_hostport(t) for t in items]
+    return [parse_endpoint(t) for t in items]
 
 
 def parse_address(text: str) -> str:
@@ -109,9 +148,70 @@ class Param:
             raise ConfigError(f"Invalid {self.name} '{raw}' (from {source}): {exc}") from None
 
 
+def parse_file(text: str) -> str:
+    """A file that must exist ("" for none)."""
+    text = text.strip()
+    if text and not os.path.isfile(text):
+        raise ValueError("no such file")
+    return text
+
+
+def parse_flag(text: str) -> bool:
+    text = text.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("give 1 or 0")
+
+
 ETCD_ENDPOINTS = Param(
-    "etcd endpoints", "comma-separated host:port list of etcd v3 servers",
-    "127.0.0.1:2379", ("ETCD_ENDPOINTS", "ETCD_AUTHORITY"), parse_endpoints)
+    "etcd endpoints", "comma-separated etcd client URLs: https://host:port (TLS), "
+    "http://host:port or host:port (plaintext)", "https://127.0.0.1:2379",
+    ("ETCD_ENDPOINTS", "ETCD_AUTHORITY"), parse_endpoints)
+
+PKI_DIR = Param(
+    "certificate folder", "where `calicoctl certs` keeps the CA and certificates; a process "
+    "given no TLS files uses the admin certificate found there", "/etc/calico-py/pki",
+    ("CALICO_PKI_DIR",), parse_path)
+
+ETCD_CA_CERT_FILE = Param(
+    "etcd CA certificate", "the CA that signed etcd's certificate (for https:// endpoints); "
+    "else CALICO_TLS_CA_FILE's", "", ("ETCD_CA_CERT_FILE",), parse_file)
+
+ETCD_CERT_FILE = Param(
+    "etcd client certificate", "the certificate this process presents to etcd, whose "
+    "common name is its etcd user; else CALICO_TLS_CERT_FILE's", "", ("ETCD_CERT_FILE",),
+    parse_file)
+
+ETCD_KEY_FILE = Param(
+    "etcd client key", "the key of ETCD_CERT_FILE; else CALICO_TLS_KEY_FILE's", "",
+    ("ETCD_KEY_FILE",), parse_file)
+
+TLS_CA_FILE = Param(
+    "TLS CA certificate", "the CA every calico-py service and client trusts; else "
+    "<certificate folder>/ca.pem", "", ("CALICO_TLS_CA_FILE",), parse_file)
+
+TLS_CERT_FILE = Param(
+    "TLS certificate", "this process's certificate: its identity (admin, node:<name>, "
+    "scheduler:<name>, service:<name>); else <certificate folder>/admin.pem",
+    "", ("CALICO_TLS_CERT_FILE",), parse_file)
+
+TLS_KEY_FILE = Param(
+    "TLS key", "the key of CALICO_TLS_CERT_FILE; else <certificate folder>/admin-key.pem",
+    "", ("CALICO_TLS_KEY_FILE",), parse_file)
+
+NODE_TLS_CERT_FILE = Param(
+    "node certificate", "the certificate a node's processes present (identity node:<name>); "
+    "calicoctl node gives it to them", "", ("CALICO_NODE_TLS_CERT_FILE",), parse_file)
+
+NODE_TLS_KEY_FILE = Param(
+    "node key", "the key of CALICO_NODE_TLS_CERT_FILE", "", ("CALICO_NODE_TLS_KEY_FILE",),
+    parse_file)
+
+INSECURE = Param(
+    "plaintext TCP", "1: serve and call TCP ports without TLS, every caller acting as admin "
+    "(throw-away labs only)", "0", ("CALICO_INSECURE",), parse_flag)
 
 IPAM_ADDR = Param(
     "IPAM service address", "host:port or unix:<path> of the IPAM service",
@@ -166,8 +266,10 @@ DOCKER_PLUGIN_DIR = Param(
 #: The Docker plugin's socket in DOCKER_PLUGIN_DIR (Docker finds plugins by file name).
 DOCKER_PLUGIN_SOCKET = "calico.sock"
 
-PARAMS = (ETCD_ENDPOINTS, IPAM_ADDR, POLICY_ADDR, BGP_ADDR, NODENAME, STATE_DIR, ENDPOINT_ADDR,
-          RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR)
+PARAMS = (ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE, IPAM_ADDR,
+          POLICY_ADDR, BGP_ADDR, PKI_DIR, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, NODE_TLS_CERT_FILE,
+          NODE_TLS_KEY_FILE, INSECURE, NODENAME,
+          STATE_DIR, ENDPOINT_ADDR, RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR)
 
 
 def node_paths(node: str | None = None, environ: Mapping[str, str] | None = None
@@ -195,6 +297,42 @@ def endpoint_json_socket(addr: str) -> str | None:
     if not addr.strip().startswith("unix:"):
         return None
     return json_socket(parse_unix_socket(addr))
+
+
+def _files(params: tuple[Param, Param, Param], what: str, explicit=(None, None, None),
+           environ: Mapping[str, str] | None = None):
+    """The TLS files of three parameters (CA, certificate, key): all or none."""
+    values = [p.resolve(e, environ) for p, e in zip(params, explicit)]
+    if not any(values):
+        return None
+    if not all(values):
+        missing = " and ".join(p.env[0] for p, v in zip(params, values) if not v)
+        raise ConfigError(f"Incomplete {what} TLS configuration: {missing} not set (give the "
+                          "CA, the certificate and the key).")
+    from calicopy.tls import TlsFiles        # grpc only for processes that use TLS
+    return TlsFiles.of(*values)
+
+
+def tls_files(ca=None, cert=None, key=None, environ: Mapping[str, str] | None = None):
+    """This process's gRPC TLS files (calicopy.tls.TlsFiles), or None: the
+    CALICO_TLS_* files, else the admin certificate in the certificate folder
+    when it has one (what `calicoctl certs` and `make up` write)."""
+    found = _files((TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE), "gRPC", (ca, cert, key), environ)
+    if found is not None:
+        return found
+    folder = PKI_DIR.resolve(environ=environ)
+    paths = [os.path.join(folder, f) for f in ("ca.pem", "admin.pem", "admin-key.pem")]
+    if all(os.path.isfile(p) for p in paths):
+        from calicopy.tls import TlsFiles
+        return TlsFiles.of(*paths)
+    return None
+
+
+def etcd_tls_files(environ: Mapping[str, str] | None = None):
+    """The TLS files this process presents to etcd: ETCD_*_FILE, else its
+    gRPC ones (an identity is the same in both), or None."""
+    found = _files((ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE), "etcd", environ=environ)
+    return found if found is not None else tls_files(environ=environ)
 
 
 def describe() -> str:

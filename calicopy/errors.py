@@ -37,3 +37,11 @@ class Aborted(CalicoError):
 
 class Unavailable(CalicoError):
     """A dependency (etcd) cannot be reached."""
+
+
+class PermissionDenied(CalicoError):
+    """The caller's identity may not make this call."""
+
+
+class Unauthenticated(CalicoError):
+    """The caller presented no identity the server trusts."""

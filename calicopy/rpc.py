@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
+import time
 from concurrent import futures
 from typing import Callable, Iterable
 
@@ -28,6 +31,8 @@ _CODES = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Aborted, grpc.StatusCode.ABORTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 
@@ -68,18 +73,66 @@ def maps_errors(method: Callable) -> Callable:
     return wrapper
 
 
+class _Authorize(grpc.ServerInterceptor):
+    """Applies the authorisation table (calicopy.authz) to every unary call,
+    with the caller's identity from its client certificate."""
+
+    def __init__(self, authorizer):
+        self.authorizer = authorizer
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler            # streams: health watch, reflection (open to all)
+        inner, method = handler.unary_unary, details.method
+
+        def checked(request, context):
+            why = self.authorizer.check(identity(context), method, request)
+            if why is not None:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            return inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            checked, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def identity(context) -> str:
+    """The caller's identity: its certificate's common name; admin over a
+    unix socket (only root can open ours) or a port served --insecure."""
+    from calicopy.authz import INSECURE_IDENTITY
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else INSECURE_IDENTITY
+
+
+def _unix_path(addr: str) -> str | None:
+    return addr[len("unix:"):] if addr.startswith("unix:") else None
+
+
 def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Server], None]],
-                  service_names: Iterable[str], max_workers: int = 16
-                  ) -> tuple[grpc.Server, int]:
+                  service_names: Iterable[str], security=None, authorizer=None,
+                  max_workers: int = 16) -> tuple[grpc.Server, int]:
     """Build (not start) a server on ``addr`` with health and reflection.
 
     ``addr`` is one address or several (``host:port``, port 0 picks one, or
-    ``unix:<path>``); the port bound for the first is returned.
+    ``unix:<path>``); the port bound for the first is returned. TCP ports are
+    served with mutual TLS (``security.tls``), or in plaintext only with
+    ``security.insecure`` (logged); otherwise ConfigError. Unix sockets are
+    made root-only. ``authorizer`` (calicopy.authz.Authorizer; default: the
+    cluster services' table) decides every call.
     """
     # Here, not at the top: clients (the CNI plugin) should not pay for them.
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+
+    from calicopy.authz import Authorizer
+    from calicopy.tls import Security, server_credentials
+    security = security or Security()
+    addrs = [addr] if isinstance(addr, str) else list(addr)
+    for a in addrs:
+        if _unix_path(a) is None and security.tls is None and not security.insecure:
+            raise security.refuse_plaintext(a, "serve")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[_Authorize(authorizer or Authorizer())])
     for add in register:
         add(server)
     names = list(service_names)
@@ -91,23 +144,44 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
         names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME], server)
     ports = []
-    for a in [addr] if isinstance(addr, str) else addr:
-        port = server.add_insecure_port(a)
-        if port == 0 and not a.startswith("unix:"):
+    credentials = server_credentials(security.tls) if security.tls is not None else None
+    for a in addrs:
+        path = _unix_path(a)
+        if path is not None:
+            port = server.add_insecure_port(a)
+            os.chmod(path, 0o600)
+        elif credentials is not None:
+            port = server.add_secure_port(a, credentials)
+        else:
+            log.warning("serving %s in PLAINTEXT (--insecure): anyone who reaches it acts as "
+                        "admin; for throw-away labs only", a)
+            port = server.add_insecure_port(a)
+        if port == 0 and path is None:
             raise OSError(f"cannot listen on {a}")
         ports.append(port)
     return server, ports[0]
 
 
-def channel(target: str) -> grpc.Channel:
-    """The one way a calico-py process opens a channel to a service."""
-    return grpc.insecure_channel(target)
+def channel(target: str, security=None) -> grpc.Channel:
+    """The one way a calico-py process opens a channel to a service: a unix
+    socket as it is, a TCP address with mutual TLS (or plaintext only when
+    ``security.insecure``). ``security`` defaults to this process's
+    environment (calicopy.tls.Security.from_env)."""
+    from calicopy.tls import Security, channel_credentials
+    if target.startswith("unix:"):
+        return grpc.insecure_channel(target)
+    security = security or Security.from_env()
+    if security.tls is not None:
+        return grpc.secure_channel(target, channel_credentials(security.tls))
+    if security.insecure:
+        return grpc.insecure_channel(target)
+    raise security.refuse_plaintext(target, "call")
 
 
-def check_health(addr: str, service: str = "", timeout: float = 2.0) -> bool:
+def check_health(addr: str, service: str = "", timeout: float = 2.0, security=None) -> bool:
     """True when the server at ``addr`` reports SERVING for ``service``."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with channel(addr) as ch:
+    with channel(addr, security) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -120,15 +194,37 @@ class Client:
     """A stub for one service. ``call`` turns failures into domain errors (so a
     caller that is itself a service passes status and message on);
     ``invoke`` leaves them as ``grpc.RpcError`` for callers that word their
-    own messages per status code (calicoctl, the CNI plugin)."""
+    own messages per status code (calicoctl, the CNI plugin). When the TLS
+    files change (rotation), the next call opens a new channel with them."""
 
-    def __init__(self, name: str, target: str, stub_class, timeout: float):
+    RECHECK = 2.0       # seconds between looks at the TLS files
+
+    def __init__(self, name: str, target: str, stub_class, timeout: float, security=None):
+        from calicopy.tls import Security
         self.name, self.target, self.timeout = name, target, timeout
-        self._channel = channel(target)
-        self._stub = stub_class(self._channel)
+        self.security = security or Security.from_env()
+        self._stub_class = stub_class
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self._channel = channel(self.target, self.security)
+        self._stub = self._stub_class(self._channel)
+        self._stamp = self.security.tls.stamp() if self.security.tls else None
+        self._checked = time.monotonic()
+
+    def _fresh_stub(self):
+        if self.security.tls is not None and time.monotonic() - self._checked > self.RECHECK:
+            with self._lock:
+                self._checked = time.monotonic()
+                if self.security.tls.stamp() != self._stamp:
+                    old = self._channel
+                    self._open()
+                    old.close()
+        return self._stub
 
     def invoke(self, method: str, request, timeout: float | None = None):
-        return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+        return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout)
 
     def call(self, method: str, request, timeout: float | None = None):
         try:

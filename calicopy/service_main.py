@@ -21,19 +21,33 @@ from docopt import docopt
 from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import DatastoreUnavailable
+from calicopy.tls import Security
 
 USAGE = """{title}
 
 Run as `python -m {module}`.
 
 Usage:
-  {program} [--listen=<ADDRS>] [--etcd-endpoints=<EPS>]
+  {program} [--listen=<ADDRS>] [--etcd-endpoints=<EPS>] [--tls-ca=<FILE>]
+            [--tls-cert=<FILE>] [--tls-key=<FILE>] [--insecure]
 
 Options:
   --listen=<ADDRS>         Comma-separated host:port or unix:<path> addresses
                            to serve on; else {listen_env}, else {default}.
-  --etcd-endpoints=<EPS>   Comma-separated etcd host:port list; else
-                           ETCD_ENDPOINTS or ETCD_AUTHORITY, else 127.0.0.1:2379.
+  --etcd-endpoints=<EPS>   Comma-separated etcd client URLs; else ETCD_ENDPOINTS
+                           or ETCD_AUTHORITY, else 127.0.0.1:2379. With
+                           https:// (or unixs:), ETCD_CA_CERT_FILE,
+                           ETCD_CERT_FILE and ETCD_KEY_FILE give the TLS files.
+  --tls-ca=<FILE>          The CA clients' certificates must be signed by; else
+                           CALICO_TLS_CA_FILE.
+  --tls-cert=<FILE>        This service's certificate; else CALICO_TLS_CERT_FILE.
+  --tls-key=<FILE>         Its key; else CALICO_TLS_KEY_FILE.
+  --insecure               Serve TCP addresses in plaintext, every caller acting
+                           as admin: for throw-away labs only (logged at start).
+                           Without TLS files or this, a TCP address is refused.
+
+TCP addresses are served with mutual TLS; unix sockets are root-only. Every
+call is authorised by the caller's certificate (calicopy.authz).
 """
 
 ETCD_WAIT = 30.0
@@ -48,8 +62,16 @@ def stop_event() -> threading.Event:
     return stop
 
 
+def describe(security: Security) -> str:
+    """How TCP is served, for the start-up log line."""
+    if security.tls is not None:
+        return f"mutual TLS as {security.tls.identity}"
+    return "PLAINTEXT TCP (--insecure): for throw-away labs only" if security.insecure \
+        else "unix sockets only"
+
+
 def run(title: str, module: str, program: str, listen_param: config.Param,
-        build: Callable[[list[str], EtcdStore], object], argv=None) -> int:
+        build: Callable[[list[str], EtcdStore, Security], object], argv=None) -> int:
     log = logging.getLogger(program)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -58,12 +80,16 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
     args = docopt(doc, argv)
     try:
         listen = listen_param.resolve(args["--listen"])
-        endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
+        security = Security.from_env(ca=args["--tls-ca"], cert=args["--tls-cert"],
+                                     key=args["--tls-key"], insecure=args["--insecure"] or None)
+        store = EtcdStore.from_env(args["--etcd-endpoints"])
+        for addr in listen:
+            if addr.startswith("unix:") and os.path.exists(addr[len("unix:"):]):
+                os.unlink(addr[len("unix:"):])      # left by a previous run
+        server = build(listen, store, security)
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-
-    store = EtcdStore(endpoints)
     deadline = time.monotonic() + ETCD_WAIT
     while True:
         try:
@@ -75,12 +101,9 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
                 return 1
             time.sleep(0.5)
 
-    for addr in listen:
-        if addr.startswith("unix:") and os.path.exists(addr[len("unix:"):]):
-            os.unlink(addr[len("unix:"):])      # left by a previous run
-    server = build(listen, store)
     server.start()
-    log.info("listening on %s (etcd %s)", ", ".join(listen), store.endpoints)
+    log.info("listening on %s (%s; etcd %s)", ", ".join(listen), describe(security),
+             store.endpoints)
 
     stop_event().wait()
     log.info("stopping")

@@ -32,6 +32,9 @@ Usage:
   calicoctl endpoint <ENDPOINT_ID> profile show
   calicoctl endpoint <ENDPOINT_ID> profile (set|append|remove) [<PROFILES>...]
   calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
+  calicoctl certs ca [--dir=<DIR>] [--days=<N>]
+  calicoctl certs issue <IDENTITY> [--dir=<DIR>] [--host=<HOST>...] [--days=<N>]
+  calicoctl certs show <CERT>
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]
@@ -52,15 +55,15 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import (bgp, bgppeer, container, diags, docker_socket, endpoint, ipam, node, policy,
-                 pool, profile, reset, shownodes, status)
+from cli import (bgp, bgppeer, certs, container, diags, docker_socket, endpoint, ipam, node,
+                 policy, pool, profile, reset, shownodes, status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
 COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
             "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
-            "diags": diags, "reset": reset, "profile": profile, "endpoint": endpoint,
-            "policy": policy,
+            "diags": diags, "reset": reset, "certs": certs, "profile": profile,
+            "endpoint": endpoint, "policy": policy,
             "restart-docker-with-alternative-unix-socket": docker_socket,
             "restart-docker-without-alternative-unix-socket": docker_socket}
 

@@ -33,6 +33,12 @@ class Service:
             return self._client.invoke(method, request)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and _tls_failure(details):
+                raise CliError(
+                    f"The TLS handshake with the {self.name} at {self.addr} failed: the "
+                    "server does not trust our certificate or we do not trust its "
+                    f"(check CALICO_TLS_CA_FILE, CALICO_TLS_CERT_FILE, CALICO_TLS_KEY_FILE). "
+                    f"gRPC said: {details}")
             if code == grpc.StatusCode.UNAVAILABLE and not details.startswith("Error accessing"):
                 raise CliError(
                     f"Could not reach the {self.name} at {self.addr} (set "
@@ -41,6 +47,13 @@ class Service:
                 raise CliError(f"The {self.name} at {self.addr} did not answer within "
                                f"{self.timeout:g}s (CALICO_RPC_TIMEOUT).")
             raise RpcFailure(code, details) from None
+
+
+def _tls_failure(details: str) -> bool:
+    """A refused handshake: ours (a server certificate we do not trust) or the
+    server's (it closes the connection on a client certificate it does not)."""
+    return any(sign in details for sign in ("handshake", "certificate", "Socket closed",
+                                             "SSL", "TSI_"))
 
 
 def ipam() -> Service:

@@ -76,7 +76,7 @@ def run(args: dict) -> None:
 def _etcd_dump() -> str:
     from calicopy.datastore.etcd import EtcdStore
     try:
-        store = EtcdStore(config.ETCD_ENDPOINTS.resolve(), timeout=5)
+        store = EtcdStore.from_env(timeout=5)
         try:
             return json.dumps({kv.key: kv.value for kv in store.list(keys.ROOT)}, indent=1)
         finally:

@@ -2,6 +2,7 @@
 
 Usage:
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
+                 [--node-cert=<FILE> --node-key=<FILE>]
   calicoctl node stop [--force] [--name=<NAME>]
   calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
   calicoctl node bgp peer remove <PEER_IP> [as <AS_NUM>] [--name=<NAME>]
@@ -12,6 +13,12 @@ Options:
   --ip6=<IP6>      This host's IPv6 address, for IPv6 workloads and sessions.
   --as=<AS_NUM>    This node's AS number (default: the cluster's, see `calicoctl bgp`).
   --name=<NAME>    The node's name (default: CALICO_NODENAME, else the hostname).
+  --node-cert=<FILE>  The node's own certificate (identity node:<name>), which its
+                   processes present to the services and to etcd; else
+                   CALICO_NODE_TLS_CERT_FILE, else node-<name>.pem in the
+                   certificate folder (CALICO_PKI_DIR). Needed with TLS:
+                   `calicoctl certs issue node:<name>` makes it.
+  --node-key=<FILE>   Its key; else CALICO_NODE_TLS_KEY_FILE, else node-<name>-key.pem.
   --force          Stop even though workloads run here: their endpoints are
                    removed and their addresses released.
   --ipv4           Show only IPv4 peers.
@@ -22,6 +29,11 @@ none, registers the node and starts its processes (endpoint service, BIRD and
 its config renderer) under a supervisor that restarts them if they die. Run
 again, it only updates the registration. `node stop` stops them and removes
 the node's configuration. Both must run as root.
+
+calicoctl itself acts as the operator (admin, CALICO_TLS_*); the node's
+processes act as node:<name>, which may change only that node's own records
+and addresses. When etcd's authentication is on, `calicoctl node` also makes
+the node's etcd user, which may write only under the node's own prefix.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from calico.ipam.v1 import ipam_pb2
 from calicopy import config
 from calicopy.docker_api import LocalEngine, real_socket
 from calicopy.rpc import check_health
+from calicopy.tls import Security, TlsFiles
 from cli import client, validate
 from cli.errors import CliError
 from cli.output import table
@@ -57,7 +70,8 @@ def run(args: dict) -> None:
     elif args["stop"]:
         stop(name, args["--force"])
     else:
-        start(name, args["--ip"], args["--ip6"], args["--as"])
+        start(name, args["--ip"], args["--ip6"], args["--as"],
+              node_credentials(name, args["--node-cert"], args["--node-key"]))
 
 
 def supervisor_pid(name: str) -> int | None:
@@ -71,7 +85,48 @@ def _local_addresses() -> set[str]:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
 
 
-def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) -> None:
+def node_credentials(name: str, cert: str | None, key: str | None) -> dict[str, str]:
+    """The environment that makes the node's processes present the node's own
+    certificate (to the services and to etcd); empty without TLS."""
+    security = Security.from_env()
+    cert = config.NODE_TLS_CERT_FILE.resolve(cert)
+    key = config.NODE_TLS_KEY_FILE.resolve(key)
+    if not cert and not key:        # the certificate folder's, when it has one
+        from calicopy import pki
+        found = pki.paths(config.PKI_DIR.resolve(), f"node:{name}")
+        if all(p.is_file() for p in found):
+            cert, key = map(str, found)
+    if security.tls is None and not cert:
+        return {}
+    if not cert or not key:
+        raise CliError(f"The node's processes need node {name}'s own certificate: give "
+                       f"--node-cert and --node-key ('calicoctl certs issue node:{name}' "
+                       "makes them).")
+    ca = str(security.tls.ca) if security.tls else config.TLS_CA_FILE.resolve()
+    files = TlsFiles.of(ca, cert, key)
+    identity = files.identity
+    if identity != f"node:{name}":
+        raise CliError(f"{cert} is the certificate of {identity}, not of node:{name}.")
+    env = {"CALICO_TLS_CA_FILE": ca, "CALICO_TLS_CERT_FILE": cert, "CALICO_TLS_KEY_FILE": key}
+    if config.etcd_tls_files() is not None:
+        env.update(ETCD_CERT_FILE=cert, ETCD_KEY_FILE=key)
+    return env
+
+
+def _ensure_etcd_user(name: str) -> None:
+    """With etcd's authentication on, the node's own etcd user (as admin)."""
+    from calicopy.datastore import etcd_auth
+    from calicopy.datastore.etcd import EtcdStore
+    store = EtcdStore.from_env()
+    try:
+        if etcd_auth.enabled(store):
+            etcd_auth.ensure_node(store, name)
+    finally:
+        store.close()
+
+
+def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
+          credentials: dict[str, str]) -> None:
     ip = validate.ip_of_version(ip_text, 4, "Invalid IPv4 address specified with --ip argument.")
     ip6 = validate.ip_of_version(ip6_text, 6, "Invalid IPv6 address specified with --ip6 "
                                  "argument.") if ip6_text else ""
@@ -95,6 +150,8 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
     resp = client.call(client.bgp(), "RegisterNode", bgp_pb2.RegisterNodeRequest(
         node=bgp_pb2.Node(name=name, ipv4=ip, ipv6=ip6, as_num=as_num)))
 
+    if credentials:
+        _ensure_etcd_user(name)
     if supervisor_pid(name):
         changed = "its registration was updated" if resp.changed else "nothing changed"
         print(f"Calico node {name} is already running; {changed}.")
@@ -106,7 +163,8 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
     with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=Path(__file__).resolve().parent.parent,
+                                env={**os.environ, **credentials})
     deadline = time.monotonic() + START_WAIT
     endpoint = paths.endpoint_addr
     # The supervisor starts the Docker plugin when the engine answers; so that
@@ -120,7 +178,8 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None) ->
             raise CliError(f"Calico node {name} did not start; see the logs in {folder}.")
         time.sleep(0.2)
     docker = f"; Docker plugin on {plugin}" if plugin else ""
-    print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}){docker}; "
+    who = f"; its processes act as node:{name}" if credentials else ""
+    print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}){docker}{who}; "
           f"logs in {folder}.")
 
 

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import sys
 
-from calicopy import config
 from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from cli.errors import CliError
 
 
 def run(args: dict) -> None:
-    endpoints = config.ETCD_ENDPOINTS.resolve()
-    where = ",".join(f"{h}:{p}" for h, p in endpoints)
+    store = EtcdStore.from_env()
+    where = store.endpoints
     if not args["--yes"]:
         if not sys.stdin.isatty():
+            store.close()
             raise CliError("Refusing to reset without confirmation; add --yes.")
         answer = input(f"Remove ALL calico-py data from etcd at {where}? Type 'yes': ")
         if answer.strip() != "yes":
+            store.close()
             raise CliError("Reset cancelled; nothing was removed.")
-    store = EtcdStore(endpoints)
     try:
         removed = store.delete_prefix(keys.ROOT)
     finally:

@@ -1,10 +1,13 @@
 """`make demo`: the main job, end to end, on this machine: Calico on Docker.
 
-1. The control plane: etcd, the IPAM, policy and BGP services (as `make up`).
+1. The control plane: etcd, the IPAM, policy and BGP services (as `make up`),
+   with mutual TLS on every TCP port and etcd's authentication on.
 2. IPAM: pools defined with calicoctl; addresses allocated for two hosts over
    gRPC, as a scheduler would; `calicoctl pool show` and `ipam show`.
 3. Two simulated hosts (network namespaces on an underlay), each with its own
-   Docker engine and `calicoctl node` (which starts the Docker plugin). A
+   Docker engine and `calicoctl node` (which starts the Docker plugin). They
+   reach replicas of the services on the underlay over TCP with TLS, each node
+   as node:<name>; a node's certificate is refused what is the operator's. A
    Docker network per tier (frontend, database) on each host; containers on
    both hosts with plain `docker run --net <tier>`; BGP carries the routes;
    the connectivity matrix shows each tier reaching itself across hosts and
@@ -28,8 +31,8 @@ import time
 import grpc
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from calicopy import config
-from calicopy import rpc
+from calicopy import config, rpc
+from calicopy.tls import Security
 from tools import stack
 from node.supervisor import running_pid
 from tools import docker_engine, launch
@@ -109,8 +112,7 @@ def matrix(containers: dict[str, Container]) -> None:
 
 def docker_story() -> None:
     remove_leftovers()
-    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.unix_addr("ipam"),
-              prefix=LAB_PREFIX, bgp=stack.unix_addr("bgp"), policy=stack.unix_addr("policy"))
+    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.pki_dir(), prefix=LAB_PREFIX)
     try:
         step("Starting two simulated hosts (network namespaces on one underlay), each with "
              "its own Docker engine, then 'calicoctl node' on each: policy agent, endpoint "
@@ -119,6 +121,7 @@ def docker_story() -> None:
         for host in hosts.values():
             print(f"    {host.name}: {host.ip}, {host.ip6}; engine {host.engine.sock}; "
                   f"plugin {host.engine.plugin_dir}/calico.sock")
+        security_story(lab, hosts["host1"])
         step("A Docker network per tier on each host (one network = one Calico profile)")
         for host in hosts.values():
             for tier in TIERS:
@@ -182,6 +185,27 @@ def docker_story() -> None:
         calicoctl("ipam", "check")
     finally:
         lab.close()
+
+
+def security_story(lab, host) -> None:
+    step("TLS and identities: every TCP port serves mutual TLS (etcd too, with its own "
+         "users); calicoctl acts as admin, each node's processes as node:<name>")
+    print(f"    the hosts reach the services over the underlay: IPAM {lab.ipam}, policy "
+          f"{lab.policy}, BGP {lab.bgp}; etcd {lab.etcd}")
+    print(f"    certificates in {stack.pki_dir()}")
+    ok = rpc.check_health(config.IPAM_ADDR.resolve(),
+                          security=Security(None, insecure=True), timeout=2)
+    print(f"    a plaintext health check of {config.IPAM_ADDR.resolve()}: "
+          f"{'ANSWERED (wrong!)' if ok else 'refused'}")
+    node = lab.identities.env(f"node:{host.name}")
+    print(f"[{host.name}]$ calicoctl pool add 10.99.0.0/16   # with node:{host.name}'s "
+          "certificate")
+    result = subprocess.run([sys.executable, "-m", "cli.calicoctl", "pool", "add",
+                             "10.99.0.0/16"], capture_output=True, text=True,
+                            env={**os.environ, **node})
+    print(f"    exit {result.returncode}: {(result.stderr or result.stdout).strip()}")
+    if result.returncode == 0 or ok:
+        raise RuntimeError("the control plane let an unauthorised call through")
 
 
 def remove_leftovers() -> None:

@@ -33,8 +33,12 @@ import time
 from pathlib import Path
 from string import Template
 
+from calicopy import config, pki
+from calicopy.datastore import etcd_auth
+from calicopy.datastore.etcd import EtcdStore
 from calicopy.node_paths import NodePaths
 from calicopy.rpc import check_health
+from calicopy.tls import Security, TlsFiles
 from node.supervisor import running_pid
 from calicopy.netns import socket_in
 from tools import docker_engine, launch
@@ -42,6 +46,9 @@ from tools import docker_engine, launch
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 UNDERLAY_V4 = "172.30.0"
 UNDERLAY_V6 = "fd99::"
+CONTROL_INDEX = 250                 # the control plane's address on the underlay
+CONTROL_HOSTS = (f"{UNDERLAY_V4}.{CONTROL_INDEX}", f"{UNDERLAY_V6}{CONTROL_INDEX}")
+SERVICE_PORTS = {"ipam": 50051, "policy": 50052, "bgp": 50053}
 _counter = itertools.count(1)
 
 
@@ -64,21 +71,112 @@ class Namespace:
                               env={**os.environ, **(env or {})})
 
 
+class Identities:
+    """The lab's certificates (calicopy.pki, issued on first use) and the
+    environment that makes a process present one; with no folder, a
+    plaintext lab (CALICO_INSECURE=1: every caller is admin)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+
+    def files(self, identity: str, hosts: tuple[str, ...] = ()) -> TlsFiles | None:
+        if self.folder is None:
+            return None
+        pki.ensure(self.folder, {identity: list(hosts)})
+        return TlsFiles(pki.paths(self.folder, pki.CA_NAME)[0], *pki.paths(self.folder, identity))
+
+    def env(self, identity: str, hosts: tuple[str, ...] = ()) -> dict[str, str]:
+        """CALICO_TLS_* and ETCD_*_FILE for ``identity``."""
+        files = self.files(identity, hosts)
+        if files is None:
+            return {"CALICO_INSECURE": "1"}
+        return {"CALICO_TLS_CA_FILE": str(files.ca), "CALICO_TLS_CERT_FILE": str(files.cert),
+                "CALICO_TLS_KEY_FILE": str(files.key), "ETCD_CA_CERT_FILE": str(files.ca),
+                "ETCD_CERT_FILE": str(files.cert), "ETCD_KEY_FILE": str(files.key)}
+
+    def security(self, identity: str) -> Security:
+        return Security(self.files(identity), insecure=self.folder is None)
+
+
 class Lab:
-    def __init__(self, tmp: Path, etcd: str, ipam: str, prefix: str = "", bgp: str = "",
-                 policy: str = ""):
-        self.tmp, self.etcd, self.ipam, self.bgp, self.policy = tmp, etcd, ipam, bgp, policy
+    """Simulated hosts on an underlay, and a control plane of their own:
+    replicas of the IPAM, policy and BGP services in a namespace of the
+    underlay (``CONTROL_INDEX``), reached by the hosts over TCP (mutual TLS
+    with ``pki``, else plaintext) and by this process over unix sockets.
+    They share ``etcd`` (an ETCD_ENDPOINTS entry reachable from any
+    namespace: a unix socket) with whatever else uses it."""
+
+    def __init__(self, tmp: Path, etcd: str, pki_dir: Path | None = None, prefix: str = ""):
+        self.tmp, self.etcd = tmp, etcd
+        self.identities = Identities(pki_dir)
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
         self.procs: list[subprocess.Popen] = []
         self.engines: list[docker_engine.Engine] = []
         self.hosts: dict[str, Host] = {}
-        self.underlay = Namespace(self, f"{self.prefix}-u")
-        u = self.underlay
-        u.run("ip", "link", "add", "br0", "type", "bridge")
-        u.run("ip", "addr", "add", f"{UNDERLAY_V4}.1/24", "dev", "br0")
-        u.run("ip", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")
-        u.run("ip", "link", "set", "br0", "up")
+        try:
+            self.underlay = Namespace(self, f"{self.prefix}-u")
+            u = self.underlay
+            u.run("ip", "link", "add", "br0", "type", "bridge")
+            u.run("ip", "addr", "add", f"{UNDERLAY_V4}.1/24", "dev", "br0")
+            u.run("ip", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")
+            u.run("ip", "link", "set", "br0", "up")
+            self._start_control_plane()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_control_plane(self) -> None:
+        self.control = Namespace(self, f"{self.prefix}-ctl")
+        ip, _ = self._underlay_link(self.control, CONTROL_INDEX)
+        folder = self.tmp / "control"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        self.addrs, self.unix = {}, {}
+        starting = []
+        for name, port in SERVICE_PORTS.items():
+            self.addrs[name] = f"{ip}:{port}"
+            self.unix[name] = f"unix:{folder}/{name}.sock"
+            env = self.identities.env(f"service:{name}", CONTROL_HOSTS)
+            argv = ["ip", "netns", "exec", self.control.name, sys.executable, "-m",
+                    f"services.{name}", f"--listen={self.addrs[name]},{self.unix[name]}",
+                    f"--etcd-endpoints={self.etcd}"]
+            proc = launch.spawn(argv, folder / f"{name}.log", env=env, cwd=ROOT)
+            self.procs.append(proc)
+            starting.append((name, proc))
+        for name, proc in starting:
+            launch.wait_until(f"the lab's {name} service",
+                              lambda name=name: check_health(self.unix[name]), proc,
+                              folder / f"{name}.log")
+
+    @property
+    def ipam(self) -> str:
+        """The IPAM service as hosts reach it: TCP on the underlay."""
+        return self.addrs["ipam"]
+
+    @property
+    def policy(self) -> str:
+        return self.addrs["policy"]
+
+    @property
+    def bgp(self) -> str:
+        return self.addrs["bgp"]
+
+    def admin_store(self) -> EtcdStore:
+        """etcd as the operator (admin); close it after use."""
+        files = self.identities.files("admin")
+        return EtcdStore([config.parse_endpoint(self.etcd)], tls=files)
+
+    def ensure_etcd_user(self, node: str) -> None:
+        """What `calicoctl node` does for a node: its own etcd user."""
+        if self.identities.folder is None:
+            return
+        store = self.admin_store()
+        try:
+            if etcd_auth.enabled(store):
+                etcd_auth.ensure_node(store, node)
+        finally:
+            store.close()
 
     def add_host(self, name: str, ipv6: bool = True, node: bool = False,
                  as_num: int = 0, docker: bool = False) -> "Host":
@@ -160,14 +258,26 @@ class Host:
 
     @property
     def env(self) -> dict[str, str]:
+        """What `calicoctl` on this host runs with: the operator's identity
+        (admin), the services on the underlay, and the node's own certificate
+        for `calicoctl node` to give its processes."""
         env = {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
                "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
                "CALICO_BGP_ADDR": self.lab.bgp, "CALICO_POLICY_ADDR": self.lab.policy,
-               "PYTHONPATH": str(ROOT)}
+               "PYTHONPATH": str(ROOT), **self.lab.identities.env("admin")}
+        node = self.lab.identities.files(f"node:{self.name}", (self.ip, self.ip6))
+        if node is not None:
+            env.update(CALICO_NODE_TLS_CERT_FILE=str(node.cert),
+                       CALICO_NODE_TLS_KEY_FILE=str(node.key))
         if self.engine is not None:
             env.update(DOCKER_HOST=self.engine.url,
                        CALICO_DOCKER_PLUGIN_DIR=str(self.engine.plugin_dir))
         return env
+
+    @property
+    def node_env(self) -> dict[str, str]:
+        """What the node's own processes run with: its identity, node:<name>."""
+        return {**self.env, **self.lab.identities.env(f"node:{self.name}", (self.ip, self.ip6))}
 
     def _engine(self) -> docker_engine.Engine:
         if self.engine is None:
@@ -216,7 +326,8 @@ class Host:
         argv = ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "services.endpoint",
                 "--resync=2"] + ([] if ipv6 else ["--no-ipv6"])
         log = self.state_dir / f"{self.name}.log"
-        env = {**self.env, "CALICO_FAILPOINTS": failpoints}
+        self.lab.ensure_etcd_user(self.name)
+        env = {**self.node_env, "CALICO_FAILPOINTS": failpoints}
         self.proc = launch.spawn(argv, log, env=env, cwd=ROOT)
         self.lab.procs.append(self.proc)
         launch.wait_until(f"endpoint service of {self.name}",

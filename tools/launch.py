@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import DatastoreUnavailable
 from calicopy.rpc import check_health
@@ -27,12 +28,15 @@ def free_port() -> int:
 
 
 def spawn(argv: list[str], log: Path, env: dict | None = None,
-          cwd: Path | None = None) -> subprocess.Popen:
+          cwd: Path | None = None, drop_env: str = "") -> subprocess.Popen:
+    """``argv`` in a session of its own, output to ``log``, with our
+    environment plus ``env`` (less the variables starting with ``drop_env``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if not (drop_env and k.startswith(drop_env))}
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=cwd)
+                                env={**environ, **(env or {})}, cwd=cwd)
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
@@ -64,8 +68,9 @@ def _tail(log: Path, lines: int = 15) -> str:
         return ""
 
 
-def etcd_ready(client_port: int) -> bool:
-    store = EtcdStore([("127.0.0.1", client_port)], timeout=1.0)
+def etcd_ready(client: str, tls=None) -> bool:
+    """Whether the etcd at ``client`` (an ETCD_ENDPOINTS entry) answers."""
+    store = EtcdStore([config.parse_endpoint(client)], timeout=1.0, tls=tls)
     try:
         store.check()
         return True
@@ -75,36 +80,62 @@ def etcd_ready(client_port: int) -> bool:
         store.close()
 
 
-def etcd_unix_endpoint(data_dir: Path, client_port: int) -> str:
+def etcd_unix_endpoint(data_dir: Path, client_port: int, tls: bool = False) -> str:
     """The unix socket ``start_etcd`` also listens on, as an ETCD_ENDPOINTS entry.
 
     Processes in other network namespaces (simulated hosts) reach etcd
     through it without any IP route to this namespace. etcd names the socket
     file after the URL's host:port, in its working directory.
     """
-    return f"unix:{data_dir.parent}/localhost:{client_port}"
+    return f"{'unixs' if tls else 'unix'}:{data_dir.parent}/localhost:{client_port}"
 
 
-def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path
-               ) -> subprocess.Popen:
-    client = f"http://127.0.0.1:{client_port}"
+def start_etcd(data_dir: Path, client_port: int, peer_port: int, log: Path, tls=None,
+               admin=None) -> subprocess.Popen:
+    """An etcd on loopback (and a unix socket next to ``data_dir``). With
+    ``tls`` (its server certificate, calicopy.tls.TlsFiles) clients must
+    present a certificate signed by the same CA, whose common name is their
+    etcd user; with ``admin`` too (the admin certificate), etcd's
+    authentication is switched on with calico-py's users and roles
+    (calicopy.datastore.etcd_auth), admin being root. History is compacted
+    every hour (its space is bounded)."""
+    scheme = "https" if tls else "http"
+    client = f"{scheme}://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
-    listen = f"{client},unix://localhost:{client_port}"
+    listen = f"{client},{'unixs' if tls else 'unix'}://localhost:{client_port}"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    proc = spawn(["etcd", "--name", "calico-py", "--data-dir", str(data_dir),
-                  "--listen-client-urls", listen, "--advertise-client-urls", client,
-                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                  "--initial-cluster", f"calico-py={peer}"], log, cwd=data_dir.parent)
-    wait_until("etcd", lambda: etcd_ready(client_port), proc, log)
+    argv = ["etcd", "--name", "calico-py", "--data-dir", str(data_dir),
+            "--listen-client-urls", listen, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"calico-py={peer}",
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
+    if tls is not None:
+        argv += ["--cert-file", str(tls.cert), "--key-file", str(tls.key),
+                 "--trusted-ca-file", str(tls.ca), "--client-cert-auth"]
+    # etcd takes ETCD_* variables as flags: ours (client files) would clash.
+    proc = spawn(argv, log, cwd=data_dir.parent, drop_env="ETCD_")
+    wait_until("etcd", lambda: etcd_ready(client, admin or tls), proc, log)
+    if admin is not None:
+        from calicopy.datastore import etcd_auth
+        store = EtcdStore([config.parse_endpoint(client)], tls=admin)
+        try:
+            etcd_auth.enable(store)
+        finally:
+            store.close()
     return proc
 
 
-def start_service(module: str, listen: str, etcd: str, log: Path, unix: str = ""
-                  ) -> subprocess.Popen:
+def start_service(module: str, listen: str, etcd: str, log: Path, unix: str = "",
+                  env: dict | None = None, security=None, netns: str = "") -> subprocess.Popen:
     """A cluster service (``services.ipam``, ``services.bgp``...) on ``listen``
-    (and on ``unix``, for simulated hosts); returns once it is healthy."""
+    (and on ``unix``, for simulated hosts), in network namespace ``netns``
+    when given; returns once it is healthy. ``env`` gives it its identity
+    (CALICO_TLS_* and ETCD_*_FILE); ``security`` is how we check its health."""
     addrs = ",".join(filter(None, [listen, unix]))
-    proc = spawn([sys.executable, "-m", module, f"--listen={addrs}",
-                  f"--etcd-endpoints={etcd}"], log)
-    wait_until(module, lambda: check_health(listen), proc, log)
+    argv = [sys.executable, "-m", module, f"--listen={addrs}", f"--etcd-endpoints={etcd}"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    proc = spawn(argv, log, env=env)
+    probe = unix or listen
+    wait_until(module, lambda: check_health(probe, security=security), proc, log)
     return proc

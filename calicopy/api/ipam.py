@@ -21,8 +21,9 @@ class IpamClient:
     (services.ipam.allocator.Ipam): what the endpoint service calls. Failures
     come back as domain errors, so status codes pass through unchanged."""
 
-    def __init__(self, target: str, timeout: float = 10.0):
-        self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout)
+    def __init__(self, target: str, timeout: float = 10.0, security=None):
+        self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout,
+                              security)
 
     def close(self) -> None:
         self._client.close()

@@ -1,13 +1,19 @@
-"""The Store interface over a real etcd v3 cluster (through pyetcd)."""
+"""The Store interface over a real etcd v3 cluster (through pyetcd), plaintext or TLS."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import grpc
 import pyetcd
 from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 
+from calicopy import config
+from calicopy.config import ConfigError, EtcdEndpoint
 from calicopy.datastore.store import KV, DatastoreUnavailable, Txn
+from calicopy.errors import PermissionDenied
 
 # Seconds a failed endpoint is skipped before it is tried again; pyetcd's own
 # default (300 s) would make a service blind for minutes after etcd restarts.
@@ -20,16 +26,70 @@ def _prefix_end(prefix: str) -> bytes:
     return bytes(raw)
 
 
-class EtcdStore:
-    """A Store backed by etcd. Safe to share between threads."""
+def _options(endpoint: EtcdEndpoint) -> list[tuple[str, str]]:
+    # Over a unix socket gRPC would name the path as the TLS server name;
+    # etcd's certificate names localhost (calicopy.pki puts it in every one).
+    if endpoint.scheme == "unixs":
+        return [("grpc.ssl_target_name_override", "localhost"),
+                ("grpc.default_authority", "localhost")]
+    return []
 
-    def __init__(self, endpoints: list[tuple[str, int]], timeout: float = 5.0):
-        self.endpoints = ",".join(f"{h}:{p}" for h, p in endpoints)
-        self._client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=[pyetcd.Endpoint(h, p, secure=False, time_retry=_ENDPOINT_RETRY)
-                       for h, p in endpoints],
-            timeout=timeout, failover=True)
-        self._tx = self._client.transactions
+
+class EtcdStore:
+    """A Store backed by etcd. Safe to share between threads.
+
+    ``endpoints`` are the members' client URLs (calicopy.config.EtcdEndpoint);
+    ``tls`` the files presented to those that use TLS (its certificate's
+    common name is the etcd user, with etcd's client-certificate
+    authentication). When those files change, the next call reconnects with
+    them, so rotation needs no restart.
+    """
+
+    RECHECK = 5.0       # seconds between looks at the TLS files
+
+    def __init__(self, endpoints: list, timeout: float = 5.0, tls=None):
+        self._members = [e if isinstance(e, EtcdEndpoint) else EtcdEndpoint("http", *e)
+                         for e in endpoints]
+        self.endpoints = ",".join(str(e) for e in self._members)
+        self.timeout, self.tls = timeout, tls
+        if tls is None and any(e.tls for e in self._members):
+            raise ConfigError(f"etcd endpoint(s) {self.endpoints} use TLS: set "
+                              "ETCD_CA_CERT_FILE, ETCD_CERT_FILE and ETCD_KEY_FILE.")
+        self._lock = threading.Lock()
+        self._client = self._connect()
+
+    @classmethod
+    def from_env(cls, explicit_endpoints: str | None = None, timeout: float = 5.0,
+                 environ=None) -> "EtcdStore":
+        """The etcd this process's configuration names (ETCD_ENDPOINTS and the
+        ETCD_*_FILE parameters)."""
+        return cls(config.ETCD_ENDPOINTS.resolve(explicit_endpoints, environ), timeout,
+                   config.etcd_tls_files(environ))
+
+    def _connect(self):
+        self._stamp = self.tls.stamp() if self.tls else None
+        self._checked = time.monotonic()
+        creds = None
+        if self.tls is not None and any(e.tls for e in self._members):
+            from calicopy.tls import channel_credentials
+            creds = channel_credentials(self.tls)
+        return pyetcd.MultiEndpointEtcd3Client(
+            endpoints=[pyetcd.Endpoint(e.host, e.port, secure=e.tls,
+                                       creds=creds if e.tls else None,
+                                       time_retry=_ENDPOINT_RETRY, opts=_options(e))
+                       for e in self._members],
+            timeout=self.timeout, failover=True)
+
+    @property
+    def _live(self):
+        """The client, reconnected first if the TLS files changed."""
+        if self.tls is not None and time.monotonic() - self._checked > self.RECHECK:
+            with self._lock:
+                self._checked = time.monotonic()
+                if self.tls.stamp() != self._stamp:
+                    old, self._client = self._client, self._connect()
+                    old.close()
+        return self._client
 
     def close(self) -> None:
         self._client.close()
@@ -43,27 +103,32 @@ class EtcdStore:
         except grpc.RpcError as exc:   # from calls pyetcd does not wrap (streams)
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise DatastoreUnavailable(self.endpoints, exc.details() or "") from None
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.UNAUTHENTICATED):
+                who = self.tls.identity if self.tls else "an anonymous client"
+                raise PermissionDenied(f"etcd ({self.endpoints}) refused {who}: "
+                                       f"{exc.details()}.") from None
             raise
 
     def check(self) -> None:
         """Raise DatastoreUnavailable unless etcd answers."""
-        self._call(self._client.status)
+        self._call(self._live.status)
 
     def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
         """Every key under ``prefix`` and the revision they are consistent at."""
-        resp = self._call(self._client.get_prefix_response, prefix, sort_order="ascend",
+        resp = self._call(self._live.get_prefix_response, prefix, sort_order="ascend",
                           sort_target="key")
         return resp.header.revision, [KV(kv.key.decode(), kv.value.decode(), kv.mod_revision)
                                       for kv in resp.kvs]
 
     def get(self, key: str) -> KV | None:
-        value, meta = self._call(self._client.get, key)
+        value, meta = self._call(self._live.get, key)
         if meta is None:
             return None
         return KV(key, value.decode(), meta.mod_revision)
 
     def list(self, prefix: str) -> list[KV]:
-        got = self._call(self._client.get_prefix, prefix, sort_order="ascend",
+        got = self._call(self._live.get_prefix, prefix, sort_order="ascend",
                          sort_target="key")
         return [KV(meta.key.decode(), value.decode(), meta.mod_revision)
                 for value, meta in got]
@@ -90,7 +155,7 @@ class EtcdStore:
         return response.header.revision if response.succeeded else 0
 
     def _txn(self, request):
-        client = self._client
+        client = self._live
         try:
             return client.kvstub.Txn(request, client.timeout,
                                      credentials=client.call_credentials,
@@ -99,21 +164,21 @@ class EtcdStore:
             client._manage_grpc_errors(exc)  # pyetcd's failover and error mapping
 
     def grant_lease(self, ttl: int) -> int:
-        return self._call(self._client.lease, ttl).id
+        return self._call(self._live.lease, ttl).id
 
     def refresh_lease(self, lease: int) -> bool:
-        responses = self._call(lambda: list(self._client.refresh_lease(lease)))
+        responses = self._call(lambda: list(self._live.refresh_lease(lease)))
         return all(r.TTL > 0 for r in responses)
 
     def watch(self, prefix: str, on_event):
-        return self._call(self._client.add_watch_prefix_callback, prefix, on_event)
+        return self._call(self._live.add_watch_prefix_callback, prefix, on_event)
 
     def cancel_watch(self, handle) -> None:
         try:
-            self._client.cancel_watch(handle)
+            self._live.cancel_watch(handle)
         except Exception:   # the watch or the connection is gone already
             pass
 
     def delete_prefix(self, prefix: str) -> int:
-        resp = self._call(self._client.delete_prefix, prefix)
+        resp = self._call(self._live.delete_prefix, prefix)
         return resp.deleted

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     args = docopt(__doc__, argv)
     try:
         node = config.NODENAME.resolve(args["--name"])
-        store = EtcdStore(config.ETCD_ENDPOINTS.resolve())
+        store = EtcdStore.from_env()
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

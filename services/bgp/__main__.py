@@ -7,8 +7,8 @@ from services.bgp.registry import BgpRegistry
 from services.bgp.server import create_server
 
 
-def build(listen, store):
-    return create_server(listen, BgpRegistry(store))[0]
+def build(listen, store, security):
+    return create_server(listen, BgpRegistry(store), security=security)[0]
 
 
 if __name__ == "__main__":

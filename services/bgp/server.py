@@ -12,8 +12,9 @@ from services.bgp.servicer import BgpServicer
 SERVICE_NAME = bgp_pb2.DESCRIPTOR.services_by_name["BgpService"].full_name
 
 
-def create_server(addr: str | list[str], registry: BgpRegistry) -> tuple[grpc.Server, int]:
+def create_server(addr: str | list[str], registry: BgpRegistry, security=None, authorizer=None
+                  ) -> tuple[grpc.Server, int]:
     servicer = BgpServicer(registry)
     return rpc.create_server(
         addr, [lambda s: bgp_pb2_grpc.add_BgpServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME])
+        [SERVICE_NAME], security=security, authorizer=authorizer)

@@ -9,7 +9,7 @@ endpoint.sock; see json_gateway.py), for the CNI plugin.
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
                   [--ipam=<ADDR>] [--no-ipv6] [--resync=<SECONDS>]
-                  [--policy-wait=<SECONDS>]
+                  [--policy-wait=<SECONDS>] [--insecure]
 
 Options:
   --name=<NODE>            This node's name; else CALICO_NODENAME, else the
@@ -17,8 +17,9 @@ Options:
   --listen=<ADDR>          unix:<path> or host:port to serve on; else
                            CALICO_ENDPOINT_ADDR, else
                            unix:<CALICO_STATE_DIR>/<node>/endpoint.sock.
-  --etcd-endpoints=<EPS>   etcd host:port list; else ETCD_ENDPOINTS or
-                           ETCD_AUTHORITY, else 127.0.0.1:2379.
+  --etcd-endpoints=<EPS>   etcd client URLs; else ETCD_ENDPOINTS or
+                           ETCD_AUTHORITY, else 127.0.0.1:2379 (TLS files:
+                           ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE).
   --ipam=<ADDR>            The IPAM service; else CALICO_IPAM_ADDR, else
                            127.0.0.1:50051.
   --no-ipv6                Give workloads no IPv6 addresses even if the
@@ -27,6 +28,14 @@ Options:
   --policy-wait=<SECONDS>  A policy agent runs on this node: an add returns
                            only once it has programmed the endpoint, and fails
                            if that takes longer than this. Default: no agent.
+  --insecure               Allow a TCP --listen address (and TCP calls to IPAM)
+                           in plaintext, every caller acting as admin: for
+                           throw-away labs only (logged at start).
+
+It presents this node's certificate (CALICO_TLS_CA_FILE, CALICO_TLS_CERT_FILE,
+CALICO_TLS_KEY_FILE: identity node:<name>) to IPAM, and serves a TCP --listen
+address only with it (mutual TLS); its unix sockets are root-only. Callers are
+authorised by calicopy.authz: admin, schedulers, and this node itself.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from calicopy import config
 from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
-from calicopy.service_main import stop_event
+from calicopy.authz import Authorizer
+from calicopy.service_main import describe, stop_event
+from calicopy.tls import Security
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.json_gateway import JsonGateway
@@ -71,7 +82,8 @@ def main(argv=None) -> int:
     try:
         node = config.NODENAME.resolve(args["--name"])
         listen = config.endpoint_addr(args["--listen"], node)
-        endpoints = config.ETCD_ENDPOINTS.resolve(args["--etcd-endpoints"])
+        security = Security.from_env(insecure=args["--insecure"] or None)
+        store = EtcdStore.from_env(args["--etcd-endpoints"])
         ipam_addr = config.IPAM_ADDR.resolve(args["--ipam"])
         resync = config.parse_seconds(args["--resync"] or "60")
         policy_wait = config.parse_seconds(args["--policy-wait"]) if args["--policy-wait"] \
@@ -86,8 +98,7 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             os.unlink(path)          # a socket left by a previous run
 
-    store = EtcdStore(endpoints)
-    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve())
+    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve(), security=security)
     dataplane = kernel.KernelDataplane()
     kernel.enable_forwarding()
     manager = EndpointManager(store, ipam, dataplane, node,
@@ -113,11 +124,16 @@ def main(argv=None) -> int:
             log.error("cannot serve JSON on %s (%s); the CNI plugin will not reach this "
                       "node's endpoint service", json_path, exc)
             gateway = json_path = None
-    server, _ = create_server(listen, manager)
+    try:
+        server, _ = create_server(listen, manager, security=security,
+                                  authorizer=Authorizer(node=node))
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return 1
     server.start()
-    log.info("endpoint service for node %s listening on %s and %s (IPv6 %s)", node, listen,
+    log.info("endpoint service for node %s listening on %s and %s (IPv6 %s; %s)", node, listen,
              f"unix:{json_path} (JSON)" if json_path else "no JSON socket",
-             "on" if manager.ipv6 else "off")
+             "on" if manager.ipv6 else "off", describe(security))
 
     stop = stop_event()
     while not stop.wait(resync):

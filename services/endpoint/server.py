@@ -12,8 +12,9 @@ from services.endpoint.servicer import EndpointServicer
 SERVICE_NAME = endpoint_pb2.DESCRIPTOR.services_by_name["EndpointService"].full_name
 
 
-def create_server(addr: str | list[str], manager: EndpointManager) -> tuple[grpc.Server, int]:
+def create_server(addr: str | list[str], manager: EndpointManager, security=None, authorizer=None
+                  ) -> tuple[grpc.Server, int]:
     servicer = EndpointServicer(manager)
     return rpc.create_server(
         addr, [lambda s: endpoint_pb2_grpc.add_EndpointServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME])
+        [SERVICE_NAME], security=security, authorizer=authorizer)

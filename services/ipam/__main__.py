@@ -7,8 +7,8 @@ from services.ipam.allocator import Ipam
 from services.ipam.server import create_server
 
 
-def build(listen, store):
-    return create_server(listen, Ipam(store))[0]
+def build(listen, store, security):
+    return create_server(listen, Ipam(store), security=security)[0]
 
 
 if __name__ == "__main__":

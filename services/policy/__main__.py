@@ -7,8 +7,8 @@ from services.policy.registry import PolicyRegistry
 from services.policy.server import create_server
 
 
-def build(listen, store):
-    return create_server(listen, PolicyRegistry(store))[0]
+def build(listen, store, security):
+    return create_server(listen, PolicyRegistry(store), security=security)[0]
 
 
 if __name__ == "__main__":

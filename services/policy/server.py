@@ -12,8 +12,9 @@ from services.policy.servicer import PolicyServicer
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
 
-def create_server(addr: str | list[str], registry: PolicyRegistry) -> tuple[grpc.Server, int]:
+def create_server(addr: str | list[str], registry: PolicyRegistry, security=None, authorizer=None
+                  ) -> tuple[grpc.Server, int]:
     servicer = PolicyServicer(registry)
     return rpc.create_server(
         addr, [lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME])
+        [SERVICE_NAME], security=security, authorizer=authorizer)

@@ -14,9 +14,10 @@ from services.ipam.server import create_server
 from tests.conftest import ROOT
 
 
-def test_eight_processes_four_hosts_exhaust_a_slash_24(store, ipam_client, ipam_addr, calicoctl):
+def test_eight_processes_four_hosts_exhaust_a_slash_24(store, ipam_client, ipam_addr, calicoctl,
+                                                      service_security):
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.50.0.0/24"))
-    second, port = create_server("127.0.0.1:0", Ipam(store))
+    second, port = create_server("127.0.0.1:0", Ipam(store), security=service_security("ipam"))
     second.start()
     try:
         addrs = [ipam_addr, f"127.0.0.1:{port}"]

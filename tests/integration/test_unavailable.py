@@ -34,12 +34,13 @@ def test_bad_service_address():
                              "CALICO_IPAM_ADDR): 'nowhere' is not host:port\n")
 
 
-def test_etcd_down_behind_a_running_service():
+def test_etcd_down_behind_a_running_service(service_security):
     tmp = Path(tempfile.mkdtemp(prefix="calico-test-etcd-down-"))
     port = launch.free_port()
     etcd = launch.start_etcd(tmp / "data", port, launch.free_port(), tmp / "etcd.log")
     store = EtcdStore([("127.0.0.1", port)], timeout=2)
-    server, ipam_port = create_server("127.0.0.1:0", Ipam(store))
+    server, ipam_port = create_server("127.0.0.1:0", Ipam(store),
+                                      security=service_security("ipam"))
     server.start()
     try:
         env = {"CALICO_IPAM_ADDR": f"127.0.0.1:{ipam_port}"}

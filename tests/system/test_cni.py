@@ -35,7 +35,7 @@ from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from calicopy import rpc
 from cni.invoke import Chain, invoke
-from tests.conftest import ROOT, IpamClient, serving
+from tests.conftest import ROOT, IpamClient
 from tests.system.helpers import established, wait_for
 from tools import launch
 from tools.lab import Lab, Workload
@@ -83,41 +83,29 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(etcd_server, tmp_path_factory):
-    from services.bgp import server as bgp_server
-    from services.bgp.registry import BgpRegistry
-    from services.ipam.allocator import Ipam
-    from services.ipam.server import create_server as ipam_server
-    from services.policy import server as policy_server
-    from services.policy.registry import PolicyRegistry
-
+def cluster(etcd_server, pki_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cni")
-    host, port = etcd_server[0].split(":")
-    store = EtcdStore([(host, int(port))])
+    store = EtcdStore.from_env(etcd_server[0])
     store.delete_prefix(keys.ROOT)
-    lab = channels = None
+    lab = channels = client = None
     try:
-        with serving(ipam_server, Ipam(store), tmp / "ipam.sock") as ipam, \
-                serving(bgp_server.create_server, BgpRegistry(store), tmp / "bgp.sock") as bgp, \
-                serving(policy_server.create_server, PolicyRegistry(store),
-                        tmp / "policy.sock") as policy:
-            client = IpamClient(ipam[0])
-            for cidr in (POOL4, POOL6):
-                client.create_pool(pool=ipam_pb2.Pool(cidr=cidr))
-            lab = Lab(tmp, etcd_server[1], ipam[1], bgp=bgp[1], policy=policy[1])
-            try:
-                hosts = [lab.add_host(name, node=True) for name in ("cni1", "cni2")]
-                channels = {h.name: rpc.channel(h.endpoint_addr) for h in hosts}
-                stubs = {n: endpoint_pb2_grpc.EndpointServiceStub(c) for n, c in channels.items()}
-                for h in hosts:
-                    wait_for(f"{h.name} BGP sessions", lambda h=h: established(h, 2))
-                yield Cluster(lab, client, stubs)
-            finally:
-                for channel in (channels or {}).values():
-                    channel.close()
-                lab.close()
-                client.channel.close()
+        lab = Lab(tmp, etcd_server[1], pki_dir)
+        client = IpamClient(lab.unix["ipam"])
+        for cidr in (POOL4, POOL6):
+            client.create_pool(pool=ipam_pb2.Pool(cidr=cidr))
+        hosts = [lab.add_host(name, node=True) for name in ("cni1", "cni2")]
+        channels = {h.name: rpc.channel(h.endpoint_addr) for h in hosts}
+        stubs = {n: endpoint_pb2_grpc.EndpointServiceStub(c) for n, c in channels.items()}
+        for h in hosts:
+            wait_for(f"{h.name} BGP sessions", lambda h=h: established(h, 2))
+        yield Cluster(lab, client, stubs)
     finally:
+        for channel in (channels or {}).values():
+            channel.close()
+        if lab is not None:
+            lab.close()
+        if client is not None:
+            client.channel.close()
         store.delete_prefix(keys.ROOT)
         store.close()
 

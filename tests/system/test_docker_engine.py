@@ -32,10 +32,8 @@ def plugin_folder_seen_by(engine) -> list[str]:
                           check=True, timeout=10).stdout.split()
 
 
-def test_two_hosts_each_with_its_own_engine(etcd_server, ipam_server, bgp_server,
-                                            policy_server, tmp_path):
-    lab = Lab(tmp_path, etcd_server[1], ipam_server[1], bgp=bgp_server[1],
-              policy=policy_server[1])
+def test_two_hosts_each_with_its_own_engine(etcd_server, store, pki_dir, tmp_path):
+    lab = Lab(tmp_path, etcd_server[1], pki_dir)
     engines = []
     try:
         a = lab.add_host("a", ipv6=False, docker=True)

@@ -5,11 +5,40 @@ from calicopy import config
 
 def test_default_then_environment_then_explicit():
     p = config.ETCD_ENDPOINTS
-    assert p.resolve(environ={}) == [("127.0.0.1", 2379)]
-    assert p.resolve(environ={"ETCD_AUTHORITY": "10.0.0.1:4001"}) == [("10.0.0.1", 4001)]
+
+    def urls(*args, **kw):
+        return [str(e) for e in p.resolve(*args, **kw)]
+    assert urls(environ={}) == ["127.0.0.1:2379"]
+    assert urls(environ={"ETCD_AUTHORITY": "10.0.0.1:4001"}) == ["10.0.0.1:4001"]
     both = {"ETCD_ENDPOINTS": "a:1,b:2", "ETCD_AUTHORITY": "c:3"}
-    assert p.resolve(environ=both) == [("a", 1), ("b", 2)]
-    assert p.resolve("http://d:4", environ=both) == [("d", 4)]
+    assert urls(environ=both) == ["a:1", "b:2"]
+    assert urls("http://d:4", environ=both) == ["d:4"]
+
+
+def test_etcd_endpoints_with_tls_and_unix_sockets():
+    found = config.parse_endpoints("https://etcd1:2379, https://[fd00::1]:2379,"
+                                   "unixs:/run/etcd/localhost:2379,unix:///run/e/x:1")
+    assert [(e.scheme, e.host, e.port, e.tls) for e in found] == [
+        ("https", "etcd1", 2379, True), ("https", "fd00::1", 2379, True),
+        ("unixs", "unix:/run/etcd/localhost", 2379, True), ("unix", "unix:/run/e/x", 1, False)]
+    assert str(found[1]) == "https://[fd00::1]:2379" and str(found[2]) == \
+        "unixs:/run/etcd/localhost:2379"
+    with pytest.raises(config.ConfigError, match="use https://, http://, unixs: or unix:"):
+        config.ETCD_ENDPOINTS.resolve("ftp://x:1")
+
+
+def test_tls_files_all_or_none(tmp_path):
+    files = {n: tmp_path / n for n in ("ca", "cert", "key")}
+    for f in files.values():
+        f.write_text("x")
+    assert config.tls_files(environ={}) is None
+    full = {"CALICO_TLS_CA_FILE": str(files["ca"]), "CALICO_TLS_CERT_FILE": str(files["cert"]),
+            "CALICO_TLS_KEY_FILE": str(files["key"])}
+    assert config.tls_files(environ=full).cert == files["cert"]
+    with pytest.raises(config.ConfigError, match="CALICO_TLS_KEY_FILE not set"):
+        config.tls_files(environ={k: v for k, v in full.items() if "KEY" not in k})
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.tls_files(environ={**full, "CALICO_TLS_CA_FILE": str(tmp_path / "nope")})
 
 
 def test_bad_value_names_parameter_value_and_source():
