@@ -31,11 +31,12 @@ def detect_backend() -> str:
 
 
 class Tables:
-    """One IP version's tables through one backend."""
+    """One IP version's tables through one backend; ``run`` runs the tools
+    (commands.run, or a stand-in for the kernel in tests)."""
 
-    def __init__(self, version: int, backend: str):
+    def __init__(self, version: int, backend: str, run=commands.run):
         stem = "iptables" if version == 4 else "ip6tables"
-        self.version = version
+        self.version, self.run = version, run
         self.save = [f"{stem}-{backend}-save"]
         self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait"]
         # What we wrote last, per table and chain: the kernel prints rules in
@@ -44,7 +45,7 @@ class Tables:
 
     def current(self, table: str) -> tuple[dict[str, int], set[str]]:
         """Our chains with their rule counts, and the built-in chains that jump to ours."""
-        out = commands.run(self.save + ["-t", table])
+        out = self.run(self.save + ["-t", table])
         chains: dict[str, int] = {}
         hooked = set()
         for line in out.splitlines():
@@ -63,7 +64,7 @@ class Tables:
         for builtin, ours in HOOKS[table]:
             check = [self.save[0].replace("-save", ""), "-w", "-t", table, "-C", builtin,
                      "-j", ours]
-            if commands.run(check, check=False, raw=True) != 0:
+            if self.run(check, check=False, raw=True) != 0:
                 return False
         return True
 
@@ -96,7 +97,7 @@ class Tables:
         if not changed and not stale and len(lines) == 1:
             return 0
         lines.append("COMMIT")
-        commands.run(self.restore, "\n".join(lines) + "\n")
+        self.run(self.restore, "\n".join(lines) + "\n")
         for chain in changed:
             written[chain] = list(desired[chain])
         for chain in stale:
