@@ -40,7 +40,7 @@ from calico.bgp.v1 import bgp_pb2
 from calico.endpoint.v1 import endpoint_pb2
 from calico.ipam.v1 import ipam_pb2
 from calicopy import config
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.rpc import check_health
 from cli import client, validate
 from cli.errors import CliError

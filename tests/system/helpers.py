@@ -2,6 +2,8 @@
 
 import time
 
+from calicopy.docker_engine import client
+
 NET = ("net",)        # the open profile the `pools` fixture creates
 
 
@@ -10,6 +12,16 @@ def wait_for(what, condition, timeout=30):
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.3)
+
+
+def inspect(host, name) -> dict:
+    """Docker's inspect of a container on ``host``'s engine (through the
+    Calico proxy while it serves the engine's usual socket)."""
+    docker = client(str(host.engine.sock))
+    try:
+        return docker.api.inspect_container(name)
+    finally:
+        docker.close()
 
 
 def established(host, count):

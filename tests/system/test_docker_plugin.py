@@ -1,12 +1,10 @@
 """Calico on Docker through the plugin: real dockerd engines, one per simulated
 host, each host running `calicoctl node` (which starts the plugin)."""
 
-import json
-
 import pytest
 
 from tests.system.conftest import POOL4, POOL6
-from tests.system.helpers import established, wait_for
+from tests.system.helpers import established, inspect, wait_for
 
 IMAGE = "calico-py/busybox:latest"
 
@@ -22,8 +20,7 @@ def run(host, name, net, *extra):
 
 
 def address(host, name, net, key="IPAddress"):
-    info = json.loads(host.docker("inspect", name).stdout)[0]
-    return info["NetworkSettings"]["Networks"][net][key]
+    return inspect(host, name)["NetworkSettings"]["Networks"][net][key]
 
 
 def pings(host, container, ip):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from calicopy.docker_api import real_socket
-from tests.system.helpers import established, wait_for
+from calicopy.docker_engine import real_socket
+from tests.system.helpers import established, inspect, wait_for
 
 IMAGE = "calico-py/busybox:latest"
 WITH = "restart-docker-with-alternative-unix-socket"
@@ -37,10 +37,6 @@ def ok(result):
 def run(host, name, *env, check=True, cmd=("sleep", "3600")):
     flags = [f for e in env for f in ("-e", e)]
     return host.docker("run", "-d", "--name", name, *flags, IMAGE, *cmd, check=check)
-
-
-def inspect(host, name) -> dict:
-    return json.loads(host.docker("inspect", name).stdout)[0]
 
 
 def ip_of(host, name) -> str:
