@@ -48,6 +48,7 @@ class Tables:
         out = self.run(self.save + ["-t", table])
         chains: dict[str, int] = {}
         hooked = set()
+        targets = [ours for _, ours in HOOKS[table]]
         for line in out.splitlines():
             if line.startswith(":") and line[1:].startswith(PREFIX):
                 chains[line[1:].split()[0]] = 0
@@ -55,8 +56,10 @@ class Tables:
                 chain = line.split()[1]
                 if chain in chains:
                     chains[chain] += 1
-                elif f"-j {PREFIX}" in line and chain.isupper():
-                    hooked.add(line.split("-j ")[1].split()[0])
+                elif chain.isupper() and line.split()[2:] in (["-j", t] for t in targets):
+                    # Only our unconditional jump is a hook: an operator's own
+                    # conditional jump to our chain is not (it is what -C checks).
+                    hooked.add(line.split()[3])
         return chains, hooked
 
     def hooked(self, table: str) -> bool:

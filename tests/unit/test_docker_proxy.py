@@ -365,6 +365,17 @@ def test_fixed_and_dual_stack_addresses(world):
     assert ep.profile_ids == []          # no CALICO_PROFILE: no profile, so isolated
 
 
+def test_inspect_keeps_the_first_address_after_calicoctl_adds_one(world):
+    """`calicoctl container <c> ip add` of a lower address: docker inspect still
+    shows the container's first address, as the original tool did."""
+    assert world.run(["CALICO_IP=10.0.0.7"], name="first")[0] == 204
+    [ep] = world.endpoints()
+    world.manager.add_address("docker", ep.workload_id, "eth0", "10.0.0.3")
+    ns = world.docker.request("GET", "/containers/first/json")[1]["NetworkSettings"]
+    assert ns["IPAddress"] == "10.0.0.7"
+    assert [n.split("/")[0] for n in world.endpoints()[0].ipv4_nets] == ["10.0.0.7", "10.0.0.3"]
+
+
 @pytest.mark.parametrize("env, net, message", [
     (["CALICO_IP=10.0.0.300"], None, "Invalid CALICO_IP '10.0.0.300': give an IP address"),
     (["CALICO_IP="], None, "Invalid CALICO_IP '': give an IP address"),

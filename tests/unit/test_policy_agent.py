@@ -244,6 +244,17 @@ def test_hooks_an_operator_deleted_are_put_back(world):
     assert state(kernel) == before
 
 
+def test_an_operator_s_conditional_jump_is_not_taken_for_our_hook(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    kernel.iptables(4, "-D", "INPUT", "-j", "cali-INPUT")
+    kernel.iptables(4, "-A", "INPUT", "-i", "eth0", "-j", "cali-INPUT")
+    assert not agent.hooks_in_place()
+    agent.step(full=False)
+    assert agent.hooks_in_place()
+    assert ["-j", "cali-INPUT"] in [r.split() for r in kernel.rules(4, "filter", "INPUT")]
+
+
 def test_a_full_resync_repairs_chains_edited_by_hand(world):
     store, kernel, agent, eps = world
     agent.sync(full=True)
