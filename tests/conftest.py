@@ -7,10 +7,7 @@ folder and stopped by PID at the end; every test that uses it leaves it empty.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +18,9 @@ from calicopy.datastore.etcd import EtcdStore
 from calicopy import rpc
 from services.ipam.allocator import Ipam
 from services.ipam.server import create_server
+from tests import cli
+from tests.cli import ROOT  # noqa: F401 (tests import it from here)
 from tools import launch
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -116,11 +113,8 @@ def lab(etcd_server, ipam_server, bgp_server, policy_server, tmp_path):
 def calicoctl(ipam_addr, etcd):
     """Run calicoctl as a user would; returns the CompletedProcess."""
     def run(*args, input=None, env=None):
-        full_env = {**os.environ, "CALICO_IPAM_ADDR": ipam_addr, "ETCD_ENDPOINTS": etcd,
-                    **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cli.calicoctl", *args], input=input,
-                              capture_output=True, text=True, env=full_env, cwd=ROOT,
-                              timeout=60)
+        return cli.calicoctl(*args, input=input, env={"CALICO_IPAM_ADDR": ipam_addr,
+                                                      "ETCD_ENDPOINTS": etcd, **(env or {})})
     return run
 
 

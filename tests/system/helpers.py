@@ -1,4 +1,4 @@
-"""Waiting and reading helpers shared by the system tests."""
+"""Waiting, reading and probing helpers shared by the system tests."""
 
 import time
 
@@ -22,6 +22,22 @@ def inspect(host, name) -> dict:
         return docker.api.inspect_container(name)
     finally:
         docker.close()
+
+
+def pings(host, container, ip):
+    """Whether the Docker ``container`` on ``host`` gets an answer to one ping."""
+    return host.docker("exec", container, "ping", "-c", "1", "-W", "1", ip,
+                       check=False).returncode == 0
+
+
+def reaches(host, container, ip, timeout=20):
+    """Wait until the Docker ``container`` on ``host`` pings ``ip``."""
+    wait_for(f"{container} to reach {ip}", lambda: pings(host, container, ip), timeout)
+
+
+def allocated(ipam_client):
+    """How many addresses the IPAM service has given out, in all pools."""
+    return sum(p.allocated for p in ipam_client.get_usage().pools)
 
 
 def established(host, count):
