@@ -10,7 +10,7 @@
 # debian:bookworm, or the image `make base-image` builds with debootstrap,
 # which already holds every package below, so that building needs no Debian
 # mirror). Build with `--network host` where the engine's own networks have
-# no way out (see tools/compose.py). Works with the classic builder and BuildKit.
+# no way out (see tools/compose_engine.py). Works with the classic builder and BuildKit.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 

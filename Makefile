@@ -10,10 +10,13 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps protos up down demo demo-down test bench clean \
+.PHONY: install deps venv protos up down demo demo-down test test-unit bench clean \
 	base-image compose-up compose-down cni-install
 
-install: deps $(GEN_STAMP) $(VENV)/.installed
+install: deps venv
+
+# The venv and the generated code: all that the unit tests need (no root).
+venv: $(GEN_STAMP) $(VENV)/.installed
 
 # Debian packages, each installed only when the command it provides is missing
 # (a path for one with no command on PATH: the reference CNI plugins).
@@ -86,6 +89,10 @@ cni-install: install
 
 test: install
 	$(VENV)/bin/pytest -q tests
+
+# The fast tier: no root, no etcd, BIRD, Docker or kernel changes.
+test-unit: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
 bench: install
 	$(PY) bench/ipam.py

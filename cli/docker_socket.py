@@ -46,10 +46,9 @@ import time
 from pathlib import Path
 
 from calicopy import config
-from calicopy.docker_api import DockerEngine
+from calicopy.docker_engine import Engine, real_socket
 from cli import validate
 from cli.errors import CliError
-from calicopy.docker_api import real_socket
 
 DROP_IN = "docker.socket.d/calico-py.conf"
 PROXY_WAIT = 5.0        # how long to look for the node's proxy afterwards
@@ -97,7 +96,7 @@ def run(args: dict) -> None:
 
 
 def _answers(path: str) -> bool:
-    return os.path.exists(path) and DockerEngine(path, timeout=2).available()
+    return Engine(path, timeout=2).available()
 
 
 def _engine_on(target: str, leaving: str | None) -> bool:

@@ -46,11 +46,13 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from calico.bgp.v1 import bgp_pb2
 from calico.endpoint.v1 import endpoint_pb2
 from calico.ipam.v1 import ipam_pb2
 from calicopy import config
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.rpc import check_health
 from calicopy.tls import Security, TlsFiles
 from cli import client, validate
@@ -143,10 +145,17 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
 
     ipam = client.ipam()
     if not client.call(ipam, "ListPools", ipam_pb2.ListPoolsRequest()).pools:
+        created = []
         for cidr in DEFAULT_POOLS:
-            client.call(ipam, "CreatePool", ipam_pb2.CreatePoolRequest(
-                pool=ipam_pb2.Pool(cidr=cidr)))
-        print(f"No pools were defined: created {' and '.join(DEFAULT_POOLS)}.")
+            try:
+                ipam.call("CreatePool", ipam_pb2.CreatePoolRequest(pool=ipam_pb2.Pool(cidr=cidr)))
+                created.append(cidr)
+            except client.RpcFailure as exc:
+                # Another node starting at the same moment made it first.
+                if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+                    raise CliError(str(exc)) from None
+        if created:
+            print(f"No pools were defined: created {' and '.join(created)}.")
     resp = client.call(client.bgp(), "RegisterNode", bgp_pb2.RegisterNodeRequest(
         node=bgp_pb2.Node(name=name, ipv4=ip, ipv6=ip6, as_num=as_num)))
 

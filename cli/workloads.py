@@ -67,10 +67,11 @@ def identify(text: str) -> Workload:
 
 
 def _docker(text: str) -> Workload:
-    from calicopy.docker_api import DockerEngine
-    engine = DockerEngine()
+    from calicopy.docker_engine import Engine
+    engine = Engine()
     try:
-        info = engine.container(text)
+        with engine.inspecting(f"container named {text}") as docker:
+            info = docker.containers.get(text).attrs
     except NotFound:
         raise CliError(f"Container {text} not found.") from None
     except Unavailable:

@@ -19,7 +19,7 @@ import sys
 from docopt import docopt
 
 from calicopy import config
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import real_socket
 from calicopy.service_main import stop_event
 from node.supervisor import Child, Supervisor
 
@@ -55,10 +55,9 @@ def main(argv=None) -> int:
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
     ]
     docker_sock = config.DOCKER_HOST.resolve()
-    engine = LocalEngine(docker_sock, real_socket(docker_sock))
-    # Also when the engine is not up yet (the node started first at boot) but
-    # its socket is there: both children wait for it.
-    if engine.available() or os.path.exists(docker_sock) or os.path.exists(engine.real):
+    # Wherever the engine's socket is, whether the engine answers yet or not
+    # (the node may start first at boot): both children wait for it.
+    if os.path.exists(docker_sock) or os.path.exists(real_socket(docker_sock)):
         plugin_dir = config.DOCKER_PLUGIN_DIR.resolve()
         children += [
             Child("docker plugin", [python, "-m", "node.docker_plugin", f"--name={name}",

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,9 +25,10 @@ from calicopy.datastore.etcd import EtcdStore
 from calicopy.tls import Security, TlsFiles
 from services.ipam.allocator import Ipam
 from services.ipam.server import create_server
+from tests import cli
+from tests.cli import ROOT  # noqa: F401 (tests import it from here)
 from tools import launch
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVICE_HOSTS = ("172.30.0.250", "fd99::250")     # tools.lab's control plane
 
 
@@ -52,7 +51,8 @@ def pki_dir():
 def operator_env(pki_dir):
     """Everything this session runs acts as admin, unless told otherwise."""
     admin = identity_files(pki_dir, "admin")
-    env = {"CALICO_TLS_CA_FILE": str(admin.ca), "CALICO_TLS_CERT_FILE": str(admin.cert),
+    env = {"CALICO_PKI_DIR": str(pki_dir),
+           "CALICO_TLS_CA_FILE": str(admin.ca), "CALICO_TLS_CERT_FILE": str(admin.cert),
            "CALICO_TLS_KEY_FILE": str(admin.key), "ETCD_CA_CERT_FILE": str(admin.ca),
            "ETCD_CERT_FILE": str(admin.cert), "ETCD_KEY_FILE": str(admin.key)}
     saved = {k: os.environ.get(k) for k in env}
@@ -172,11 +172,8 @@ def lab(etcd_server, store, pki_dir, tmp_path):
 def calicoctl(ipam_addr, etcd):
     """Run calicoctl as a user would; returns the CompletedProcess."""
     def run(*args, input=None, env=None):
-        full_env = {**os.environ, "CALICO_IPAM_ADDR": ipam_addr, "ETCD_ENDPOINTS": etcd,
-                    **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cli.calicoctl", *args], input=input,
-                              capture_output=True, text=True, env=full_env, cwd=ROOT,
-                              timeout=60)
+        return cli.calicoctl(*args, input=input, env={"CALICO_IPAM_ADDR": ipam_addr,
+                                                      "ETCD_ENDPOINTS": etcd, **(env or {})})
     return run
 
 

@@ -54,18 +54,11 @@ def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | No
     while not ready():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}:\n"
-                               + _tail(log))
+                               + processes.tail(log))
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {log}:\n"
-                               + _tail(log))
+                               + processes.tail(log))
         time.sleep(0.1)
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def etcd_ready(client: str, tls=None) -> bool:

@@ -1,5 +1,6 @@
-"""Stopping processes and cgroups we started, with the standard library only
-(tools/compose.py runs under the system Python, without the venv)."""
+"""Stopping processes and cgroups we started, and reading the end of their logs,
+with the standard library only (tools/compose.py and the modules it uses run
+under the system Python, without the venv)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def stop(pid: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.05)
     kill(pid)
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log, for an error message ("" if unreadable)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def cgroup_dirs(pid: int | str, parent: str) -> list[Path]:

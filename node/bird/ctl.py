@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 
 from calicopy.errors import CalicoError
 from node.bird.conf import parse_protocol_name
+
+
+# Debian puts BIRD in /usr/sbin, which is not on a non-root user's PATH.
+BIRD = shutil.which("bird") or "/usr/sbin/bird"
+BIRDC = shutil.which("birdc") or "/usr/sbin/birdc"
 
 
 class BirdError(CalicoError):
@@ -29,11 +35,11 @@ def _run(argv: list[str], timeout: float = 10) -> str:
 
 def check_config(path: str) -> None:
     """Raise BirdError unless BIRD accepts the configuration file."""
-    _run(["bird", "-p", "-c", path])
+    _run([BIRD, "-p", "-c", path])
 
 
 def configure(ctl: str, path: str) -> None:
-    out = _run(["birdc", "-s", ctl, "configure", f'"{path}"'])
+    out = _run([BIRDC, "-s", ctl, "configure", f'"{path}"'])
     if not any(ok in out for ok in ("Reconfigured", "Reconfiguration in progress",
                                      "queueing")):
         raise BirdError(["birdc", "configure"], 0, out)
@@ -51,7 +57,7 @@ class Session:
 
 def sessions(ctl: str) -> list[Session]:
     """The BGP protocols BIRD runs for calico peers, from `show protocols`."""
-    out = _run(["birdc", "-s", ctl, "show", "protocols"])
+    out = _run([BIRDC, "-s", ctl, "show", "protocols"])
     found = []
     for line in out.splitlines():
         parts = line.split()

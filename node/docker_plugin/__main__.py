@@ -22,7 +22,7 @@ from calico.endpoint.v1 import endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2_grpc
 from calico.policy.v1 import policy_pb2_grpc
 from calicopy import config
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.errors import CalicoError
 from calicopy.rpc import Client
 from calicopy.service_main import stop_event

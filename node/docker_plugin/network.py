@@ -43,7 +43,7 @@ class NetworkDriver:
     def __init__(self, endpoints, policy, docker):
         self.endpoints = endpoints      # calicopy.rpc.Client of this node's endpoint service
         self.policy = policy            # calicopy.rpc.Client of the policy service
-        self.docker = docker            # calicopy.docker_api.DockerEngine
+        self.docker = docker            # calicopy.docker_engine.LocalEngine
         # Network id -> profile, once made sure of: a network's id and name
         # never change, and the lookups are most of a CreateEndpoint's time.
         self._profiles: dict[str, str] = {}
@@ -79,7 +79,8 @@ class NetworkDriver:
         """The network's name (Docker does not send it), as a profile that exists."""
         if network_id in self._profiles:
             return self._profiles[network_id]
-        name = self.docker.network(network_id)["Name"]
+        with self.docker.inspecting(f"network named {network_id}") as client:
+            name = client.networks.get(network_id).name
         try:
             self.policy.call("CreateProfile", policy_pb2.CreateProfileRequest(name=name))
             log.info("created profile %s for Docker network %s", name, network_id[:12])
@@ -147,7 +148,8 @@ class NetworkDriver:
         missing = set()
         for network_id, eps in by_network.items():
             try:
-                joined = self.docker.network(network_id).get("Containers") or {}
+                with self.docker.inspecting(f"network named {network_id}") as client:
+                    joined = client.networks.get(network_id).attrs.get("Containers") or {}
                 live = {c.get("EndpointID") for c in joined.values()}
             except NotFound:
                 live = set()

@@ -35,11 +35,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_POST(self):     # noqa: N802 (the name http.server looks for)
         method = self.path.lstrip("/")
         handler = self.server.methods.get(method)
+        try:
+            # Read the body even for a method we refuse: a client still
+            # sending it would otherwise get a broken pipe instead of the 404.
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+        except ValueError:
+            return self._reply(400, {"Err": f"{method}: malformed Content-Length."})
         if handler is None:
             return self._reply(404, {"Err": f"{method} is not implemented by calico-py."})
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw.strip() else {}
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")

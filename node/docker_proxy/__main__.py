@@ -30,7 +30,7 @@ from calicopy import config
 from calicopy.api.endpoint import EndpointClient
 from calicopy.api.policy import ProfileClient
 from calicopy.service_main import stop_event
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import LocalEngine, real_socket
 from node.docker_proxy.calico_ip import ContainerNetworking
 from node.docker_proxy.proxy import DockerProxy
 from node.docker_proxy.watcher import Watcher

@@ -27,6 +27,7 @@ import logging
 import threading
 from typing import Protocol
 
+from calicopy.docker_engine import Engine
 from calicopy.errors import (AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument,
                              NotFound, Unavailable)
 from calicopy.model.endpoint import ACTIVE, AddRequest, Endpoint
@@ -52,17 +53,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-class Engine(Protocol):
-    """The node's Docker engine (``calicopy.docker_api.DockerEngine`` or
-    ``calicopy.docker_api.LocalEngine``)."""
-
-    def container(self, name: str) -> dict: ...
-
-    def containers(self, running_only: bool = False) -> list[dict]: ...
-
-    def stop(self, name: str, timeout: int = 0) -> None: ...
 
 
 class Endpoints(Protocol):
@@ -186,7 +176,8 @@ class ContainerNetworking:
     def _ensure_ref(self, ref: str, stop: bool) -> tuple[Endpoint | None, bool]:
         """(the container's endpoint, whether anything was done)."""
         try:
-            info = self.engine.container(ref)
+            with self.engine.inspecting(f"container named {ref}") as docker:
+                info = docker.containers.get(ref).attrs
         except NotFound:
             return None, False
         with self._lock(info["Id"]):
@@ -248,7 +239,9 @@ class ContainerNetworking:
         calico_ip = env_values((info.get("Config") or {}).get("Env")).get("CALICO_IP")
         # A container that exited by itself meanwhile has nothing to network.
         try:
-            now = self.engine.container(cid).get("State") or {}
+            with self.engine.inspecting(f"container named {cid}") as docker:
+                container = docker.containers.get(cid)
+            now = container.attrs.get("State") or {}
         except CalicoError:
             now = {}
         if not now.get("Running") or now.get("Pid") != (info.get("State") or {}).get("Pid"):
@@ -260,7 +253,8 @@ class ContainerNetworking:
             log.error("%s", message)
             return
         try:
-            self.engine.stop(cid)
+            with self.engine.calls(f"Docker could not stop container {cid}"):
+                container.stop(timeout=0)
             message += " The container was stopped."
         except CalicoError as stop_exc:
             message += f" Stopping the container failed too: {stop_exc}"
@@ -314,7 +308,8 @@ class ContainerNetworking:
 
     def container_id(self, ref: str) -> str | None:
         try:
-            return self.engine.container(ref)["Id"]
+            with self.engine.inspecting(f"container named {ref}") as docker:
+                return docker.containers.get(ref).id
         except NotFound:
             return None
 
@@ -332,8 +327,12 @@ class ContainerNetworking:
             if self.container_id(cid) is None:
                 self.release(cid)
                 counts["removed"] += 1
-        for summary in self.engine.containers(running_only=True):
-            cid = summary["Id"]
-            if cid in keyed or (summary.get("HostConfig") or {}).get("NetworkMode") == "none":
+        with self.engine.calls("Docker could not list containers") as docker:
+            # sparse: the list's own summaries, not an inspect per container
+            running = docker.containers.list(sparse=True)
+        for container in running:
+            cid = container.id
+            if cid in keyed or (container.attrs.get("HostConfig") or {}).get(
+                    "NetworkMode") == "none":
                 counts["networked"] += self._ensure_ref(cid, stop=False)[1]
         return counts

@@ -29,7 +29,7 @@ import threading
 import urllib.parse
 from http import HTTPStatus
 
-from calicopy.docker_api import DockerEngine
+from calicopy.docker_engine import Engine
 from node.docker_proxy.calico_ip import ContainerNetworking, Refused
 from node.docker_proxy.http1 import (ProtocolError, Reader, Request, Response, copy_body,
                                      read_body, tunnel, with_body)
@@ -262,7 +262,7 @@ class DockerProxy:
         self.upstream = upstream
         self.networking = networking
         self.check_every = check_every
-        self.engine = DockerEngine(upstream, timeout=2)
+        self.engine = Engine(upstream, timeout=2)      # only asked whether it answers
         self.serving = threading.Event()
 
     def _listen_free(self) -> bool:
@@ -294,8 +294,7 @@ class DockerProxy:
     def serve(self, stop: threading.Event) -> None:
         waiting_logged = False
         while not stop.is_set():
-            if not (os.path.exists(self.upstream) and self.engine.available()
-                    and self._listen_free()):
+            if not (self.engine.available() and self._listen_free()):
                 if not waiting_logged:
                     log.info("standing by: serving %s once the engine answers on %s and "
                              "nobody else serves %s", self.listen, self.upstream, self.listen)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+from calicopy.docker_engine import Engine
 from calicopy.errors import CalicoError
 from node.docker_proxy.calico_ip import ContainerNetworking
 
@@ -24,7 +25,7 @@ BACKOFF_MAX = 5.0
 
 
 class Watcher:
-    def __init__(self, engine, networking: ContainerNetworking, resync: float):
+    def __init__(self, engine: Engine, networking: ContainerNetworking, resync: float):
         self.engine = engine
         self.networking = networking
         self.resync = resync
@@ -46,9 +47,12 @@ class Watcher:
             started = time.monotonic()
             try:
                 self.reconcile()
-                for event in self.engine.events(FILTERS, since=since):
-                    backoff = 0.5
-                    self._handle(event)
+                # The SDK reads events with no timeout (they may be minutes
+                # apart); a stream that breaks is Unavailable, said once.
+                with self.engine.calls("Docker refused to stream events") as docker:
+                    for event in docker.events(filters=FILTERS, since=since, decode=True):
+                        backoff = 0.5
+                        self._handle(event)
                 self._problem("")
             except CalicoError as exc:
                 self._problem(str(exc))

@@ -22,6 +22,7 @@ from docopt import docopt
 from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
+from node.policy import commands
 from node.policy.agent import Agent
 from node.policy.iptables import detect_backend
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         return 1
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
     stop = stop_event()
-    Agent(store, node, backend).run(stop)
+    Agent(store, node, backend, run=commands.run).run(stop)
     store.close()
     return 0
 

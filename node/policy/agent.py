@@ -18,7 +18,8 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model.policy import Snapshot
-from node.policy import dataplane, ipsets
+from node.policy import commands, dataplane
+from node.policy.ipsets import IpSets
 from node.policy.iptables import Tables
 
 log = logging.getLogger("calico-policy-agent")
@@ -27,9 +28,13 @@ RESYNC = 60.0
 
 
 class Agent:
-    def __init__(self, store: Store, node: str, backend: str):
+    """``run`` runs the iptables and ipset tools: commands.run, or in tests a
+    stand-in that holds the kernel's state."""
+
+    def __init__(self, store: Store, node: str, backend: str, run=commands.run):
         self.store, self.node, self.backend = store, node, backend
-        self.tables = {v: Tables(v, backend) for v in (4, 6)}
+        self.tables = {v: Tables(v, backend, run) for v in (4, 6)}
+        self.ipsets = IpSets(run)
         self._sets: dict[str, set[str]] | None = None    # what we last wrote
         self._applied_kv: KV | None = None
         self.applied_revision = 0
@@ -57,13 +62,13 @@ class Agent:
         for name, why in snapshot.invalid_profiles.items():
             log.error("profile %s ignored (its members fail closed): %s", name, why)
         desired = dataplane.compute(snapshot, self.node)
-        have = ipsets.current() if full or self._sets is None else self._sets
+        have = self.ipsets.current() if full or self._sets is None else self._sets
         self._sets = None                 # unknown until this pass succeeds
-        stats = {"sets": ipsets.update(desired.ipsets, have), "chains": 0}
+        stats = {"sets": self.ipsets.update(desired.ipsets, have), "chains": 0}
         for version, tables in desired.tables.items():
             for table, chains in tables.items():
                 stats["chains"] += self.tables[version].apply(table, chains, full=full)
-        stats["stale_sets"] = ipsets.remove_stale(desired.ipsets, have)
+        stats["stale_sets"] = self.ipsets.remove_stale(desired.ipsets, have)
         self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
         return revision, stats
 

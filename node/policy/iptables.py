@@ -31,11 +31,12 @@ def detect_backend() -> str:
 
 
 class Tables:
-    """One IP version's tables through one backend."""
+    """One IP version's tables through one backend; ``run`` runs the tools
+    (commands.run, or a stand-in for the kernel in tests)."""
 
-    def __init__(self, version: int, backend: str):
+    def __init__(self, version: int, backend: str, run=commands.run):
         stem = "iptables" if version == 4 else "ip6tables"
-        self.version = version
+        self.version, self.run = version, run
         self.save = [f"{stem}-{backend}-save"]
         self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait"]
         # What we wrote last, per table and chain: the kernel prints rules in
@@ -44,9 +45,10 @@ class Tables:
 
     def current(self, table: str) -> tuple[dict[str, int], set[str]]:
         """Our chains with their rule counts, and the built-in chains that jump to ours."""
-        out = commands.run(self.save + ["-t", table])
+        out = self.run(self.save + ["-t", table])
         chains: dict[str, int] = {}
         hooked = set()
+        targets = [ours for _, ours in HOOKS[table]]
         for line in out.splitlines():
             if line.startswith(":") and line[1:].startswith(PREFIX):
                 chains[line[1:].split()[0]] = 0
@@ -54,8 +56,10 @@ class Tables:
                 chain = line.split()[1]
                 if chain in chains:
                     chains[chain] += 1
-                elif f"-j {PREFIX}" in line and chain.isupper():
-                    hooked.add(line.split("-j ")[1].split()[0])
+                elif chain.isupper() and line.split()[2:] in (["-j", t] for t in targets):
+                    # Only our unconditional jump is a hook: an operator's own
+                    # conditional jump to our chain is not (it is what -C checks).
+                    hooked.add(line.split()[3])
         return chains, hooked
 
     def hooked(self, table: str) -> bool:
@@ -63,7 +67,7 @@ class Tables:
         for builtin, ours in HOOKS[table]:
             check = [self.save[0].replace("-save", ""), "-w", "-t", table, "-C", builtin,
                      "-j", ours]
-            if commands.run(check, check=False, raw=True) != 0:
+            if self.run(check, check=False, raw=True) != 0:
                 return False
         return True
 
@@ -96,7 +100,7 @@ class Tables:
         if not changed and not stale and len(lines) == 1:
             return 0
         lines.append("COMMIT")
-        commands.run(self.restore, "\n".join(lines) + "\n")
+        self.run(self.restore, "\n".join(lines) + "\n")
         for chain in changed:
             written[chain] = list(desired[chain])
         for chain in stale:

@@ -2,17 +2,7 @@
 
 import pytest
 
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def fails(result, message):
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == message
-    assert "Traceback" not in result.stderr
-    return result
+from tests.cli import fails, ok
 
 
 def test_pool_add_then_show(calicoctl):

@@ -1,34 +1,26 @@
 """When the service or etcd is down, the user gets one clear line and exit 1."""
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from calicopy.datastore.etcd import EtcdStore
 from services.ipam.allocator import Ipam
 from services.ipam.server import create_server
-from tests.conftest import ROOT
+from tests.cli import calicoctl
 from tools import launch
-
-
-def calicoctl(env, *args):
-    return subprocess.run([sys.executable, "-m", "cli.calicoctl", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60, env={**os.environ, **env})
 
 
 def test_service_not_running():
     addr = f"127.0.0.1:{launch.free_port()}"
-    result = calicoctl({"CALICO_IPAM_ADDR": addr}, "pool", "show")
+    result = calicoctl("pool", "show", env={"CALICO_IPAM_ADDR": addr})
     assert result.returncode == 1
     assert result.stderr == (f"Could not reach the IPAM service at {addr} (set CALICO_IPAM_ADDR "
                              "to change it). Is it running? 'make up' starts it.\n")
 
 
 def test_bad_service_address():
-    result = calicoctl({"CALICO_IPAM_ADDR": "nowhere"}, "pool", "show")
+    result = calicoctl("pool", "show", env={"CALICO_IPAM_ADDR": "nowhere"})
     assert result.returncode == 1
     assert result.stderr == ("Invalid IPAM service address 'nowhere' (from environment variable "
                              "CALICO_IPAM_ADDR): 'nowhere' is not host:port\n")
@@ -44,9 +36,9 @@ def test_etcd_down_behind_a_running_service(service_security):
     server.start()
     try:
         env = {"CALICO_IPAM_ADDR": f"127.0.0.1:{ipam_port}"}
-        assert calicoctl(env, "pool", "add", "10.70.0.0/24").returncode == 0
+        assert calicoctl("pool", "add", "10.70.0.0/24", env=env).returncode == 0
         launch.stop_pid(etcd.pid)
-        result = calicoctl(env, "pool", "show")
+        result = calicoctl("pool", "show", env=env)
         assert result.returncode == 1
         assert result.stderr.startswith(f"Error accessing etcd (127.0.0.1:{port})")
         assert result.stderr.rstrip().endswith("Is etcd running?")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from calicopy import rpc
 from cni.invoke import Chain, invoke
 from tests.conftest import ROOT, IpamClient
 from tests.system.helpers import established, wait_for
-from tools import launch
+from tools import launch, processes
 from tools.lab import Lab, Workload
 
 CNI_BIN = ROOT / "cni" / "bin"
@@ -628,7 +627,7 @@ class Containerd:
             except OSError:
                 continue
             if int(pid) != self.proc.pid and str(self.sock).encode() in cmdline:
-                _kill(int(pid))
+                processes.kill(int(pid))
         folders = []
         for cgroup in Path("/sys/fs/cgroup").glob(f"*/{self.namespace}"):
             folders += sorted((p for p in cgroup.rglob("*") if p.is_dir()),
@@ -637,7 +636,7 @@ class Containerd:
             for folder in list(folders):
                 try:
                     for pid in (folder / "cgroup.procs").read_text().split():
-                        _kill(int(pid))
+                        processes.kill(int(pid))
                     folder.rmdir()
                     folders.remove(folder)
                 except FileNotFoundError:
@@ -647,13 +646,6 @@ class Containerd:
             if not folders:
                 break
             time.sleep(0.1)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_ctr_run_cni(cluster):

@@ -1,7 +1,7 @@
 """The docker-compose development stack, as a developer runs it.
 
 `make compose-up` against a private Docker engine of the test's own
-(``tools.compose.PrivateEngine``: root network namespace, so that the image
+(``tools.compose_engine.PrivateEngine``: root network namespace, so that the image
 build reaches the package mirrors; no iptables, NAT or forwarding changes on
 the machine), then workloads on both nodes with `docker-compose exec <node>
 calicoctl ...`, pings across them, and `make compose-down`. The engine is
@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.system.helpers import wait_for
-from tools.compose import NODES, PrivateEngine, Stack
+from tools.compose import NODES, Stack
+from tools.compose_engine import PrivateEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "calico-py-test"

@@ -1,14 +1,12 @@
 """Calico on Docker through the plugin: real dockerd engines, one per simulated
 host, each host running `calicoctl node` (which starts the plugin)."""
 
-import json
-
 import pytest
 
+from tests.cli import ok
 from tests.system.conftest import POOL4, POOL6
-from tests.system.helpers import established, wait_for
-
-IMAGE = "calico-py/busybox:latest"
+from tests.system.helpers import allocated, established, inspect, pings, reaches, wait_for
+from tools.docker_engine import IMAGE
 
 
 def network(host, name, *extra):
@@ -22,21 +20,7 @@ def run(host, name, net, *extra):
 
 
 def address(host, name, net, key="IPAddress"):
-    info = json.loads(host.docker("inspect", name).stdout)[0]
-    return info["NetworkSettings"]["Networks"][net][key]
-
-
-def pings(host, container, ip):
-    return host.docker("exec", container, "ping", "-c", "1", "-W", "1", ip,
-                       check=False).returncode == 0
-
-
-def reaches(host, container, ip, timeout=20):
-    wait_for(f"{container} to reach {ip}", lambda: pings(host, container, ip), timeout)
-
-
-def allocated(ipam_client):
-    return sum(p.allocated for p in ipam_client.get_usage().pools)
+    return inspect(host, name)["NetworkSettings"]["Networks"][net][key]
 
 
 @pytest.fixture
@@ -74,8 +58,7 @@ def test_same_network_reaches_across_hosts_other_networks_do_not(two_hosts, ipam
     for host, name in ((a, "web1"), (b, "web2"), (b, "db1")):
         host.docker("rm", "-f", name)
     wait_for("addresses released", lambda: allocated(ipam_client) == 0)
-    check = calicoctl("ipam", "check")
-    assert check.returncode == 0, check.stdout + check.stderr
+    ok(calicoctl("ipam", "check"))
 
 
 def test_fixed_addresses_ipv6_and_bad_input(two_hosts, ipam_client):

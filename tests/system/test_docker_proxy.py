@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from calicopy.docker_api import real_socket
-from tests.system.helpers import established, wait_for
+from calicopy.docker_engine import real_socket
+from tests.cli import ok
+from tests.system.helpers import allocated, established, inspect, pings, reaches, wait_for
+from tools.docker_engine import IMAGE
 
-IMAGE = "calico-py/busybox:latest"
 WITH = "restart-docker-with-alternative-unix-socket"
 WITHOUT = "restart-docker-without-alternative-unix-socket"
 
@@ -29,40 +30,13 @@ def switch(host, proxied: bool, tmp_path):
                           f"--restart-command=mv {old} {new}", "--wait=10")
 
 
-def ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 def run(host, name, *env, check=True, cmd=("sleep", "3600")):
     flags = [f for e in env for f in ("-e", e)]
     return host.docker("run", "-d", "--name", name, *flags, IMAGE, *cmd, check=check)
 
 
-def inspect(host, name) -> dict:
-    return json.loads(host.docker("inspect", name).stdout)[0]
-
-
 def ip_of(host, name) -> str:
     return inspect(host, name)["NetworkSettings"]["IPAddress"]
-
-
-def pings(host, container, ip, wait=1):
-    return host.docker("exec", container, "ping", "-c", "1", "-W", str(wait), ip,
-                       check=False).returncode == 0
-
-
-def reaches(host, container, ip, timeout=20):
-    wait_for(f"{container} to reach {ip}", lambda: pings(host, container, ip), timeout)
-
-
-def allocated(ipam_client):
-    return sum(p.allocated for p in ipam_client.get_usage().pools)
-
-
-def ipam_clean(calicoctl):
-    check = calicoctl("ipam", "check")
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.fixture
@@ -148,7 +122,7 @@ def test_fixed_address_restart_and_rm(proxied, ipam_client, calicoctl):
     a.docker("rm", "-f", "fixed")
     assert allocated(ipam_client) == 1
     assert "10.20.99.5" not in ok(a.calicoctl("container", "show"))
-    ipam_clean(calicoctl)
+    ok(calicoctl("ipam", "check"))
 
 
 def test_bad_calico_ip_fails_docker_run_and_leaves_nothing(proxied, ipam_client, calicoctl):
@@ -175,7 +149,7 @@ def test_bad_calico_ip_fails_docker_run_and_leaves_nothing(proxied, ipam_client,
     assert bad_profile.returncode != 0 and "Invalid CALICO_PROFILE 'a-b'" in bad_profile.stderr
 
     assert allocated(ipam_client) == before
-    ipam_clean(calicoctl)
+    ok(calicoctl("ipam", "check"))
     # A failed container can be removed like any other; its start is refused again.
     again = b.docker("start", "second", check=False)
     assert again.returncode != 0 and "already assigned" in again.stderr
@@ -195,7 +169,7 @@ def test_rm_while_the_proxy_is_down_releases_the_address(proxied, ipam_client, c
                    env={**os.environ, "DOCKER_CONFIG": str(a.engine.dir / "client")})
     wait_for("the supervisor to restart the proxy and the proxy to reconcile",
              lambda: allocated(ipam_client) == 0)
-    ipam_clean(calicoctl)
+    ok(calicoctl("ipam", "check"))
     wait_for("the proxy serving again", lambda: a.docker("version", check=False).returncode == 0)
 
 

@@ -5,12 +5,7 @@ import tarfile
 import pytest
 
 from calico.ipam.v1 import ipam_pb2
-
-
-def fails(result, message):
-    assert result.returncode == 1, result
-    assert result.stderr.strip().splitlines()[-1] == message
-    assert "Traceback" not in result.stderr
+from tests.cli import fails
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 
 from calico.ipam.v1 import ipam_pb2
 from calicopy.netns import socket_in
+from tests.cli import fails, ok
+from tests.system.conftest import POOL4, POOL6
 from tests.system.helpers import wait_for
 from tools.lab import assert_connectivity
-
-POOL4, POOL6 = "10.20.0.0/16", "fd80:24e2:f998:72d6::/64"
 
 
 @pytest.fixture
@@ -21,17 +21,6 @@ def hosts(lab, ipam_client):
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
     return lab.add_host("h1", node=True), lab.add_host("h2", node=True)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def fails(result, message):
-    assert result.returncode == 1, result
-    assert result.stderr.strip().splitlines()[-1] == message
-    assert "Traceback" not in result.stderr
 
 
 def test_seed_three_profiles_across_two_hosts(hosts):

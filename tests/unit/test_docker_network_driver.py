@@ -3,6 +3,9 @@ endpoint service and the engine."""
 
 from types import SimpleNamespace
 
+import docker.errors
+
+from calicopy import docker_engine
 from calicopy.errors import NotFound
 from node.docker_plugin.network import NETWORK_LABEL, NetworkDriver
 
@@ -21,15 +24,24 @@ class Endpoints:
         return SimpleNamespace(removed=[])
 
 
-class Engine:
+class Engine(docker_engine.Engine):
+    """The engine with its SDK client faked: networks by id, the SDK's
+    NotFound for the others (which the engine turns into the project's)."""
+
     def __init__(self, networks):
+        super().__init__("/nonexistent/docker.sock")
         self.networks = networks    # network id -> joined endpoint ids
 
-    def network(self, network_id):
+    def client(self):
+        return SimpleNamespace(networks=SimpleNamespace(get=self._network))
+
+    def _network(self, network_id):
         if network_id not in self.networks:
-            raise NotFound("No Docker network")
-        return {"Containers": {f"c{i}": {"EndpointID": e}
-                               for i, e in enumerate(self.networks[network_id])}}
+            raise docker.errors.NotFound(f"network {network_id} not found")
+        return SimpleNamespace(id=network_id, name=f"net-{network_id}", attrs={
+            "Id": network_id, "Name": f"net-{network_id}",
+            "Containers": {f"c{i}": {"EndpointID": e}
+                           for i, e in enumerate(self.networks[network_id])}})
 
 
 def test_endpoints_docker_forgot_go_after_two_passes():

@@ -12,15 +12,18 @@ import queue
 import re
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
+import docker
 import pytest
 
-from calicopy.docker_api import DockerEngine
-from calicopy.errors import Unavailable
-from calicopy.docker_api import LocalEngine, real_socket
+from calicopy.docker_engine import API_VERSION, LocalEngine, real_socket
+from calicopy.errors import CalicoError, NotFound, Unavailable
 from node.docker_proxy import http1
 from node.docker_proxy.calico_ip import ContainerNetworking
 from node.docker_proxy.proxy import DockerProxy
@@ -234,6 +237,25 @@ class EngineHandler(BaseHTTPRequestHandler):
         self._route("DELETE")
 
 
+class Client:
+    """A Docker client of the proxy's socket: the SDK's low-level client,
+    sending requests as given (its own methods would build the bodies) and
+    answering (status, decoded body)."""
+
+    def __init__(self, path: str):
+        self.api = docker.APIClient(base_url=f"unix://{path}", version=API_VERSION)
+
+    def request(self, method: str, path: str, body=None) -> tuple[int, object]:
+        resp = self.api.request(method, f"{self.api.base_url}/v{API_VERSION}{path}", json=body)
+        try:
+            return resp.status_code, resp.json() if resp.content else None
+        except ValueError:
+            return resp.status_code, {"message": resp.text.strip()}
+
+    def close(self) -> None:
+        self.api.close()
+
+
 class World:
     def __init__(self, tmp):
         self.store = MemoryStore()
@@ -253,9 +275,10 @@ class World:
         self.thread = threading.Thread(target=self.proxy.serve, args=(self.stop,), daemon=True)
         self.thread.start()
         assert self.proxy.serving.wait(5)
-        self.docker = DockerEngine(self.listen)
+        self.docker = Client(self.listen)
 
     def close(self):
+        self.docker.close()
         self.stop.set()
         self.thread.join(5)
         self.engine.closing = True
@@ -340,6 +363,17 @@ def test_fixed_and_dual_stack_addresses(world):
     assert ns["IPAddress"] == "10.0.0.7" and ns["GlobalIPv6Address"] == ep.ipv6_nets[0][:-4]
     assert ns["GlobalIPv6PrefixLen"] == 128 and ns["IPv6Gateway"].startswith("fe80::")
     assert ep.profile_ids == []          # no CALICO_PROFILE: no profile, so isolated
+
+
+def test_inspect_keeps_the_first_address_after_calicoctl_adds_one(world):
+    """`calicoctl container <c> ip add` of a lower address: docker inspect still
+    shows the container's first address, as the original tool did."""
+    assert world.run(["CALICO_IP=10.0.0.7"], name="first")[0] == 204
+    [ep] = world.endpoints()
+    world.manager.add_address("docker", ep.workload_id, "eth0", "10.0.0.3")
+    ns = world.docker.request("GET", "/containers/first/json")[1]["NetworkSettings"]
+    assert ns["IPAddress"] == "10.0.0.7"
+    assert [n.split("/")[0] for n in world.endpoints()[0].ipv4_nets] == ["10.0.0.7", "10.0.0.3"]
 
 
 @pytest.mark.parametrize("env, net, message", [
@@ -579,6 +613,38 @@ def test_watcher_follows_engine_events(world):
 def test_real_socket_names():
     assert real_socket("/var/run/docker.sock") == "/var/run/docker.real.sock"
     assert real_socket("/tmp/x/engine") == "/tmp/x/engine.real"
+
+
+def test_local_engine_errors_keep_their_messages(world, tmp_path):
+    engine = LocalEngine(world.listen, world.upstream)
+    assert engine.socket_path == world.upstream and engine.available()   # proxied
+    with pytest.raises(NotFound) as caught:
+        with engine.inspecting("container named nope") as client:
+            client.containers.get("nope")
+    assert str(caught.value) == "No Docker container named nope."
+    with pytest.raises(CalicoError) as caught:
+        with engine.calls("Docker could not stop container nope") as client:
+            client.api.stop("nope", timeout=0)
+    assert type(caught.value) is CalicoError and str(caught.value) == (
+        "Docker could not stop container nope: No such container: /containers/nope/stop")
+    gone = str(tmp_path / "gone.sock")
+    engine = LocalEngine(gone, real_socket(gone))
+    assert engine.socket_path == gone and not engine.available()
+    with pytest.raises(Unavailable) as caught:
+        with engine.inspecting("container named web") as client:
+            client.containers.get("web")
+    assert str(caught.value) == (f"Cannot reach the Docker engine at {gone}: No such file or "
+                                 "directory. Is dockerd running?")
+
+
+def test_what_needs_no_docker_does_not_import_the_sdk():
+    """The SDK costs 60-150 ms of start-up: calicoctl imports it only for a
+    command that talks to Docker, the node supervisor and CNI plugins never."""
+    code = ("import sys, cli.calicoctl, cni.calico, cni.calico_ipam, node.__main__; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'requests'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("head, method, framing", [

@@ -1,0 +1,339 @@
+"""The policy agent against an in-memory store and a stub kernel (no root, no
+real iptables or ipset: the stub is the only command runner).
+
+Tests assert on the state the stub holds (chains, rules, sets), never on the
+commands the agent ran.
+"""
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from calicopy.datastore import keys
+from calicopy.datastore.store import Txn
+from calicopy.model.endpoint import ACTIVE, Endpoint, endpoint_id
+from calicopy.model.ipam import Pool
+from node.policy.agent import Agent
+from node.policy.commands import CommandError
+from node.policy.dataplane import ACCEPT_MARK, profile_chain, tag_set
+from tests.fakes import MemoryStore
+from tests.kernel_stub import KernelStub
+
+NODE = "h1"
+TABLES = [(4, "filter"), (4, "nat"), (6, "filter")]
+WEB = {"id": "WEB", "inbound_rules": [{"action": "allow", "src_tag": "WEB"},
+                                      {"action": "deny"}],
+       "outbound_rules": [{"action": "allow"}]}
+DB = {"id": "DB", "inbound_rules": [{"action": "allow", "protocol": "tcp", "src_tag": "WEB",
+                                     "dst_ports": [5432]},
+                                    {"action": "deny"}],
+      "outbound_rules": [{"action": "allow"}]}
+
+
+def put(store, key, value):
+    assert store.commit(Txn().put(key, store.get(key), value))
+
+
+def delete(store, key):
+    assert store.commit(Txn().delete(store.get(key)))
+
+
+def profile(store, name, rules, tags=None):
+    put(store, keys.profile_tags(name), tags or [name])
+    put(store, keys.profile_rules(name), rules)
+
+
+def endpoint(store, workload, ips, profiles, node=NODE):
+    ep_id = endpoint_id(node, "netns", workload, "eth0")
+    ep = Endpoint(ep_id, node, "netns", workload, "eth0", f"/var/run/netns/{workload}",
+                  ACTIVE, "02:00:00:00:00:" + ep_id[:2], profile_ids=list(profiles))
+    ep.set_ips(ips)
+    put(store, keys.endpoint(node, "netns", workload, ep_id), ep.to_json())
+    return ep
+
+
+def pool(store, cidr, nat_outgoing=False):
+    net = ipaddress.ip_network(cidr)
+    put(store, keys.pool(net), Pool.new(net, nat_outgoing=nat_outgoing).to_json())
+
+
+def state(kernel):
+    """Everything the stub holds that the agent owns or hooks."""
+    return {"tables": {(v, t): kernel.chains(v, t) for v, t in TABLES}, "sets": kernel.sets()}
+
+
+def full_sync_state(store):
+    """What a fresh agent's full sync makes of the same store on a clean kernel."""
+    kernel = KernelStub()
+    Agent(store, NODE, "nft", run=kernel.run).sync(full=True)
+    return state(kernel)
+
+
+def changed_chains(before, after):
+    return {(v, t, c) for (v, t), chains in after["tables"].items() for c in chains
+            if before["tables"][v, t].get(c) != chains[c]} | \
+           {(v, t, c) for (v, t), chains in before["tables"].items() for c in chains
+            if c not in after["tables"][v, t]}
+
+
+def loop_pass(agent, full=False):
+    """One pass as the watch loop makes it: progress is reported only when the
+    pass returned (WatchLoop calls report=agent._record after a sync)."""
+    agent._record(agent.step(full))
+
+
+def applied(store):
+    kv = store.get(keys.policy_applied(NODE))
+    return kv.json()["revision"] if kv else 0
+
+
+@pytest.fixture(autouse=True)
+def no_real_commands(monkeypatch):
+    """The stub is the only runner: a process started here would be a real
+    iptables or ipset (subprocess.run goes through Popen)."""
+    def refuse(argv, *args, **kwargs):
+        raise AssertionError(f"a real command was run: {argv}")
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.fixture
+def world():
+    """Local endpoints web1 and db1 (dual stack) and app1 (IPv4 only), a remote
+    one (web2), a NAT pool and another pool."""
+    store, kernel = MemoryStore(), KernelStub()
+    pool(store, "10.20.0.0/16", nat_outgoing=True)
+    pool(store, "10.30.0.0/16")
+    profile(store, "WEB", WEB)
+    profile(store, "DB", DB)
+    eps = {"web1": endpoint(store, "web1", ["10.20.0.1", "fd00::1"], ["WEB"]),
+           "db1": endpoint(store, "db1", ["10.20.0.2", "fd00::2"], ["DB"]),
+           "app1": endpoint(store, "app1", ["10.20.0.4"], ["WEB"]),
+           "web2": endpoint(store, "web2", ["10.20.0.3", "fd00::3"], ["WEB"], node="h2")}
+    return store, kernel, Agent(store, NODE, "nft", run=kernel.run), eps
+
+
+def short(ep):
+    return ep.endpoint_id[:11]
+
+
+def test_first_sync_programs_dispatch_endpoints_profiles_sets_and_hooks(world):
+    store, kernel, agent, eps = world
+    web1, db1, app1 = eps["web1"], eps["db1"], eps["app1"]
+    revision, _ = agent.sync(full=True)
+    assert revision == store.revision
+    # Hooks from the built-in chains, IPv4 and IPv6, and NAT.
+    assert kernel.rules(4, "filter", "INPUT") == ["-j cali-INPUT"]
+    assert kernel.rules(4, "filter", "FORWARD") == ["-j cali-FORWARD"]
+    assert kernel.rules(6, "filter", "INPUT") == ["-j cali-INPUT"]
+    assert kernel.rules(6, "filter", "FORWARD") == ["-j cali-FORWARD"]
+    assert kernel.rules(4, "nat", "POSTROUTING") == ["-j cali-POSTROUTING"]
+    assert agent.hooks_in_place()
+    # Dispatch: each local endpoint of the version, then a drop; web2 is elsewhere.
+    from_wl = kernel.rules(4, "filter", "cali-from-wl")
+    assert sorted(from_wl[:-1]) == sorted(f"-i cali{short(ep)} -g cali-fw-{short(ep)}"
+                                          for ep in (web1, db1, app1))
+    assert from_wl[-1].endswith("-j DROP")
+    assert sorted(kernel.rules(6, "filter", "cali-to-wl")[:-1]) == sorted(
+        f"-o cali{short(ep)} -g cali-tw-{short(ep)}" for ep in (web1, db1))
+    assert f"cali-fw-{short(app1)}" not in kernel.chains(6, "filter")   # no IPv6 address
+    assert not any(short(eps["web2"]) in c for v, t in TABLES for c in kernel.chains(v, t))
+    # An endpoint's chains: its own source address and MAC only, then its profiles.
+    fw = kernel.rules(4, "filter", f"cali-fw-{short(db1)}")
+    assert f"-s 10.20.0.2/32 -g cali-fp-{short(db1)}" in fw
+    assert any(f"! --mac-source {db1.mac}" in r and r.endswith("-j DROP") for r in fw)
+    assert fw[-1].endswith("-j DROP")
+    tw = kernel.rules(4, "filter", f"cali-tw-{short(db1)}")
+    assert f"-j {profile_chain('DB', 'inbound')}" in tw and tw[-1].endswith("-j DROP")
+    # A profile chain: one rule per rule (allow: mark, then return), in order.
+    web4 = tag_set("WEB", 4)
+    assert kernel.rules(4, "filter", profile_chain("DB", "inbound")) == [
+        f"-p tcp -m set --match-set {web4} src -m multiport --dports 5432 -m comment "
+        f'--comment "profile DB inbound rule 1: allow tcp from tag WEB to ports [5432]" '
+        f"-j MARK --set-xmark {ACCEPT_MARK}",
+        f"-m mark --mark {ACCEPT_MARK} -j RETURN",
+        '-m comment --comment "profile DB inbound rule 2: deny" -j RETURN']
+    assert f"--match-set {tag_set('WEB', 6)} src" in kernel.rules(
+        6, "filter", profile_chain("DB", "inbound"))[0]
+    # Tag sets hold every member cluster-wide, per version; pools for NAT.
+    sets = kernel.sets()
+    assert sets[web4] == {"10.20.0.1", "10.20.0.3", "10.20.0.4"}
+    assert sets[tag_set("WEB", 6)] == {"fd00::1", "fd00::3"}
+    assert kernel.set_type(tag_set("WEB", 6)) == ("hash:ip", "inet6")
+    assert tag_set("DB", 4) not in sets                    # no rule names tag DB
+    assert sets["cali4-pools-masq"] == {"10.20.0.0/16"}
+    assert sets["cali4-pools-all"] == {"10.20.0.0/16", "10.30.0.0/16"}
+    [masq] = kernel.rules(4, "nat", "cali-POSTROUTING")
+    assert "--match-set cali4-pools-masq src" in masq and masq.endswith("-j MASQUERADE")
+
+
+def test_host_rules_are_kept_and_our_hooks_go_first(world):
+    store, kernel, agent, _ = world
+    kernel.iptables(4, "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
+    agent.sync(full=True)
+    assert kernel.rules(4, "filter", "INPUT") == ["-j cali-INPUT", "-i lo -j ACCEPT"]
+    agent.sync(full=True)                                  # no second hook
+    assert kernel.rules(4, "filter", "INPUT") == ["-j cali-INPUT", "-i lo -j ACCEPT"]
+
+
+def test_a_rule_update_rewrites_only_that_profile_s_chains(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    before = state(kernel)
+    DB2 = dict(DB, inbound_rules=[{"action": "allow", "protocol": "tcp",
+                                   "src_net": "10.0.0.0/8", "dst_ports": [22]}]
+               + DB["inbound_rules"])
+    profile(store, "DB", DB2)
+    revision, stats = agent.sync(full=False)
+    after = state(kernel)
+    chain = profile_chain("DB", "inbound")
+    assert changed_chains(before, after) == {(4, "filter", chain), (6, "filter", chain)}
+    assert stats["chains"] == 2 and stats["sets"] == 0 and revision == store.revision
+    assert "-s 10.0.0.0/8" in kernel.rules(4, "filter", chain)[0]
+    assert "10.0.0.0/8" not in str(kernel.rules(6, "filter", chain))   # renumbered only
+    assert after == full_sync_state(store)
+
+
+def test_a_new_endpoint_adds_its_chains_and_set_members_only(world):
+    store, kernel, agent, eps = world
+    agent.sync(full=True)
+    before = state(kernel)
+    web3 = endpoint(store, "web3", ["10.20.0.5"], ["WEB"])
+    agent.step(full=False)
+    after = state(kernel)
+    ours = {f"cali-{kind}-{short(web3)}" for kind in ("fw", "fp", "tw")}
+    assert changed_chains(before, after) == {(4, "filter", c) for c in
+                                             ours | {"cali-from-wl", "cali-to-wl"}}
+    assert f"-i cali{short(web3)} -g cali-fw-{short(web3)}" in kernel.rules(
+        4, "filter", "cali-from-wl")
+    assert after["sets"][tag_set("WEB", 4)] == before["sets"][tag_set("WEB", 4)] | {"10.20.0.5"}
+    assert {k: v for k, v in after["sets"].items() if k != tag_set("WEB", 4)} == \
+        {k: v for k, v in before["sets"].items() if k != tag_set("WEB", 4)}
+    assert after == full_sync_state(store)
+    # A member on another node changes the tag's set and nothing else.
+    endpoint(store, "web4", ["10.20.0.6"], ["WEB"], node="h2")
+    agent.step(full=False)
+    assert changed_chains(after, state(kernel)) == set()
+    assert "10.20.0.6" in kernel.sets()[tag_set("WEB", 4)]
+    assert state(kernel) == full_sync_state(store)
+
+
+def test_an_endpoint_removed_takes_its_chains_with_it(world):
+    store, kernel, agent, eps = world
+    agent.sync(full=True)
+    db1 = eps["db1"]
+    delete(store, keys.endpoint(NODE, "netns", "db1", db1.endpoint_id))
+    agent.step(full=False)
+    chains = kernel.chains(4, "filter")
+    assert not any(short(db1) in name or short(db1) in str(rules)
+                   for name, rules in chains.items())
+    assert profile_chain("DB", "inbound") not in chains       # no local member uses it
+    assert state(kernel) == full_sync_state(store)
+
+
+def test_hooks_an_operator_deleted_are_put_back(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    before = state(kernel)
+    kernel.iptables(4, "-D", "INPUT", "-j", "cali-INPUT")
+    kernel.iptables(6, "-F", "FORWARD")
+    kernel.iptables(4, "-t", "nat", "-F", "POSTROUTING")
+    assert not agent.hooks_in_place()
+    agent.step(full=False)
+    assert agent.hooks_in_place()
+    assert state(kernel) == before
+
+
+def test_an_operator_s_conditional_jump_is_not_taken_for_our_hook(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    kernel.iptables(4, "-D", "INPUT", "-j", "cali-INPUT")
+    kernel.iptables(4, "-A", "INPUT", "-i", "eth0", "-j", "cali-INPUT")
+    assert not agent.hooks_in_place()
+    agent.step(full=False)
+    assert agent.hooks_in_place()
+    assert ["-j", "cali-INPUT"] in [r.split() for r in kernel.rules(4, "filter", "INPUT")]
+
+
+def test_a_full_resync_repairs_chains_edited_by_hand(world):
+    store, kernel, agent, eps = world
+    agent.sync(full=True)
+    before = state(kernel)
+    kernel.iptables(4, "-F", "cali-from-wl")
+    kernel.iptables(4, "-I", "cali-from-wl", "-j", "ACCEPT")
+    agent.step(full=True)
+    assert state(kernel) == before
+
+
+def test_a_tag_no_longer_referenced_loses_its_set_after_the_rules(world):
+    store, kernel, agent, eps = world
+    profile(store, "ADMIN", {"inbound_rules": [{"action": "allow", "src_tag": "OPS"}]})
+    endpoint(store, "db1", ["10.20.0.2", "fd00::2"], ["DB", "ADMIN"])
+    endpoint(store, "ops1", ["10.20.0.9"], ["OPS"], node="h2")
+    profile(store, "OPS", {"outbound_rules": [{"action": "allow"}]})
+    agent.sync(full=True)
+    ops4 = tag_set("OPS", 4)
+    assert kernel.sets()[ops4] == {"10.20.0.9"}
+    assert f"--match-set {ops4} src" in kernel.rules(4, "filter",
+                                                     profile_chain("ADMIN", "inbound"))[0]
+    # The rule goes: the set goes too (the stub refuses to destroy a set in use,
+    # so this also shows the rules changed first).
+    profile(store, "ADMIN", {"inbound_rules": [{"action": "allow", "protocol": "icmp"}]})
+    _, stats = agent.sync(full=False)
+    assert ops4 not in kernel.sets() and tag_set("OPS", 6) not in kernel.sets()
+    assert stats["stale_sets"] == 2
+    assert state(kernel) == full_sync_state(store)
+    # A whole profile removed while an endpoint still names it: chains and sets go.
+    profile(store, "ADMIN", {"inbound_rules": [{"action": "allow", "src_tag": "OPS"}]})
+    agent.sync(full=False)
+    delete(store, keys.profile_rules("ADMIN"))
+    delete(store, keys.profile_tags("ADMIN"))
+    agent.step(full=False)
+    assert ops4 not in kernel.sets()
+    assert profile_chain("ADMIN", "inbound") not in kernel.chains(4, "filter")
+    assert state(kernel) == full_sync_state(store)
+
+
+@pytest.mark.parametrize("tool", ["ipset", "iptables", "ip6tables"])
+def test_a_failed_restore_changes_nothing_and_the_next_pass_recovers(world, tool):
+    store, kernel, agent, _ = world
+    loop_pass(agent, full=True)
+    first = store.revision - 1                  # the report itself is a commit
+    assert applied(store) == first
+    before = state(kernel)
+    # A change to sets and to both versions' chains.
+    profile(store, "DB", dict(DB, inbound_rules=[{"action": "allow", "src_tag": "DB"}]
+                              + DB["inbound_rules"]))
+    wanted = store.revision
+    kernel.fail_restores(1, tool=tool)
+    with pytest.raises(CommandError, match="injected"):
+        loop_pass(agent)
+    assert applied(store) == first                       # no progress claimed
+    now = state(kernel)
+    if tool == "ipset":                                  # the first write: nothing changed
+        assert now == before
+    else:                                                # that version's tables are as before
+        version = 4 if tool == "iptables" else 6
+        assert {k: v for k, v in now["tables"].items() if k[0] == version} == \
+            {k: v for k, v in before["tables"].items() if k[0] == version}
+    # The next pass, even an incremental one, does what the failed one did not.
+    revision, _ = agent.sync(full=False)
+    assert revision == wanted and state(kernel) == full_sync_state(store)
+    loop_pass(agent)
+    assert applied(store) == wanted
+
+
+def test_sets_made_by_a_failed_pass_are_cleaned_up_when_no_longer_wanted(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    old = dict(DB)
+    profile(store, "DB", dict(DB, inbound_rules=[{"action": "allow", "src_tag": "DB"}]
+                              + DB["inbound_rules"]))
+    kernel.fail_restores(1, tool="iptables")
+    with pytest.raises(CommandError):
+        agent.step(full=False)
+    assert tag_set("DB", 4) in kernel.sets()             # the sets went in, the rules not
+    profile(store, "DB", old)                            # and the change is undone
+    agent.sync(full=False)
+    assert tag_set("DB", 4) not in kernel.sets()
+    assert state(kernel) == full_sync_state(store)
