@@ -8,7 +8,7 @@ def test_default_then_environment_then_explicit():
 
     def urls(*args, **kw):
         return [str(e) for e in p.resolve(*args, **kw)]
-    assert urls(environ={}) == ["127.0.0.1:2379"]
+    assert urls(environ={}) == ["https://127.0.0.1:2379"]
     assert urls(environ={"ETCD_AUTHORITY": "10.0.0.1:4001"}) == ["10.0.0.1:4001"]
     both = {"ETCD_ENDPOINTS": "a:1,b:2", "ETCD_AUTHORITY": "c:3"}
     assert urls(environ=both) == ["a:1", "b:2"]
