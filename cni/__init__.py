@@ -11,3 +11,8 @@ grpc nor protobuf; grpc and the generated messages are imported only by the
 commands that call a gRPC service (STATUS, ``calico-ipam``, and an ADD whose
 profile this node has not seen confirmed lately: ``cni/profiles.py``).
 """
+
+import os
+
+# gRPC's own log would add to the error the runtime shows; ours says it all.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -88,6 +88,8 @@ def main(argv=None) -> int:
         resync = config.parse_seconds(args["--resync"] or "60")
         policy_wait = config.parse_seconds(args["--policy-wait"]) if args["--policy-wait"] \
             else 0.0
+        if not listen.startswith("unix:") and security.tls is None and not security.insecure:
+            raise security.refuse_plaintext(listen, "serve")
     except (config.ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
