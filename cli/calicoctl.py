@@ -35,6 +35,7 @@ Usage:
   calicoctl certs ca [--dir=<DIR>] [--days=<N>]
   calicoctl certs issue <IDENTITY> [--dir=<DIR>] [--host=<HOST>...] [--days=<N>]
   calicoctl certs show <CERT>
+  calicoctl etcd-auth enable
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]
@@ -55,14 +56,15 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import (bgp, bgppeer, certs, container, diags, docker_socket, endpoint, ipam, node,
-                 policy, pool, profile, reset, shownodes, status)
+from cli import (bgp, bgppeer, certs, container, diags, docker_socket, endpoint, etcd_auth,
+                 ipam, node, policy, pool, profile, reset, shownodes, status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
 COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
             "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
-            "diags": diags, "reset": reset, "certs": certs, "profile": profile,
+            "diags": diags, "reset": reset, "certs": certs, "etcd-auth": etcd_auth,
+            "profile": profile,
             "endpoint": endpoint, "policy": policy,
             "restart-docker-with-alternative-unix-socket": docker_socket,
             "restart-docker-without-alternative-unix-socket": docker_socket}

@@ -116,13 +116,18 @@ def node_credentials(name: str, cert: str | None, key: str | None) -> dict[str, 
 
 
 def _ensure_etcd_user(name: str) -> None:
-    """With etcd's authentication on, the node's own etcd user (as admin)."""
+    """The node's own etcd user, made as the operator: ready for when etcd's
+    authentication is on (it may be switched on later)."""
     from calicopy.datastore import etcd_auth
     from calicopy.datastore.etcd import EtcdStore
+    from calicopy.errors import CalicoError
     store = EtcdStore.from_env()
     try:
-        if etcd_auth.enabled(store):
-            etcd_auth.ensure_node(store, name)
+        etcd_auth.ensure_node(store, name)
+    except (CalicoError, grpc.RpcError) as exc:
+        details = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        print(f"WARNING: could not make the etcd user of node {name} ({details}); with etcd's "
+              "authentication on, its processes will be refused.", file=sys.stderr)
     finally:
         store.close()
 

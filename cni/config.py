@@ -11,6 +11,11 @@
     ipam_addr       the IPAM service          default: CALICO_IPAM_ADDR, 127.0.0.1:50051
     policy_addr     the policy service        default: CALICO_POLICY_ADDR, 127.0.0.1:50052
     timeout         seconds per service call  default: CALICO_RPC_TIMEOUT, 10
+    tls_ca_file, tls_cert_file, tls_key_file
+                    the CA, certificate and key presented to the IPAM and policy
+                    services (the node's: node:<nodename>), all three or none
+                                              default: CALICO_TLS_*_FILE, else the
+                                              admin certificate of CALICO_PKI_DIR
     profiles        profiles of the workloads default: [the network name, '-' and '.'
                                               as '_']; created when missing
     mtu             MTU of both ends of the veth, 68-65535 default: 0, the kernel's (1500)
@@ -21,8 +26,9 @@
       ipv6_pools    CIDRs of pools to take IPv6 from          default: any pool
 
 ``calico-ipam`` reads the ``ipam`` section: the four keys above, ``routes``
-(returned as they are), and ``nodename``, ``ipam_addr``, ``timeout`` (in the
-section, else at the plugin's top level, else the defaults above).
+(returned as they are), and ``nodename``, ``ipam_addr``, ``timeout`` and the
+``tls_*`` keys (in the section, else at the plugin's top level, else the
+defaults above).
 
 Both take specific addresses from ``runtimeConfig.ips`` (capability "ips")
 or ``CNI_ARGS`` ``IP=a,b``; these replace auto-assignment.
@@ -34,6 +40,7 @@ only when a key is left out.
 from __future__ import annotations
 
 import json
+import os
 
 from cni.spec import INVALID_CONFIG, INVALID_ENVIRONMENT, CniError, Env
 
@@ -48,10 +55,19 @@ class Services:
     a unix socket."""
 
     def __init__(self, nodename: str, endpoint_addr: str, ipam_addr: str, policy_addr: str,
-                 timeout: float, endpoint_json: str | None = None):
+                 timeout: float, endpoint_json: str | None = None,
+                 tls: tuple[str, str, str] | None = None):
         self.nodename, self.endpoint_addr = nodename, endpoint_addr
         self.ipam_addr, self.policy_addr, self.timeout = ipam_addr, policy_addr, timeout
         self.endpoint_json = endpoint_json
+        self.tls = tls      # (CA, certificate, key) files from the configuration, or None
+
+    def security(self):
+        """How gRPC calls are made: these files, else the environment's."""
+        from calicopy.tls import Security   # grpc: only for the calls that use it
+        if self.tls is None:
+            return Security.from_env()
+        return Security.from_env(ca=self.tls[0], cert=self.tls[1], key=self.tls[2])
 
 
 class Assign:
@@ -180,10 +196,27 @@ def _services(sections: list[dict]) -> Services:
             timeout = cc.RPC_TIMEOUT.resolve()
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise _bad("timeout", timeout, "give a positive number of seconds.")
+        tls = _tls_files(sections)
     except cc.ConfigError as exc:           # from an environment variable
         raise CniError(INVALID_ENVIRONMENT, str(exc)) from None
     return Services(node, endpoint, addrs["ipam_addr"], addrs["policy_addr"], float(timeout),
-                    cc.endpoint_json_socket(endpoint))
+                    cc.endpoint_json_socket(endpoint), tls)
+
+
+TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def _tls_files(sections: list[dict]) -> tuple[str, str, str] | None:
+    values = [_text(sections, key) for key in TLS_KEYS]
+    if not any(values):
+        return None
+    for key, value in zip(TLS_KEYS, values):
+        if value is None:
+            raise CniError(INVALID_CONFIG, f"Missing {key}: give tls_ca_file, tls_cert_file "
+                           "and tls_key_file together.", key)
+        if not os.path.isfile(value):
+            raise _bad(key, value, "no such file.")
+    return values[0], values[1], values[2]
 
 
 def _with_endpoint(services: Services) -> Services:

@@ -177,11 +177,15 @@ class Clients:
         if name not in self._open:
             import importlib
 
+            from calicopy.config import ConfigError
             from calicopy.rpc import Client
             label, attr, module, stub = self._SERVICES[name]
-            self._open[name] = Client(label, getattr(self.services, attr),
-                                      getattr(importlib.import_module(module), stub),
-                                      self.services.timeout)
+            try:
+                self._open[name] = Client(label, getattr(self.services, attr),
+                                          getattr(importlib.import_module(module), stub),
+                                          self.services.timeout, self.services.security())
+            except ConfigError as exc:          # no TLS for a TCP address, a bad file
+                raise CniError(spec.INVALID_CONFIG, str(exc), "tls_ca_file") from None
         return self._open[name]
 
     def call(self, service: str, method: str, request):

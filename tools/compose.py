@@ -126,6 +126,7 @@ class Stack:
         if before and before != after:      # only the image this build replaced
             self.docker("rmi", before, check=False)
         self._containers.clear()
+        make_certificates()
         self.compose("up", "-d", "--no-build", "--remove-orphans", capture=False)
         deadline = time.monotonic() + timeout
         waiting = list(NODES)
@@ -162,6 +163,21 @@ def _run(argv: list[str], env: dict, check: bool, input, timeout: float,
         result.stdout = result.stdout.decode(errors="replace")
         result.stderr = result.stderr.decode(errors="replace")
     return result
+
+
+# Certificates ---------------------------------------------------------------
+
+PKI = ROOT / "build" / "pki"          # mounted at /etc/calico-py/pki (docker-compose.yml)
+
+
+def make_certificates() -> None:
+    """The stack's CA and certificates (made once, kept): each service's for
+    its name on the stack's network, the nodes', and the operator's."""
+    from calicopy import pki           # the venv's: compose-up runs with it
+    hosts = {"service:etcd": ["etcd"], "service:ipam": ["ipam"], "service:policy": ["policy"],
+             "service:bgp": ["bgp"], "admin": []}
+    hosts.update({f"node:{node}": [node] for node in NODES})
+    pki.ensure(PKI, hosts)
 
 
 # The Python dependencies --------------------------------------------------

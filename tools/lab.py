@@ -173,8 +173,7 @@ class Lab:
             return
         store = self.admin_store()
         try:
-            if etcd_auth.enabled(store):
-                etcd_auth.ensure_node(store, node)
+            etcd_auth.ensure_node(store, node)
         finally:
             store.close()
 

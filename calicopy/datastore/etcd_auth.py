@@ -93,16 +93,3 @@ def enable(store: EtcdStore) -> None:
 def ensure_node(store: EtcdStore, name: str) -> None:
     """The etcd user of node ``name``: writes only under its own host prefix."""
     ensure_user(store, f"node:{name}", f"calico-node-{name}", [(READWRITE, keys.host(name))])
-
-
-def enabled(store: EtcdStore) -> bool:
-    """Whether etcd's authentication is on (etcd 3.4 has no AuthStatus: ask
-    for the users, which needs authentication on, and the root role)."""
-    try:
-        _call(store, "UserList", etcdrpc.AuthUserListRequest())
-        return True
-    except Exception as exc:
-        text = str(getattr(exc, "details", lambda: "")() or exc)
-        if "authentication is not enabled" in text:
-            return False
-        raise

@@ -685,3 +685,37 @@ def test_ctr_run_cni(cluster):
     finally:
         engine.close()
         peer_chain.delete(peer_id, peer.ns.path)
+
+
+def test_calico_ipam_presents_the_node_certificate_its_configuration_names(cluster, attach,
+                                                                          pki_dir):
+    """Runtimes start plugins with their own environment: the TLS keys of the
+    configuration say which certificate the plugin presents (the node's)."""
+    from tests.conftest import identity_files
+    node = identity_files(pki_dir, f"node:{cluster.h1.name}")
+    tls = {"tls_ca_file": str(node.ca), "tls_cert_file": str(node.cert),
+           "tls_key_file": str(node.key)}
+    no_env = {k: None for k in ("CALICO_TLS_CA_FILE", "CALICO_TLS_CERT_FILE",
+                                "CALICO_TLS_KEY_FILE")}
+    no_env["CALICO_PKI_DIR"] = "/nonexistent"
+    w = attach.workload(cluster.h1, "tls")
+    kw = dict(container_id="tlsc", netns=w.ns.path, cni_path=CNI_PATH, env=no_env,
+              runner=["nsenter", f"--net={cluster.h1.ns.path}"])
+    plugin = str(CNI_BIN / "calico-ipam")
+    conf = {"cniVersion": "1.0.0", "name": "tlsnet", "type": "ptp",
+            "ipam": {"type": "calico-ipam", "nodename": cluster.h1.name,
+                     "ipam_addr": cluster.lab.ipam, **tls}}
+    added = invoke(plugin, "ADD", conf, **kw)
+    assert added.ok, added
+    assert cluster.ipam.get_allocation(ip=added.output["ips"][0]["address"].split("/")[0]) \
+        .handle_id.startswith(f"{cluster.h1.name}/")
+    assert invoke(plugin, "DEL", conf, **kw).ok
+    # No certificate at all for a TCP address: refused, saying why.
+    bare = dict(conf, ipam={k: v for k, v in conf["ipam"].items() if not k.startswith("tls")})
+    refused = invoke(plugin, "ADD", bare, **kw)
+    assert not refused.ok and refused.output["code"] == 7
+    assert "without TLS" in refused.output["msg"]
+    # A key naming no file is the configuration's error, named.
+    wrong = dict(conf, ipam={**conf["ipam"], "tls_key_file": "/nonexistent.pem"})
+    refused = invoke(plugin, "ADD", wrong, **kw)
+    assert refused.output["code"] == 7 and "tls_key_file" in refused.output["msg"]
