@@ -1,10 +1,18 @@
 """A scheduler's view of calico-py: one workload's life cycle over gRPC.
 
 Run on a host where `calicoctl node` runs (as root, from the repository, with
-the venv's Python), for a network namespace the "scheduler" created:
+the venv's Python), for a network namespace the "scheduler" created, with a
+scheduler's certificate (`calicoctl certs issue scheduler:example`):
 
     ip netns add demo-wl
+    export CALICO_TLS_CA_FILE=/etc/calico-py/pki/ca.pem \
+           CALICO_TLS_CERT_FILE=/etc/calico-py/pki/scheduler-example.pem \
+           CALICO_TLS_KEY_FILE=/etc/calico-py/pki/scheduler-example-key.pem
     .venv/bin/python examples/workload_lifecycle.py --netns=/var/run/netns/demo-wl
+
+The node's endpoint service is on a unix socket (only root can open it); the
+policy service is on TCP, where every call is mutual TLS: the client presents
+its certificate, whose identity (scheduler:example) the service authorises.
 
 It makes sure a profile exists, adds the workload (and shows that a retried
 add is harmless), lists the node's endpoints, moves the workload to another
@@ -14,6 +22,7 @@ profile, and removes it. See docs/api.md for the contract.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
@@ -23,6 +32,17 @@ from calico.policy.v1 import policy_pb2, policy_pb2_grpc
 from calicopy import config
 
 DEADLINE = 10.0     # seconds; every call gets one
+
+
+def channel(target: str) -> grpc.Channel:
+    """A unix socket as it is; a TCP address with mutual TLS, presenting the
+    certificate CALICO_TLS_CERT_FILE names."""
+    if target.startswith("unix:"):
+        return grpc.insecure_channel(target)
+    ca, cert, key = (open(os.environ[f"CALICO_TLS_{part}_FILE"], "rb").read()
+                     for part in ("CA", "CERT", "KEY"))
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert))
 
 
 def ensure_profile(policy, name: str) -> None:
@@ -41,8 +61,8 @@ def main() -> int:
     parser.add_argument("--profile", default="example", help="profile to put it in")
     args = parser.parse_args()
 
-    with grpc.insecure_channel(config.endpoint_addr()) as ep_channel, \
-            grpc.insecure_channel(config.POLICY_ADDR.resolve()) as policy_channel:
+    with channel(config.endpoint_addr()) as ep_channel, \
+            channel(config.POLICY_ADDR.resolve()) as policy_channel:
         endpoints = endpoint_pb2_grpc.EndpointServiceStub(ep_channel)
         policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)
         node = endpoints.GetNodeInfo(endpoint_pb2.GetNodeInfoRequest(), timeout=DEADLINE)

@@ -7,11 +7,13 @@ from tools.lab import ROOT, Namespace
 
 
 def test_workload_lifecycle_example(lab, pools, ipam_client):
+    """As a scheduler: its own certificate (scheduler:example) over TLS."""
     host = lab.add_host("a")
     workload = Namespace(lab, f"{lab.prefix}-ex")
     result = host.ns.run(sys.executable, str(ROOT / "examples" / "workload_lifecycle.py"),
                          f"--netns={workload.path}", check=False,
-                         env={**host.env, "PYTHONPATH": str(ROOT)})
+                         env={**host.env, **lab.identities.env("scheduler:example"),
+                              "PYTHONPATH": str(ROOT)})
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "added " in out and "10.20." in out
