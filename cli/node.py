@@ -110,8 +110,9 @@ def node_credentials(name: str, cert: str | None, key: str | None) -> dict[str, 
     if identity != f"node:{name}":
         raise CliError(f"{cert} is the certificate of {identity}, not of node:{name}.")
     env = {"CALICO_TLS_CA_FILE": ca, "CALICO_TLS_CERT_FILE": cert, "CALICO_TLS_KEY_FILE": key}
-    if config.etcd_tls_files() is not None:
-        env.update(ETCD_CERT_FILE=cert, ETCD_KEY_FILE=key)
+    etcd = config.etcd_tls_files()
+    if etcd is not None:        # the same identity to etcd, trusting etcd's CA
+        env.update(ETCD_CA_CERT_FILE=str(etcd.ca), ETCD_CERT_FILE=cert, ETCD_KEY_FILE=key)
     return env
 
 
