@@ -31,7 +31,8 @@ def test_tls_files_all_or_none(tmp_path):
     files = {n: tmp_path / n for n in ("ca", "cert", "key")}
     for f in files.values():
         f.write_text("x")
-    assert config.tls_files(environ={}) is None
+    nowhere = {"CALICO_PKI_DIR": str(tmp_path / "none")}
+    assert config.tls_files(environ=nowhere) is None
     full = {"CALICO_TLS_CA_FILE": str(files["ca"]), "CALICO_TLS_CERT_FILE": str(files["cert"]),
             "CALICO_TLS_KEY_FILE": str(files["key"])}
     assert config.tls_files(environ=full).cert == files["cert"]
@@ -46,3 +47,13 @@ def test_bad_value_names_parameter_value_and_source():
         config.IPAM_ADDR.resolve(environ={"CALICO_IPAM_ADDR": "nohost"})
     assert str(err.value) == ("Invalid IPAM service address 'nohost' (from environment "
                               "variable CALICO_IPAM_ADDR): 'nohost' is not host:port")
+
+
+def test_the_certificate_folder_s_admin_is_the_default(tmp_path):
+    for name in ("ca.pem", "admin.pem", "admin-key.pem"):
+        (tmp_path / name).write_text("x")
+    found = config.tls_files(environ={"CALICO_PKI_DIR": str(tmp_path)})
+    assert (found.ca, found.cert, found.key) == (tmp_path / "ca.pem", tmp_path / "admin.pem",
+                                                 tmp_path / "admin-key.pem")
+    etcd = config.etcd_tls_files(environ={"CALICO_PKI_DIR": str(tmp_path)})
+    assert etcd == found                       # etcd: the same identity unless told
