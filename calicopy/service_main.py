@@ -3,7 +3,7 @@
 Each such service is stateless over etcd: its process parses where to listen
 and where etcd is, waits for etcd, builds its server (the service's own
 composition step, passed in), serves until SIGTERM/SIGINT and stops
-gracefully.
+gracefully. Its unix sockets are root-only (0600), whatever the umask.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from docopt import docopt
 from calicopy import config
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import DatastoreUnavailable
+from calicopy.localfiles import private_socket, private_umask, unix_paths
 
 USAGE = """{title}
 
@@ -78,7 +79,10 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
     for addr in listen:
         if addr.startswith("unix:") and os.path.exists(addr[len("unix:"):]):
             os.unlink(addr[len("unix:"):])      # left by a previous run
-    server = build(listen, store)
+    with private_umask():            # unix sockets root-only from the start
+        server = build(listen, store)
+    for path in unix_paths(listen):
+        private_socket(path)
     server.start()
     log.info("listening on %s (etcd %s)", ", ".join(listen), store.endpoints)
 

@@ -32,6 +32,7 @@ Usage:
   calicoctl endpoint <ENDPOINT_ID> profile show
   calicoctl endpoint <ENDPOINT_ID> profile (set|append|remove) [<PROFILES>...]
   calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
+  calicoctl policy endpoint-to-host [<ACTION>]
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]

@@ -4,7 +4,8 @@ Run as `python -m services.endpoint` on the host (in the host's network
 namespace). It reconciles etcd with the kernel before it starts serving, and
 again every --resync seconds. On a unix socket, it also serves its RPCs as
 JSON over HTTP/1.1 on a second socket next to it (endpoint.json.sock next to
-endpoint.sock; see json_gateway.py), for the CNI plugin.
+endpoint.sock; see json_gateway.py), for the CNI plugin. Both sockets are
+root-only (0600), and so is the node's state folder they are in (0700).
 
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
@@ -42,6 +43,7 @@ from calicopy import config
 from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
+from calicopy.localfiles import private_dir, private_socket, private_umask, unix_paths
 from calicopy.service_main import stop_event
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
@@ -82,7 +84,12 @@ def main(argv=None) -> int:
 
     if listen.startswith("unix:"):
         path = listen[len("unix:"):]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        folder = os.path.dirname(path)
+        # The node's state folder is root-only; another folder given with
+        # --listen keeps its mode unless we create it.
+        if not os.path.isdir(folder) or \
+                os.path.realpath(folder) == os.path.realpath(config.node_paths(node).dir):
+            private_dir(folder)
         if os.path.exists(path):
             os.unlink(path)          # a socket left by a previous run
 
@@ -113,7 +120,10 @@ def main(argv=None) -> int:
             log.error("cannot serve JSON on %s (%s); the CNI plugin will not reach this "
                       "node's endpoint service", json_path, exc)
             gateway = json_path = None
-    server, _ = create_server(listen, manager)
+    with private_umask():            # the socket is root-only from the start
+        server, _ = create_server(listen, manager)
+    for path in unix_paths(listen):
+        private_socket(path)
     server.start()
     log.info("endpoint service for node %s listening on %s and %s (IPv6 %s)", node, listen,
              f"unix:{json_path} (JSON)" if json_path else "no JSON socket",
