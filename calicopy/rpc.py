@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from concurrent import futures
@@ -125,6 +124,7 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
     from grpc_reflection.v1alpha import reflection
 
     from calicopy.authz import Authorizer
+    from calicopy.localfiles import private_socket, private_umask
     from calicopy.tls import Security, server_credentials
     security = security or Security()
     addrs = [addr] if isinstance(addr, str) else list(addr)
@@ -148,8 +148,9 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
     for a in addrs:
         path = _unix_path(a)
         if path is not None:
-            port = server.add_insecure_port(a)
-            os.chmod(path, 0o600)
+            with private_umask():        # root-only from its first instant
+                port = server.add_insecure_port(a)
+            private_socket(path)
         elif credentials is not None:
             port = server.add_secure_port(a, credentials)
         else:

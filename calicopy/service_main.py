@@ -3,7 +3,7 @@
 Each such service is stateless over etcd: its process parses where to listen
 and where etcd is, waits for etcd, builds its server (the service's own
 composition step, passed in), serves until SIGTERM/SIGINT and stops
-gracefully.
+gracefully. Its unix sockets are root-only (0600), whatever the umask.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ Usage:
   calicoctl certs issue <IDENTITY> [--dir=<DIR>] [--host=<HOST>...] [--days=<N>]
   calicoctl certs show <CERT>
   calicoctl etcd-auth enable
+  calicoctl policy endpoint-to-host [<ACTION>]
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]

@@ -53,6 +53,7 @@ from calico.endpoint.v1 import endpoint_pb2
 from calico.ipam.v1 import ipam_pb2
 from calicopy import config
 from calicopy.docker_engine import LocalEngine, real_socket
+from calicopy.localfiles import private_dir
 from calicopy.rpc import check_health
 from calicopy.tls import Security, TlsFiles
 from cli import client, validate
@@ -172,8 +173,7 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
         print(f"Calico node {name} is already running; {changed}.")
         return
     paths = config.node_paths(name)
-    folder = paths.dir
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(paths.dir)
     argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
     with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

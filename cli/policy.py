@@ -1,17 +1,27 @@
-"""Why a packet between two workloads passes or is dropped.
+"""Why a packet between two workloads passes or is dropped; what workloads
+may send their own host.
 
 Usage:
   calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
+  calicoctl policy endpoint-to-host [<ACTION>]
 
 Options:
   --protocol=<P>   tcp, udp, icmp or icmpv6 (default: a ping).
   --port=<N>       The destination port, for tcp and udp.
 
-<SRC> and <DST> are addresses, or containers on this node (netns:<name>,
-pid:<N>), which stand for their first address. The verdict is computed from
-the same model the policy agents program into iptables: the source's
-outbound rules, then the destination's inbound rules, naming the profile rule
-that decided.
+explain: <SRC> and <DST> are addresses, or containers on this node
+(netns:<name>, pid:<N>), which stand for their first address. The verdict is
+computed from the same model the policy agents program into iptables: the
+source's outbound rules, then the destination's inbound rules, naming the
+profile rule that decided (the first rule of the endpoint's profiles, in
+order, that matches: allow or deny, it is final). To an address of the
+source's own node, the endpoint-to-host action decides instead.
+
+endpoint-to-host: what every node does with traffic from its workloads to
+the node itself, once the workload's outbound rules allowed it. <ACTION> is
+drop (the default: pings to the host pass, nothing else), return (the host's
+own INPUT rules decide) or accept (everything passes). Without <ACTION>, print
+the current one. Every node applies a change at once.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import ipaddress
 
 from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
+from calicopy.api.policy import action_from_msg, action_to_msg
+from calicopy.model.policy import BadRule, check_endpoint_to_host_action
 from cli import client, workloads
 from cli.errors import CliError
 
@@ -42,6 +54,29 @@ def _address(text: str, want_version: int | None = None) -> tuple[str, str]:
 
 
 def run(args: dict) -> None:
+    if args["endpoint-to-host"]:
+        endpoint_to_host(args["<ACTION>"])
+    else:
+        explain(args)
+
+
+def endpoint_to_host(action: str | None) -> None:
+    policy = client.policy()
+    if action is None:
+        settings = client.call(policy, "GetPolicySettings",
+                               policy_pb2.GetPolicySettingsRequest()).settings
+        print(action_from_msg(settings.endpoint_to_host_action))
+        return
+    try:
+        check_endpoint_to_host_action(action)
+    except BadRule as exc:
+        raise CliError(str(exc)) from None
+    client.call(policy, "SetPolicySettings", policy_pb2.SetPolicySettingsRequest(
+        endpoint_to_host_action=action_to_msg(action)))
+    print(f"Endpoint-to-host action set to {action}.")
+
+
+def explain(args: dict) -> None:
     port = args["--port"]
     if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
         raise CliError(f"Invalid port '{port}'.")

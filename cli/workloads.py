@@ -92,7 +92,9 @@ def _docker(text: str) -> Workload:
 def find(text: str) -> Workload:
     """The workload, which must exist."""
     workload = identify(text)
-    if workload.netns_path and not os.path.exists(workload.netns_path):
+    # lexists: a path we may not follow (another user's /proc/<pid>/ns/net)
+    # is there; the service says why it cannot be used.
+    if workload.netns_path and not os.path.lexists(workload.netns_path):
         raise CliError(f"Container {text} not found.")
     return workload
 

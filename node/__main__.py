@@ -4,7 +4,9 @@ Started by `calicoctl node`, in the host's network namespace. It runs, and
 restarts when they die: the policy agent, the endpoint service, the BIRD
 config renderer and BIRD, and, when a Docker engine answers on DOCKER_HOST
 (or on its alternative socket), the Docker network and IPAM plugin and the
-CALICO_IP proxy. Sockets, configuration, pids and logs live in the node's state folder.
+CALICO_IP proxy. Sockets, configuration, pids and logs live in the node's
+state folder (0700; its sockets 0600, BIRD's control socket made so once BIRD
+has created it).
 
 Usage:
   calico-node --name=<NODE> [--no-ipv6]
@@ -20,6 +22,7 @@ from docopt import docopt
 
 from calicopy import config
 from calicopy.docker_engine import real_socket
+from calicopy.localfiles import private_dir
 from calicopy.service_main import stop_event
 from node.supervisor import Child, Supervisor
 
@@ -30,7 +33,7 @@ def main(argv=None) -> int:
     args = docopt(__doc__, argv)
     name = args["--name"]
     p = config.node_paths(name)
-    p.dir.mkdir(parents=True, exist_ok=True)
+    private_dir(p.dir)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     p.pid.write_text(str(os.getpid()))
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
         Child("bird renderer", [python, "-m", "node.bird", f"--name={name}",
                                 f"--config={p.bird_conf}", f"--ctl={p.bird_ctl}"],
               p.log("renderer"), env),
-        Child("bird", bird_argv, p.log("bird"), needs_file=p.bird_conf,
+        Child("bird", bird_argv, p.log("bird"), needs_file=p.bird_conf, socket=p.bird_ctl,
               # After a crash: graceful-restart recovery, so BIRD keeps the routes
               # it left in the kernel until its peers have re-sent theirs.
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),

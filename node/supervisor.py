@@ -3,7 +3,9 @@
 Children start in order; a child may wait for a file (BIRD needs its first
 configuration). A child that exits is restarted after a back-off that grows
 with quick successive failures. The supervisor writes what it runs to a
-status file (``status.json``) that ``calicoctl status`` reads. On SIGTERM it
+status file (``status.json``) that ``calicoctl status`` reads. A child that
+creates a unix socket with a mode of its own choosing (BIRD) has it made 0600
+as soon as it appears, and again whenever it is created anew. On SIGTERM it
 stops the children in reverse order: SIGTERM, then SIGKILL after a grace time.
 """
 
@@ -18,6 +20,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from calicopy.localfiles import SOCKET_MODE, private_socket
 
 log = logging.getLogger("calico-node")
 
@@ -45,6 +49,7 @@ class Child:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     needs_file: Path | None = None
     restart_argv: list[str] | None = None    # when a restart must run differently
+    socket: Path | None = None      # a unix socket it creates: kept 0600
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
@@ -59,6 +64,17 @@ class Child:
                                          env={**os.environ, **self.env})
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def secure_socket(self) -> None:
+        """Make the socket the child created root-only (a program such as BIRD
+        chooses its own mode; it is inside the node's 0700 folder meanwhile)."""
+        if self.socket is None:
+            return
+        try:
+            if self.socket.stat().st_mode & 0o777 != SOCKET_MODE:
+                private_socket(self.socket)
+        except FileNotFoundError:       # not there yet, or replaced meanwhile: next tick
+            pass
 
     def state(self) -> dict:
         running = self.proc is not None and self.proc.poll() is None
@@ -84,6 +100,7 @@ class Supervisor:
 
     def _tend(self, child: Child, now: float) -> None:
         if child.proc is not None and child.proc.poll() is None:
+            child.secure_socket()
             if now - child.started > STABLE_AFTER:
                 child.backoff = 0.5
             return

@@ -37,7 +37,8 @@ import shlex
 from node.policy.commands import CommandError
 
 BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
-                  "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+                  "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+                  "raw": ("PREROUTING", "OUTPUT")}
 TARGETS = {"ACCEPT", "DROP", "RETURN", "QUEUE", "MARK", "CONNMARK", "MASQUERADE", "SNAT",
            "DNAT", "REDIRECT", "LOG", "NFLOG", "REJECT", "CT", "NOTRACK", "TCPMSS"}
 NAT_TARGETS = {"MASQUERADE", "SNAT", "DNAT", "REDIRECT"}
@@ -51,6 +52,7 @@ OPTION_MODULES = {"--match-set": "set", "--comment": "comment", "--ctstate": "co
                   "--sports": "multiport", "--icmp-type": "icmp", "--icmpv6-type": "icmp6"}
 MODULE_VERSIONS = {"icmp": 4, "icmp6": 6}
 FREE_TEXT = ("--comment", "--log-prefix", "--nflog-prefix")
+NO_ARGUMENT = ("--invert",)      # options that take no value (rpfilter's)
 PLAIN = re.compile(r"[A-Za-z0-9_-]+\Z")
 TOOL = re.compile(r"(ip6?tables)(?:-(nft|legacy))?(?:-(save|restore))?\Z")
 
@@ -334,6 +336,9 @@ class KernelStub:
         while i < len(spec):
             option = spec[i]
             value = spec[i + 1] if i + 1 < len(spec) else None
+            if option in NO_ARGUMENT:
+                i += 1
+                continue
             if option.startswith("-") and value is None:
                 raise Refused(f"option '{option}' requires an argument", 2)
             if option in ("-m", "--match"):

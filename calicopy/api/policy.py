@@ -9,6 +9,24 @@ from calicopy.model.policy import Profile
 from calicopy.rpc import Client
 
 
+_ACTIONS = {"drop": policy_pb2.ENDPOINT_TO_HOST_ACTION_DROP,
+            "return": policy_pb2.ENDPOINT_TO_HOST_ACTION_RETURN,
+            "accept": policy_pb2.ENDPOINT_TO_HOST_ACTION_ACCEPT}
+
+
+def action_to_msg(action: str) -> int:
+    """drop/return/accept -> EndpointToHostAction."""
+    return _ACTIONS[action]
+
+
+def action_from_msg(value: int) -> str | None:
+    """EndpointToHostAction -> drop/return/accept; None for UNSPECIFIED; the
+    number as text for a value this version does not know (refused later)."""
+    if value == policy_pb2.ENDPOINT_TO_HOST_ACTION_UNSPECIFIED:
+        return None
+    return next((name for name, v in _ACTIONS.items() if v == value), str(value))
+
+
 def profile_to_msg(profile: Profile, members=()) -> policy_pb2.Profile:
     return policy_pb2.Profile(name=profile.name, tags=profile.tags,
                               rules_json=json.dumps(profile.rules_json(), indent=2),

@@ -19,6 +19,9 @@ Policy (as the original tool laid it out), and each node's progress::
     /calico/v1/policy/profile/<name>/rules         {"inbound_rules": [...], "outbound_rules": [...]}
     /calico/v1/host/<node>/policy_applied          {"revision": N}: the agent's dataplane
                                                    reflects etcd as of revision N
+    /calico/v1/config/endpoint_to_host_action      "drop" (when absent), "return" or "accept":
+                                                   what nodes do with their workloads'
+                                                   traffic to themselves
 
 BGP settings::
 
@@ -196,6 +199,7 @@ def parse_peer(key: str) -> tuple[str | None, str]:
 # Policy ------------------------------------------------------------------------
 
 PROFILES = PREFIX + "policy/profile/"
+ENDPOINT_TO_HOST_ACTION = CONFIG + "endpoint_to_host_action"
 
 
 def profile_tags(name: str) -> str:

@@ -8,11 +8,21 @@ icmpv6), ``src_tag``/``dst_tag``, ``src_net``/``dst_net`` (CIDR),
 ``icmp_type`` (0-255), ``icmp_code`` (needs icmp_type) and ``ip_version``
 (4/6). Validation names the rule and the field that is wrong.
 
-Semantics (shared by the dataplane and ``explain``): an endpoint's profiles
-are tried in order; within a profile the first matching rule decides:
-``allow`` accepts the packet, ``deny`` ends that profile without accepting.
-A packet is accepted if any profile accepts it (the union); otherwise it is
-dropped. An endpoint with no profile accepts nothing.
+Semantics (shared by the dataplane and ``explain``), as in the original
+system (Felix 1.x): an endpoint's profiles are tried in order, and within a
+profile its rules in order; the first matching rule of all decides, and its
+decision is final. ``allow`` accepts the packet at once (the next check is
+the other end's policy); ``deny`` drops it at once, whatever later profiles
+say. A packet no rule of any profile matches is dropped; an endpoint with no
+profile accepts nothing. So a profile whose rules end with a catch-all
+``deny`` (the default inbound rules) hides every profile after it: two such
+profiles on one endpoint are not their union, only the first counts.
+
+Cluster-wide settings (``PolicySettings``): what a node does with traffic
+from its workloads to the node itself, once the workload's outbound policy
+allowed it (``endpoint_to_host_action``, as Felix's
+DefaultEndpointToHostAction): ``drop`` (the default: only pings to the host
+pass), ``return`` (to the host's own INPUT rules) or ``accept``.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6")
 KEYS = {"action", "protocol", "src_tag", "dst_tag", "src_net", "dst_net", "src_ports",
         "dst_ports", "icmp_type", "icmp_code", "ip_version"}
 INBOUND, OUTBOUND = "inbound", "outbound"
+ENDPOINT_TO_HOST_ACTIONS = ("drop", "return", "accept")
+DEFAULT_ENDPOINT_TO_HOST_ACTION = "drop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +149,15 @@ def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not TAG_RE.match(tag):
         raise BadRule("Tag names can only contain letters, numbers and underscores.")
     return tag
+
+
+def check_endpoint_to_host_action(value) -> str:
+    """The setting's value, or BadRule naming the value given."""
+    if value not in ENDPOINT_TO_HOST_ACTIONS:
+        raise BadRule(f"Invalid endpoint-to-host action {value!r}: use "
+                      f"{', '.join(ENDPOINT_TO_HOST_ACTIONS[:-1])} or "
+                      f"{ENDPOINT_TO_HOST_ACTIONS[-1]}.")
+    return value
 
 
 def parse_rules(data, profile: str) -> tuple[list[Rule], list[Rule]]:
@@ -244,13 +265,22 @@ class Snapshot:
     profiles: dict[str, Profile]
     invalid_profiles: dict[str, str]          # name -> why it was ignored
     pools: list[dict]
+    endpoint_to_host_action: str = DEFAULT_ENDPOINT_TO_HOST_ACTION
+    nodes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # addresses
 
     @classmethod
     def from_kvs(cls, revision: int, kvs: list[KV]) -> "Snapshot":
-        endpoints, tags, rules, pools = [], {}, {}, []
+        endpoints, tags, rules, pools, nodes = [], {}, {}, [], {}
+        to_host = DEFAULT_ENDPOINT_TO_HOST_ACTION
         for kv in kvs:
             try:
-                if keys.is_endpoint(kv.key):
+                if kv.key == keys.ENDPOINT_TO_HOST_ACTION:
+                    to_host = check_endpoint_to_host_action(kv.json())
+                elif keys.is_node(kv.key):
+                    record = kv.json()
+                    nodes[keys.parse_host(kv.key)] = tuple(
+                        ip for ip in (record.get("ipv4"), record.get("ipv6")) if ip)
+                elif keys.is_endpoint(kv.key):
                     ep = Endpoint.from_json(kv.json())
                     if ep.state == ACTIVE:
                         endpoints.append(ep)
@@ -259,9 +289,10 @@ class Snapshot:
                     (tags if part == "tags" else rules)[name] = kv.json()
                 elif kv.key.startswith(keys.pools_prefix()):
                     pools.append(kv.json())
-            except (ValueError, KeyError, TypeError) as exc:
-                # A malformed record is left out (its workload fails closed);
-                # it must not stop policy for everyone else.
+            except (ValueError, KeyError, TypeError, AttributeError, BadRule) as exc:
+                # A malformed record is left out (its workload fails closed, a
+                # bad setting keeps its default); it must not stop policy for
+                # everyone else.
                 log.error("ignoring malformed record %s: %r", kv.key, exc)
         profiles, invalid = {}, {}
         for name in sorted(set(tags) & set(rules)):
@@ -271,7 +302,7 @@ class Snapshot:
             except Exception as exc:   # a bad profile is ignored (fails closed), not fatal
                 invalid[name] = str(exc)
         endpoints.sort(key=lambda e: e.endpoint_id)
-        return cls(revision, endpoints, profiles, invalid, pools)
+        return cls(revision, endpoints, profiles, invalid, pools, to_host, nodes)
 
     def tag_members(self) -> dict[str, dict[int, set[str]]]:
         """tag -> IP version -> addresses of every endpoint carrying the tag."""

@@ -2,8 +2,8 @@
 
 Started by the node supervisor when a Docker engine answers on DOCKER_HOST.
 Serves the network driver "calico" and the IPAM driver "calico-ipam" on
-<plugin folder>/calico.sock. Docker finds a plugin by the socket's file name,
-so calico-ipam.sock is a symbolic link to the same socket.
+<plugin folder>/calico.sock (root-only: 0600). Docker finds a plugin by the
+socket's file name, so calico-ipam.sock is a symbolic link to the same socket.
 
 Usage:
   calico-docker-plugin --name=<NODE> [--plugin-dir=<DIR>]
@@ -24,6 +24,7 @@ from calico.policy.v1 import policy_pb2_grpc
 from calicopy import config
 from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.errors import CalicoError
+from calicopy.localfiles import shared_dir
 from calicopy.rpc import Client
 from calicopy.service_main import stop_event
 from node.docker_plugin import protocol
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     methods.update(network.methods())
     methods.update(IpamDriver(ipam, node).methods())
 
-    os.makedirs(plugin_dir, exist_ok=True)
+    shared_dir(plugin_dir)           # Docker's folder, shared with other plugins
     path = os.path.join(plugin_dir, SOCKET_NAME)
     server = protocol.serve(path, methods)
     link = os.path.join(plugin_dir, IPAM_LINK)

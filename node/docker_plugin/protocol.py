@@ -3,7 +3,8 @@
 Each request names a method (``/NetworkDriver.Join``); the body is a JSON
 object and so is the answer. A failure is ``{"Err": "<message>"}``, which
 Docker shows to the user as is; an unknown method gets 404, which Docker takes
-as "not implemented".
+as "not implemented". The socket is root's alone (0600): Docker's engine runs
+as root, and anyone else who could call the plugin could network containers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from calicopy.errors import CalicoError
+from calicopy.localfiles import bind_private
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,10 @@ Handler = Callable[[dict], dict]
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     methods: dict[str, Handler] = {}
+
+    def server_bind(self) -> None:
+        # Docker (root) is the only client: root-only from the start.
+        bind_private(self.socket, self.server_address)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

@@ -15,11 +15,14 @@ than relayed:
 
 The socket is only taken when the engine answers on the upstream socket and
 nobody else serves the listening one, and it is given up (standby) when
-someone replaces it, e.g. an engine moved back to it.
+someone replaces it, e.g. an engine moved back to it. It is root's (0600: the
+docker CLI of root), or 0660 root:docker when the engine's own socket serves
+the group docker (``socket_access``).
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ import urllib.parse
 from http import HTTPStatus
 
 from calicopy.docker_engine import Engine
+from calicopy.localfiles import SOCKET_MODE, bind_private, private_socket
 from node.docker_proxy.calico_ip import ContainerNetworking, Refused
 from node.docker_proxy.http1 import (ProtocolError, Reader, Request, Response, copy_body,
                                      read_body, tunnel, with_body)
@@ -253,6 +257,22 @@ class Session:
         return self._answer(req, resp, body)
 
 
+def socket_access(engine_socket: str) -> tuple[int, int]:
+    """(mode, group) of the proxy's socket: root's alone (0600), unless the
+    engine's own socket lets the group ``docker`` in (root:docker, group
+    read-write, as dockerd makes it when that group exists): then its members
+    keep using ``docker`` through the proxy (0660 root:docker). They could
+    already drive the engine itself, so this gives them nothing more."""
+    try:
+        docker_gid = grp.getgrnam("docker").gr_gid
+        st = os.stat(engine_socket)
+    except (KeyError, OSError):
+        return SOCKET_MODE, -1
+    if st.st_gid == docker_gid and st.st_mode & 0o060 == 0o060:
+        return 0o660, docker_gid
+    return SOCKET_MODE, -1
+
+
 class DockerProxy:
     """Serves ``listen`` for the engine on ``upstream`` while it may."""
 
@@ -282,11 +302,10 @@ class DockerProxy:
         if os.path.exists(self.listen):
             os.unlink(self.listen)                  # stale: checked by _listen_free
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(self.listen)
-        # The same access as the engine's own socket (root and group docker).
-        st = os.stat(self.upstream)
-        os.chmod(self.listen, st.st_mode & 0o777)
-        os.chown(self.listen, -1, st.st_gid)
+        bind_private(server, self.listen)
+        mode, gid = socket_access(self.upstream)
+        if mode != SOCKET_MODE:
+            private_socket(self.listen, mode, gid)
         server.listen(128)
         server.settimeout(self.check_every)
         return server

@@ -42,8 +42,8 @@ class Agent:
     def hooks_in_place(self) -> bool:
         """Whether the built-in chains still jump to ours (someone may have
         flushed them); cheap enough to ask before every pass."""
-        return all(self.tables[v].hooked(table) for v in (4, 6) for table in
-                   (("filter", "nat") if v == 4 else ("filter",)) if self.tables[v].written)
+        return all(self.tables[v].hooked(table) for v in (4, 6)
+                   for table in self.tables[v].written)
 
     def step(self, full: bool, events=()) -> int:
         """One pass of the watch loop; full also when someone flushed our hooks.

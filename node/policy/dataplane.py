@@ -2,23 +2,46 @@
 
 Pure: no commands are run here. The layout (per IP version, filter table):
 
-- ``cali-INPUT`` (from INPUT) and ``cali-FORWARD`` (from FORWARD) send
-  traffic from workload interfaces to ``cali-from-wl`` and traffic to them to
-  ``cali-to-wl``. Those dispatch by interface to per-endpoint chains and end in
-  DROP, so an interface we do not know gets nothing (fail closed).
-- ``cali-fw-<id>`` (from an endpoint): drop INVALID, accept ESTABLISHED and
-  RELATED, drop a wrong source MAC, go to ``cali-fp-<id>`` only for the
-  endpoint's own source addresses, else drop. ``cali-fp-<id>`` runs the
-  endpoint's profiles' outbound chains in order and returns (allowed) as soon
-  as one marks the packet; else drops.
-- ``cali-tw-<id>`` (to an endpoint): the same for the profiles' inbound chains.
+- ``cali-INPUT`` (first in INPUT) sends traffic from workload interfaces to
+  ``cali-wl-to-host``; for IPv6 it first accepts the ICMPv6 neighbour
+  discovery and MLD types workloads need (``ICMPV6_TO_HOST``), which come from
+  link-local or unspecified sources that anti-spoofing would drop.
+  ``cali-wl-to-host`` runs ``cali-from-wl`` (anti-spoofing, then the
+  endpoint's outbound policy, which drops what it does not allow), accepts
+  ICMP and ICMPv6 echo requests (a workload can ping its host), and ends with
+  the cluster's endpoint-to-host action: DROP (the default), RETURN (to the
+  host's own INPUT rules) or ACCEPT. So a workload reaches nothing else on its
+  host (its listeners, BIRD) unless the operator says so, and never before its
+  own policy has allowed it.
+- ``cali-FORWARD`` (from FORWARD) sends traffic from workload interfaces to
+  ``cali-from-wl`` and traffic to them to ``cali-to-wl``, then accepts it.
+  Those dispatch by interface to per-endpoint chains and end in DROP, so an
+  interface we do not know gets nothing (fail closed).
+- ``cali-fw-<id>`` (from an endpoint): anti-spoofing comes first, before any
+  conntrack ACCEPT, so a workload that takes another's address cannot ride
+  that one's established flows: drop a wrong source MAC, go to
+  ``cali-fp-<id>`` only for the endpoint's own source addresses, else drop.
+  ``cali-fp-<id>`` drops INVALID, accepts ESTABLISHED and RELATED, then runs
+  the endpoint's profiles' outbound chains in order and returns (allowed) as
+  soon as one marks the packet; else drops.
+- ``cali-tw-<id>`` (to an endpoint): drop INVALID, accept ESTABLISHED and
+  RELATED, then the same for the profiles' inbound chains.
 - ``cali-pi-<hash>`` / ``cali-po-<hash>``: one chain per profile and direction,
-  one iptables rule per profile rule (two for allow: mark, then return), each
-  commented with the profile and rule number, so iptables-save and packet
-  counters say which rule decided.
+  each rule commented with the profile and rule number, so iptables-save and
+  packet counters say which rule decided. ``allow`` is two rules (mark, then
+  return to the endpoint chain, which returns at once: allowed); ``deny`` is
+  one DROP, final whatever later profiles say (calicopy.model.policy).
 - Tags are ipsets (``cali4-t-<hash>``, hash:ip), so a tag rule is one rule
   whatever the member count. In the nat table, ``cali-POSTROUTING``
   masquerades traffic from nat-outgoing pools to anywhere outside all pools.
+
+Reverse-path filtering: IPv4 uses the kernel's strict ``rp_filter`` on each
+workload interface (set by the endpoint service). IPv6 has no such sysctl,
+so the raw table's ``cali-PREROUTING`` (first in PREROUTING) drops what
+arrives on a ``cali`` interface from a source not routed back through it
+(``-m rpfilter --invert``): raw, because it runs before conntrack and routing,
+so a spoofed packet is gone before it can create or match a flow; the filter
+chains above check the exact addresses besides.
 
 Traffic from the host to its own workloads (OUTPUT) is not policed.
 """
@@ -31,17 +54,21 @@ import ipaddress
 import re
 
 from calicopy.model.endpoint import Endpoint
-from calicopy.model.policy import Snapshot
-from calicopy.model.policy import INBOUND, OUTBOUND, Rule
+from calicopy.model.policy import INBOUND, OUTBOUND, Rule, Snapshot
 
 MARK = "0x1000000"
 ACCEPT_MARK = f"{MARK}/{MARK}"
 PREFIX = "cali-"
 SET_PREFIX = ("cali4-", "cali6-")
 HOOKS = {"filter": [("INPUT", "cali-INPUT"), ("FORWARD", "cali-FORWARD")],
-         "nat": [("POSTROUTING", "cali-POSTROUTING")]}
+         "nat": [("POSTROUTING", "cali-POSTROUTING")],
+         "raw": [("PREROUTING", "cali-PREROUTING")]}
 # Neighbour discovery and MLD that workloads must be able to send their host.
 ICMPV6_TO_HOST = (130, 131, 132, 133, 135, 136)
+# Echo requests (type 8 / ICMPv6 128, code 0): a workload can ping its host.
+ECHO_TO_HOST = {4: "-p icmp -m icmp --icmp-type 8/0",
+                6: "-p ipv6-icmp -m icmp6 --icmpv6-type 128/0"}
+TO_HOST_TARGET = {"drop": "DROP", "return": "RETURN", "accept": "ACCEPT"}
 
 
 def _hash(text: str) -> str:
@@ -140,7 +167,7 @@ def _profile_rules(name: str, direction: str, rules: list[Rule], version: int) -
                 out.append(f"{lead}{comment} -j MARK --set-xmark {ACCEPT_MARK}")
                 out.append(f"-m mark --mark {ACCEPT_MARK} -j RETURN")
             else:
-                out.append(f"{lead}{comment} -j RETURN")
+                out.append(f"{lead}{comment} -j DROP")    # final: no later profile is tried
     return out
 
 
@@ -151,8 +178,9 @@ def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str
     conntrack = ["-m conntrack --ctstate INVALID -j DROP",
                  "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
     ips = [ip for ip in ep.ips if ipaddress.ip_address(ip).version == version]
-    from_chain = conntrack + [f"-m mac ! --mac-source {ep.mac} {_comment(f'{who}: spoofed MAC')}"
-                              f" -j DROP"]
+    # Anti-spoofing before conntrack: an established flow is only ridden by
+    # the endpoint that owns its address.
+    from_chain = [f"-m mac ! --mac-source {ep.mac} {_comment(f'{who}: spoofed MAC')} -j DROP"]
     from_chain += [f"-s {ip}/{32 if version == 4 else 128} -g {fp}" for ip in ips]
     from_chain.append(f"{_comment(f'{who}: source address is not its own')} -j DROP")
 
@@ -164,7 +192,7 @@ def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str
                           f"-m mark --mark {ACCEPT_MARK} -j RETURN"]
         rules.append(f"{_comment(f'{who}: no profile allowed it ({direction})')} -j DROP")
         return rules
-    return {fw: from_chain, fp: profiles(OUTBOUND), tw: conntrack + profiles(INBOUND)}
+    return {fw: from_chain, fp: conntrack + profiles(OUTBOUND), tw: conntrack + profiles(INBOUND)}
 
 
 def compute(snapshot: Snapshot, node: str) -> Desired:
@@ -178,12 +206,15 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
             ipsets[name] = IpSet(name, "hash:ip", version,
                                  frozenset(members.get(tag, {}).get(version, set())))
         chains: dict[str, list[str]] = {}
-        to_host = []
-        if version == 6:
-            to_host = [f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
-                       for t in ICMPV6_TO_HOST]
-        chains[f"{PREFIX}INPUT"] = to_host + [f"-i cali+ -j {PREFIX}from-wl",
-                                              "-i cali+ -j ACCEPT"]
+        chains[f"{PREFIX}INPUT"] = [
+            f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
+            for t in (ICMPV6_TO_HOST if version == 6 else ())]
+        chains[f"{PREFIX}INPUT"].append(f"-i cali+ -j {PREFIX}wl-to-host")
+        action = snapshot.endpoint_to_host_action
+        chains[f"{PREFIX}wl-to-host"] = [
+            f"-j {PREFIX}from-wl",
+            f"{ECHO_TO_HOST[version]} {_comment('a workload can ping its host')} -j ACCEPT",
+            f"{_comment(f'endpoint-to-host action {action}')} -j {TO_HOST_TARGET[action]}"]
         chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
                                       f"-o cali+ -j {PREFIX}to-wl",
                                       "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
@@ -215,5 +246,10 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
             nat[f"{PREFIX}POSTROUTING"] = [
                 f"-m set --match-set {masq} src -m set ! --match-set {every} dst "
                 f"{_comment('nat-outgoing pools')} -j MASQUERADE"] if ipsets[masq].members else []
-        tables[version] = {"filter": chains, "nat": nat} if version == 4 else {"filter": chains}
+        if version == 4:
+            tables[version] = {"filter": chains, "nat": nat}
+        else:
+            tables[version] = {"filter": chains, "raw": {f"{PREFIX}PREROUTING": [
+                f"-i cali+ -m rpfilter --invert {_comment('source not routed via its interface')}"
+                f" -j DROP"]}}
     return Desired(tables, ipsets)

@@ -4,7 +4,8 @@ Run as `python -m services.endpoint` on the host (in the host's network
 namespace). It reconciles etcd with the kernel before it starts serving, and
 again every --resync seconds. On a unix socket, it also serves its RPCs as
 JSON over HTTP/1.1 on a second socket next to it (endpoint.json.sock next to
-endpoint.sock; see json_gateway.py), for the CNI plugin.
+endpoint.sock; see json_gateway.py), for the CNI plugin. Both sockets are
+root-only (0600), and so is the node's state folder they are in (0700).
 
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
@@ -52,6 +53,7 @@ from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
 from calicopy.authz import Authorizer
+from calicopy.localfiles import private_dir
 from calicopy.service_main import describe, stop_event
 from calicopy.tls import Security
 from services.endpoint import kernel
@@ -96,7 +98,12 @@ def main(argv=None) -> int:
 
     if listen.startswith("unix:"):
         path = listen[len("unix:"):]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        folder = os.path.dirname(path)
+        # The node's state folder is root-only; another folder given with
+        # --listen keeps its mode unless we create it.
+        if not os.path.isdir(folder) or \
+                os.path.realpath(folder) == os.path.realpath(config.node_paths(node).dir):
+            private_dir(folder)
         if os.path.exists(path):
             os.unlink(path)          # a socket left by a previous run
 

@@ -71,7 +71,8 @@ class IpamApi(Protocol):
 
 class Dataplane(Protocol):
     def check_workload(self, path: str, workload: str) -> None:
-        """Raise unless ``path`` is a live network namespace."""
+        """Raise unless ``path`` is a live network namespace other than the
+        host's (without blocking, whatever the path is)."""
 
     def workload_alive(self, path: str) -> bool: ...
 

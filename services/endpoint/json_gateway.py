@@ -26,6 +26,12 @@ status in the same place (``calicopy.rpc.maps_errors`` and ``status_for``):
 the context handed to the servicer raises ``CallFailed`` where gRPC's would
 end the RPC. The socket's path is ``calicopy.config.endpoint_json_socket`` of
 the gRPC address, so every caller finds it the same way.
+
+Only root is served, as through the gRPC socket: the socket is 0600 from the
+moment it is bound (calicopy.localfiles), and each connection's peer
+credentials (SO_PEERCRED, the uid of the process that connected) are checked
+besides, so a process that gets past the file mode without being root (a
+capability, a descriptor passed on) is answered ``403 PERMISSION_DENIED``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import socketserver
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler
@@ -42,6 +50,7 @@ import grpc
 from google.protobuf import json_format
 
 from calico.endpoint.v1 import endpoint_pb2
+from calicopy.localfiles import bind_private
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.servicer import EndpointServicer
 
@@ -173,9 +182,18 @@ class JsonGateway:
             self._idle.notify_all()
 
 
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process that connected ``conn`` (a unix socket)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True       # an idle kept-alive connection must not hold up a stop
     gateway: JsonGateway
+
+    def server_bind(self) -> None:
+        bind_private(self.socket, self.server_address)
 
     def handle_error(self, request, client_address) -> None:
         # In the log, not on stderr (socketserver's default); a client gone or
@@ -189,7 +207,23 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "calico-endpoint-json"
     timeout = IDLE_TIMEOUT
 
+    def setup(self) -> None:
+        super().setup()
+        self.peer_uid = peer_uid(self.request)
+
+    def _refused(self) -> bool:
+        """Answer 403 to anyone but root; True if so."""
+        if self.peer_uid == 0:
+            return False
+        self.close_connection = True
+        self._answer(*self._failure(
+            S.PERMISSION_DENIED, f"Only root may call the endpoint service; this process "
+            f"runs as uid {self.peer_uid}.", 403))
+        return True
+
     def do_POST(self) -> None:
+        if self._refused():
+            return
         gateway = self.server.gateway
         if not gateway._enter():
             self.close_connection = True
@@ -221,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
                                        separators=(",", ":")).encode()
 
     def _not_post(self) -> None:
+        if self._refused():
+            return
         self._answer(*self._failure(S.UNIMPLEMENTED, f"{self.command} is not served: POST "
                                     "the request message as JSON.", 405),
                      {"Allow": "POST"})

@@ -8,10 +8,14 @@ the veth pair, which takes its routes and neighbours with it.
 What an interface looks like once ensured:
 
 - host side ``cali<id>`` in this process's namespace, MAC ee:ee:ee:ee:ee:ee,
-  proxy ARP on (it answers for 169.254.1.1), IPv6 DAD off so its link-local
-  address (the workloads' IPv6 gateway) is usable at once; a /32 or /128 route
-  to each workload address (protocol ``ROUTE_PROTOCOL``) and a permanent
-  neighbour entry for it;
+  proxy ARP on (it answers for 169.254.1.1), strict reverse-path filtering
+  (``rp_filter`` 1: a packet whose source is not routed back through the
+  interface is dropped; the kernel applies the larger of this and
+  ``conf/all/rp_filter``, so an ``all`` of 2 makes it loose, which is logged;
+  IPv6 has no such setting: the policy agent's raw table does it), IPv6 DAD
+  off so its link-local address (the workloads' IPv6 gateway) is usable at
+  once; a /32 or /128 route to each workload address (protocol
+  ``ROUTE_PROTOCOL``) and a permanent neighbour entry for it;
 - workload side, created directly inside the workload's namespace under its
   final name, up, with the addresses as /32 and /128 (IPv6 without DAD), a
   link route to 169.254.1.1 and a default route through it, and an IPv6
@@ -32,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -43,6 +48,8 @@ from calicopy import netns
 from calicopy.model.endpoint import (HOST_MAC, INTERFACE_PREFIX, IPV4_GATEWAY, IPV6_GATEWAY,
                                      ROUTE_PROTOCOL)
 from services.endpoint.errors import DataplaneError, InterfaceInUse
+log = logging.getLogger(__name__)
+
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 RT_TABLE_MAIN = 254
@@ -65,6 +72,14 @@ class InterfaceSpec:
 def write_sysctl(path: str, value: str) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(value)
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(f"/proc/sys/{path}") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def enable_forwarding() -> None:
@@ -133,12 +148,17 @@ class KernelDataplane:
 
     def __init__(self):
         self.ipv6 = ipv6_available()
+        # Never a workload's: the namespace we run in and the machine's.
+        self.host_namespaces = netns.host_namespaces()
+        if _read_sysctl("net/ipv4/conf/all/rp_filter") == "2":
+            log.warning("net.ipv4.conf.all.rp_filter is 2 (loose), which overrides the strict "
+                        "reverse-path filter set on workload interfaces; policy still drops "
+                        "spoofed source addresses")
 
     # Queries -----------------------------------------------------------------
 
-    @staticmethod
-    def check_workload(path: str, workload: str) -> None:
-        netns.check(path, workload)
+    def check_workload(self, path: str, workload: str) -> None:
+        netns.check(path, workload, self.host_namespaces)
 
     @staticmethod
     def workload_alive(path: str) -> bool:
@@ -233,7 +253,7 @@ class KernelDataplane:
         if wl_index is not None:
             raise InterfaceInUse(spec.interface_name, spec.workload)
         mac = spec.mac or random_mac()
-        fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+        fd = netns.open_namespace(spec.netns, spec.workload, self.host_namespaces)
         try:
             peer = {"ifname": spec.interface_name, "address": mac, "net_ns_fd": fd,
                     **_mtu(spec.mtu)}
@@ -256,6 +276,7 @@ class KernelDataplane:
 
     def _host_side_settings(self, host, name: str, index: int) -> None:
         write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
+        write_sysctl(f"net/ipv4/conf/{name}/rp_filter", "1")
         write_sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
         if self.ipv6:
             # Before the link comes up, so its link-local address skips DAD.

@@ -2,8 +2,11 @@
 
 The node agents program iptables and ipsets from a ``Snapshot``
 (calicopy.model.policy); ``explain`` evaluates the same snapshot in Python,
-rule by rule, with the semantics stated there, so the answer to "why was it
-blocked?" is the dataplane's own answer, not a second opinion.
+rule by rule, with the semantics stated there (the first matching rule of
+the endpoint's profiles, in order, decides for good), so the answer to "why
+was it blocked?" is the dataplane's own answer, not a second opinion. A
+packet from a workload to an address of its own node (as registered) also
+meets the node's endpoint-to-host action, as in node/policy/dataplane.py.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ class Packet:
     protocol: str = "icmp"          # tcp, udp, icmp (icmpv6 for IPv6 pings)
     dst_port: int | None = None
     src_port: int | None = None
-    icmp_type: int | None = None
+    icmp_type: int | None = None    # an echo request is 8 (ICMPv6: 128), code 0
+    icmp_code: int | None = None
 
     @property
     def version(self) -> int:
@@ -57,9 +61,10 @@ def matches(rule: Rule, pkt: Packet, members) -> bool:
         return False
     if rule.dst_ports and not _in_ports(pkt.dst_port, rule.dst_ports):
         return False
-    if rule.icmp_type is not None:
-        if pkt.icmp_type != rule.icmp_type:
-            return False
+    if rule.icmp_type is not None and pkt.icmp_type != rule.icmp_type:
+        return False
+    if rule.icmp_code is not None and pkt.icmp_code != rule.icmp_code:
+        return False
     return True
 
 
@@ -86,33 +91,39 @@ class Decision:
 
 def decide(snapshot: Snapshot, ep: Endpoint, direction: str, pkt: Packet, members=None
            ) -> Decision:
-    """The endpoint's verdict in one direction: the first allowing rule of any
-    profile, in order; else the last deny that ended a profile; else no match."""
+    """The endpoint's verdict in one direction: the first matching rule of
+    its profiles, in order, whatever its action; no match denies."""
     members = snapshot.tag_members() if members is None else members
-    last_deny = None
     for name in ep.profile_ids:
         profile = snapshot.profiles.get(name)
         if profile is None:
             continue
         for i, rule in enumerate(profile.rules(direction), 1):
             if matches(rule, pkt, members):
-                if rule.action == "allow":
-                    return Decision(True, ep, direction, name, i, rule)
-                last_deny = Decision(False, ep, direction, name, i, rule)
-                break
-    return last_deny or Decision(False, ep, direction)
+                return Decision(rule.action == "allow", ep, direction, name, i, rule)
+    return Decision(False, ep, direction)
+
+
+def _is_echo_request(pkt: Packet) -> bool:
+    return (pkt.protocol, pkt.icmp_type, pkt.icmp_code) in (("icmp", 8, 0),
+                                                            ("icmpv6", 128, 0))
 
 
 def explain(snapshot: Snapshot, pkt: Packet) -> tuple[bool, list[Decision], list[str]]:
     """(allowed, the decisions on the way, notes): the source endpoint's
-    outbound rules, then the destination endpoint's inbound rules."""
+    outbound rules, then the destination endpoint's inbound rules, or, to the
+    source's own node, the node's endpoint-to-host action."""
     members = snapshot.tag_members()
     decisions, notes = [], []
     src, dst = snapshot.endpoint_with_ip(pkt.src), snapshot.endpoint_with_ip(pkt.dst)
+    to_own_host = src is not None and dst is None and \
+        pkt.dst in snapshot.nodes.get(src.node, ())
     if src is None:
         notes.append(f"{pkt.src} is not a workload: no outbound policy applies to it.")
-    if dst is None:
-        notes.append(f"{pkt.dst} is not a workload: no inbound policy applies to it.")
+    if dst is None and not to_own_host:
+        notes.append(f"{pkt.dst} is not a workload: no inbound policy applies to it." + (
+            f" (Were it an address of {src.node}, the source's own host, the endpoint-to-host "
+            f"action, {snapshot.endpoint_to_host_action}, would decide.)" if src else ""))
     for ep, direction in ((src, OUTBOUND), (dst, INBOUND)):
         if ep is None:
             continue
@@ -120,4 +131,14 @@ def explain(snapshot: Snapshot, pkt: Packet) -> tuple[bool, list[Decision], list
         decisions.append(decision)
         if not decision.allowed:
             return False, decisions, notes
+    if to_own_host:
+        action = snapshot.endpoint_to_host_action
+        if _is_echo_request(pkt):
+            notes.append(f"{pkt.dst} is the address of node {src.node}, the source's own "
+                         "host: a workload may always ping its host.")
+            return True, decisions, notes
+        notes.append(f"{pkt.dst} is the address of node {src.node}, the source's own host: "
+                     f"the endpoint-to-host action is {action}" +
+                     (", so the host's own INPUT rules decide." if action == "return" else "."))
+        return action != "drop", decisions, notes
     return True, decisions, notes

@@ -1,18 +1,24 @@
-"""Profiles (tags and rules) and endpoints' profile lists, as stored in etcd.
+"""Profiles (tags and rules), endpoints' profile lists and the cluster-wide
+policy settings, as stored in etcd.
 
 A profile is two keys, ``tags`` and ``rules``, written together. Endpoint
 records belong to their node's endpoint service; here only their
-``profile_ids`` are changed, with a compare-and-swap on the record.
+``profile_ids`` are changed, with a compare-and-swap on the record. A setting
+is one key under /calico/v1/config/, absent while it has its default.
 """
 
 from __future__ import annotations
+
+import json
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
 from calicopy.model.endpoint import Endpoint
 from services.policy.errors import (BadRule, EndpointNotFound, ProfileExists, ProfileInUse,
                                     ProfileNotFound)
-from calicopy.model.policy import Profile, check_profile_name, check_tag, parse_rules
+from calicopy.model.policy import (DEFAULT_ENDPOINT_TO_HOST_ACTION, Profile,
+                                   check_endpoint_to_host_action, check_profile_name,
+                                   check_tag, parse_rules)
 
 
 class PolicyRegistry:
@@ -119,3 +125,26 @@ class PolicyRegistry:
                               else [p for p in ep.profile_ids if p != without])
             return ep if self.store.commit(Txn().update(kv, ep.to_json())) else None
         return retry(f"setting the profiles of endpoint {endpoint_id}", attempt)
+
+    # Settings --------------------------------------------------------------------
+
+    def endpoint_to_host_action(self) -> str:
+        """drop, return or accept (a malformed record reads as the default,
+        as the agents read it)."""
+        kv = self.store.get(keys.ENDPOINT_TO_HOST_ACTION)
+        try:
+            return check_endpoint_to_host_action(kv.json()) if kv else \
+                DEFAULT_ENDPOINT_TO_HOST_ACTION
+        except (BadRule, ValueError):
+            return DEFAULT_ENDPOINT_TO_HOST_ACTION
+
+    def set_endpoint_to_host_action(self, action: str) -> str:
+        check_endpoint_to_host_action(action)
+
+        def attempt():
+            kv = self.store.get(keys.ENDPOINT_TO_HOST_ACTION)
+            # A JSON string (Txn takes a str as already encoded).
+            txn = Txn().put(keys.ENDPOINT_TO_HOST_ACTION, kv, json.dumps(action))
+            return self.store.commit(txn) or None
+        retry("setting the endpoint-to-host action", attempt)
+        return action

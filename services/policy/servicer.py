@@ -6,7 +6,7 @@ import ipaddress
 import json
 
 from calico.policy.v1 import policy_pb2, policy_pb2_grpc
-from calicopy.api.policy import profile_to_msg
+from calicopy.api.policy import action_from_msg, action_to_msg, profile_to_msg
 from calicopy.datastore import keys
 from calicopy.rpc import maps_errors
 from services.policy.errors import BadRule
@@ -83,7 +83,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if not 0 <= request.port <= 65535:
             raise BadRule(f"Invalid port {request.port}.")
         echo = {"icmp": 8, "icmpv6": 128}.get(protocol)
-        packet = Packet(str(src), str(dst), protocol, request.port or None, icmp_type=echo)
+        packet = Packet(str(src), str(dst), protocol, request.port or None, icmp_type=echo,
+                        icmp_code=0 if echo is not None else None)
         revision, kvs = self.registry.store.snapshot(keys.PREFIX)
         allowed, decisions, notes = explain(Snapshot.from_kvs(revision, kvs), packet)
         return policy_pb2.ExplainResponse(allowed=allowed, notes=notes, steps=[
@@ -92,3 +93,18 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                             profile=d.profile or "", rule_index=d.rule_index or 0,
                             rule=d.rule.describe() if d.rule else "", text=d.describe())
             for d in decisions])
+
+    def _settings(self) -> policy_pb2.PolicySettings:
+        return policy_pb2.PolicySettings(
+            endpoint_to_host_action=action_to_msg(self.registry.endpoint_to_host_action()))
+
+    @maps_errors
+    def GetPolicySettings(self, request, context):
+        return policy_pb2.GetPolicySettingsResponse(settings=self._settings())
+
+    @maps_errors
+    def SetPolicySettings(self, request, context):
+        action = action_from_msg(request.endpoint_to_host_action)
+        if action is not None:
+            self.registry.set_endpoint_to_host_action(action)
+        return policy_pb2.SetPolicySettingsResponse(settings=self._settings())

@@ -6,17 +6,24 @@ command" renames the engine's listening socket, which keeps it serving under
 the new name (a lab engine's state lives in its mount namespace, so it is not
 restarted for real)."""
 
+import grp
 import json
 import os
+import stat
 import subprocess
+import sys
 import time
 
 import pytest
 
 from calicopy.docker_engine import real_socket
+from calicopy.rpc import check_health
+from node.docker_proxy.proxy import socket_access
 from tests.cli import ok
 from tests.system.helpers import allocated, established, inspect, pings, reaches, wait_for
+from tools import launch
 from tools.docker_engine import IMAGE
+from tools.lab import ROOT
 
 WITH = "restart-docker-with-alternative-unix-socket"
 WITHOUT = "restart-docker-without-alternative-unix-socket"
@@ -205,6 +212,13 @@ def test_calicoctl_container_commands_take_docker_names(proxied, ipam_client):
     assert gone.stderr.strip() == "Container plain doesn't contain any endpoints."
     missing = a.calicoctl("container", "add", "nosuch", "auto")
     assert (missing.returncode, missing.stderr.strip()) == (1, "Container nosuch not found.")
+    # A container on the host's network is the host: refused, and nothing changes.
+    routes = a.routes(), a.routes(v6=True)
+    a.docker("run", "-d", "--name", "hostnet", "--net", "host", IMAGE, "sleep", "3600")
+    refused = a.calicoctl("container", "add", "hostnet", "auto")
+    assert (refused.returncode, refused.stderr.strip()) == \
+        (1, "hostnet is using host networking; Calico cannot network it.")
+    assert (a.routes(), a.routes(v6=True)) == routes
     assert allocated(ipam_client) == 1
 
 
@@ -244,7 +258,8 @@ def test_containers_on_calico_networks_are_dockers_to_change(proxied):
     a.docker("run", "-d", "--name", "onnet", "--net", "net1", IMAGE, "sleep", "3600")
     run(b, "member", "CALICO_IP=auto", "CALICO_PROFILE=extra")
     netip = inspect(a, "onnet")["NetworkSettings"]["Networks"]["net1"]["IPAddress"]
-    assert not pings(b, "member", netip)
+    member = ip_of(b, "member")
+    assert not pings(b, "member", netip) and not pings(a, "onnet", member)
 
     added = a.calicoctl("container", "add", "onnet", "auto")
     assert (added.returncode, added.stderr.strip()) == (
@@ -255,7 +270,87 @@ def test_containers_on_calico_networks_are_dockers_to_change(proxied):
     ip_add = a.calicoctl("container", "onnet", "ip", "add", "10.20.97.1")
     assert ip_add.stderr.strip() == ("The interface of onnet is configured by docker; change "
                                      "its addresses through docker.")
-    # Its endpoint on the network joins a profile like any other.
+    # Its endpoint on the network joins a profile like any other: it carries
+    # extra's tag now, so extra's members let it in. The other way, net1's
+    # rules come first and their catch-all deny is final (as in the original
+    # system: profiles are not a union).
     assert ok(a.calicoctl("profile", "extra", "member", "add", "onnet")) == \
         "Added onnet to extra\n"
-    reaches(b, "member", netip)
+    reaches(a, "onnet", member)
+    assert not pings(b, "member", netip)
+
+
+PROBE = """
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+try:
+    sock.connect(sys.argv[1])
+except OSError as exc:
+    sys.exit(f"connect: {exc.strerror}")
+sock.sendall(b"POST /calico.endpoint.v1.EndpointService/ListEndpoints HTTP/1.1\\r\\n"
+             b"Host: x\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+head, _, body = sock.recv(65536).partition(b"\\r\\n\\r\\n")
+print(head.split(b"\\r\\n")[0].decode())
+print(body.decode())
+"""
+
+
+def as_nobody(path: str, capability: str = "") -> subprocess.CompletedProcess:
+    """The probe as user nobody (the system's python: the venv is under /root),
+    with one capability of root's, if given, that lets it past file modes."""
+    caps = [f"--inh-caps=+{capability}", f"--ambient-caps=+{capability}"] if capability else []
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           *caps, "/usr/bin/python3", "-c", PROBE, path],
+                          capture_output=True, text=True, timeout=30)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_sockets_and_state_folder_are_root_only_whatever_the_umask(lab, pools, tmp_path, etcd):
+    old = os.umask(0)
+    try:
+        host = lab.add_host("h1", node=True, docker=True)
+        assert "The Calico Docker proxy serves" in ok(switch(host, True, tmp_path))
+        policy_sock = tmp_path / "cluster-policy.sock"
+        service = launch.spawn([sys.executable, "-m", "services.policy",
+                                f"--listen=unix:{policy_sock}", f"--etcd-endpoints={etcd}"],
+                               tmp_path / "policy.log", cwd=ROOT)
+    finally:
+        os.umask(old)
+    try:
+        launch.wait_until("the policy service", lambda: check_health(f"unix:{policy_sock}"),
+                          service, tmp_path / "policy.log")
+        paths = host.paths
+        wait_for("BIRD's socket made private", lambda: mode(paths.bird_ctl) == 0o600)
+        plugin = host.engine.plugin_dir
+        assert mode(paths.dir) == 0o700
+        sockets = {"endpoint": paths.endpoint_socket,
+                   "json": paths.endpoint_socket.with_name("endpoint.json.sock"),
+                   "bird": paths.bird_ctl, "plugin": plugin / "calico.sock",
+                   "plugin link": plugin / "calico-ipam.sock",
+                   "proxy": host.engine.sock, "policy service": policy_sock}
+        # The proxy's socket also serves the group docker when the engine's does.
+        proxy_mode, proxy_gid = socket_access(real_socket(str(host.engine.sock)))
+        assert {name: oct(mode(path)) for name, path in sockets.items()} == \
+            {name: oct(proxy_mode if name == "proxy" else 0o600) for name in sockets}
+        assert all(os.stat(path).st_uid == 0 for path in sockets.values())
+        if proxy_mode == 0o660:
+            assert os.stat(host.engine.sock).st_gid == proxy_gid == grp.getgrnam("docker").gr_gid
+        # A user who is not root: stopped by the socket's mode (this capability
+        # takes it through the folders, not past the socket)...
+        json_sock = str(sockets["json"])
+        refused = as_nobody(json_sock, "dac_read_search")
+        assert refused.stderr.strip() == "connect: Permission denied", refused
+        # ...and by the gateway itself when past the mode: 403, one line of JSON.
+        answered = as_nobody(json_sock, "dac_override")
+        status_line, body = answered.stdout.splitlines()
+        assert status_line == "HTTP/1.1 403 Forbidden", answered
+        assert json.loads(body) == {"code": "PERMISSION_DENIED", "message": "Only root may "
+                                    "call the endpoint service; this process runs as uid "
+                                    "65534."}
+    finally:
+        launch.stop_pid(service.pid)
+        if os.path.exists(real_socket(str(host.engine.sock))):
+            switch(host, False, tmp_path)

@@ -1,7 +1,14 @@
 """Workloads on one simulated host, with real namespaces, etcd, IPAM and endpoint service."""
 
+import os
+import subprocess
+import time
+from concurrent import futures
+
+import grpc
 import pytest
 
+from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calicopy.datastore import keys
 from calicopy import rpc
 from tests.cli import fails
@@ -147,3 +154,50 @@ def test_container_show_gives_the_ids_endpoint_commands_take(host):
     appended = host.calicoctl("endpoint", ep_id, "profile", "append", "IDS")
     assert (appended.returncode, appended.stdout) == (0, f"Profiles of endpoint {ep_id}: IDS\n")
     assert host.calicoctl("endpoint", ep_id, "profile", "show").stdout == "IDS\n"
+
+
+def _default_routes(host=None) -> str:
+    argv = ["ip", "-4", "route", "show", "default"]
+    return (host.ns.run(*argv) if host else subprocess.run(
+        argv, capture_output=True, text=True, check=True)).stdout
+
+
+def test_the_hosts_namespace_and_what_is_no_namespace_are_refused_at_once(host, tmp_path):
+    """The host's own namespace (by pid or path, the node's and PID 1's) and a
+    file that is not a namespace (a FIFO, which an open would wait on) are
+    refused within a second, without tying up the service."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    service = host.proc.pid             # the endpoint service, in the host's namespace
+    before = (_default_routes(host), _default_routes(), host.ns.run("ip", "link").stdout)
+    host_net = "is using host networking; Calico cannot network it."
+    for ref, messages in [
+            ("pid:1", {f"pid:1 {host_net}", "/proc/1/ns/net cannot be opened: Permission "
+                       "denied."}),     # the latter where PID 1 is beyond this root's reach
+            ("netns:/proc/1/ns/net", {f"netns:/proc/1/ns/net {host_net}", "/proc/1/ns/net "
+                                      "cannot be opened: Permission denied."}),
+            (f"pid:{service}", {f"pid:{service} {host_net}"}),
+            (f"netns:/proc/{service}/ns/net", {f"netns:/proc/{service}/ns/net {host_net}"}),
+            (f"netns:{host.ns.name}", {f"netns:{host.ns.name} {host_net}"}),   # a bind mount
+            (f"netns:{fifo}", {f"{fifo} is not a network namespace."})]:
+        result = host.calicoctl("container", "add", ref, "auto")
+        assert result.returncode == 1 and result.stderr.strip() in messages, (ref, result)
+    # Each within a second, many at once (more than the service has workers).
+    with rpc.channel(host.endpoint_addr) as channel:
+        stub = endpoint_pb2_grpc.EndpointServiceStub(channel)
+
+        def add(i):
+            request = endpoint_pb2.AddEndpointRequest(
+                orchestrator="netns", workload_id=f"w{i}", auto_ipv4=1,
+                **({"netns_path": str(fifo)} if i % 2 else {"pid": service}))
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.AddEndpoint(request, timeout=5)
+            return info.value.code(), time.monotonic() - started
+        with futures.ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(add, range(24)))
+    assert {code for code, _ in answers} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert max(took for _, took in answers) < 1, answers
+    assert rpc.check_health(host.endpoint_addr)
+    assert (_default_routes(host), _default_routes(), host.ns.run("ip", "link").stdout) == before
+    assert host.calicoctl("container", "show").stdout.count("netns:") == 0

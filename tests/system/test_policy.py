@@ -13,7 +13,7 @@ from calicopy.netns import socket_in
 from tests.cli import fails, ok
 from tests.system.conftest import POOL4, POOL6
 from tests.system.helpers import wait_for
-from tools.lab import assert_connectivity
+from tools.lab import Listener, assert_connectivity
 
 
 @pytest.fixture
@@ -41,7 +41,11 @@ def test_seed_three_profiles_across_two_hosts(hosts):
     assert "PROF_1_3_5" in shown and "PROF_4" in shown
 
 
-def test_no_profile_is_isolated_and_union_of_profiles(hosts):
+def test_no_profile_is_isolated_first_deny_decides_union_without_catch_all(hosts):
+    """Deny is final, as in the original system: with the default rules (allow
+    from its tag, then deny), an endpoint with profiles [A, B] admits only A's
+    members; B's never reach B's rules. Deliberate. Profiles whose inbound
+    rules end without a catch-all deny do add up."""
     h1, h2 = hosts
     for name in ("A", "B"):
         ok(h1.calicoctl("profile", "add", name))
@@ -50,9 +54,154 @@ def test_no_profile_is_isolated_and_union_of_profiles(hosts):
     b = h2.add_workload("b", profiles=("B",))
     both = h2.add_workload("both", profiles=("A", "B"))
     assert_connectivity(
-        reach=[(a, both.ip), (b, both.ip), (both, a.ip), (both, b.ip)],
-        blocked=[(a, b.ip), (b, a.ip), (a, lonely.ip), (lonely, a.ip)])
+        reach=[(a, both.ip), (both, a.ip), (both, b.ip)],
+        blocked=[(b, both.ip), (a, b.ip), (b, a.ip), (a, lonely.ip), (lonely, a.ip)])
     assert lonely.ping(h1.ip) is False       # not even its own host
+    explained = ok(h1.calicoctl("policy", "explain", b.ip, both.ip))
+    assert explained.startswith(f"DENIED: ping from {b.ip} to {both.ip}")
+    assert f"denied by profile A inbound rule 2: deny [{both.ref}]" in explained
+    for name in ("A", "B"):
+        ok(h1.calicoctl("profile", name, "rule", "update", input=json.dumps(
+            {"id": name, "inbound_rules": [{"action": "allow", "src_tag": name}],
+             "outbound_rules": [{"action": "allow"}]})))
+    wait_for("the union", lambda: b.ping(both.ip))
+    assert_connectivity(reach=[(a, both.ip), (b, both.ip), (both, a.ip), (both, b.ip)],
+                        blocked=[(a, b.ip), (b, a.ip), (lonely, a.ip)])
+    assert "allowed by profile B inbound rule 1: allow from tag B" in \
+        ok(h1.calicoctl("policy", "explain", b.ip, both.ip))
+
+
+def test_deny_is_final_whatever_later_profiles_say(hosts):
+    h1, h2 = hosts
+    for name in ("A", "B"):
+        ok(h1.calicoctl("profile", "add", name))
+    ok(h1.calicoctl("profile", "A", "rule", "update", input=json.dumps(
+        {"inbound_rules": [{"action": "allow"}], "outbound_rules": [{"action": "allow"}]})))
+    ok(h1.calicoctl("profile", "B", "rule", "update", input=json.dumps(
+        {"inbound_rules": [{"action": "deny", "protocol": "tcp", "dst_ports": [22]}],
+         "outbound_rules": [{"action": "allow"}]})))
+    server = h1.add_workload("server", profiles=("B", "A"))
+    client = h2.add_workload("client", profiles=("A",))
+    with server.tcp_listen(22), server.tcp_listen(80):
+        wait_for("port 80", lambda: client.tcp_connect(server.ip, 80))
+        assert not client.tcp_connect(server.ip, 22)
+    denied = ok(h2.calicoctl("policy", "explain", client.ref, server.ip, "--protocol=tcp",
+                             "--port=22"))
+    assert denied.startswith(f"DENIED: tcp port 22 from {client.ip} ({client.ref})")
+    assert "denied by profile B inbound rule 1: deny tcp to ports [22]" in denied
+    allowed = ok(h2.calicoctl("policy", "explain", client.ref, server.ip, "--protocol=tcp",
+                              "--port=80"))
+    assert allowed.startswith("ALLOWED: tcp port 80")
+    assert "allowed by profile A inbound rule 1: allow" in allowed
+
+
+def test_the_host_is_closed_to_its_workloads_by_default(hosts):
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "NET"))
+    w = h1.add_workload("w", "auto", "ipv6", profiles=("NET",))
+    v4, v6 = w.ips[0], w.ips[1]
+    loopback = "10.255.255.1"          # an address on the host's lo (a router id, say)
+    h1.ns.run("ip", "addr", "add", f"{loopback}/32", "dev", "lo")
+    targets = [(h1.ip, 7001), (loopback, 7001), (h1.ip6, 7001), (h1.ip, 7002)]
+
+    def reachable():
+        return [w.tcp_connect(ip, port, timeout=0.5) for ip, port in targets]
+    assert ok(h1.calicoctl("policy", "endpoint-to-host")) == "drop\n"
+    def explained(*args):
+        return ok(h1.calicoctl("policy", "explain", w.ref, h1.ip, *args))
+    with Listener(h1, 7001, v6=True), Listener(h1, 7002, v6=True):
+        assert reachable() == [False] * 4
+        assert not w.tcp_connect(h1.ip, 179)         # BIRD
+        w.assert_can_ping(h1.ip)
+        w.assert_can_ping(h1.ip6)
+        denied = explained("--protocol=tcp", "--port=7001")
+        assert denied.startswith(f"DENIED: tcp port 7001 from {v4} ({w.ref}) to {h1.ip}")
+        assert f"{h1.ip} is the address of node h1, the source's own host: the " \
+            "endpoint-to-host action is drop." in denied
+        assert explained().startswith("ALLOWED: ping")
+        assert ok(h2.calicoctl("policy", "endpoint-to-host", "accept")) == \
+            "Endpoint-to-host action set to accept.\n"
+        wait_for("the host to open", lambda: reachable() == [True] * 4)
+        assert ok(h1.calicoctl("policy", "endpoint-to-host")) == "accept\n"
+        assert explained("--protocol=tcp", "--port=7001").startswith("ALLOWED: tcp port 7001")
+        # return: the host's own INPUT rules decide (this one drops port 7002).
+        h1.ns.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7002", "-j", "DROP")
+        ok(h1.calicoctl("policy", "endpoint-to-host", "return"))
+        wait_for("the host's rules to decide", lambda: reachable() == [True] * 3 + [False])
+        w.assert_can_ping(h1.ip)
+        for bad in ("allow", "DROP", ""):
+            fails(h1.calicoctl("policy", "endpoint-to-host", bad),
+                  f"Invalid endpoint-to-host action '{bad}': use drop, return or accept.")
+        assert ok(h1.calicoctl("policy", "endpoint-to-host")) == "return\n"
+        ok(h1.calicoctl("policy", "endpoint-to-host", "drop"))
+        wait_for("the host to close", lambda: reachable() == [False] * 4)
+        w.assert_can_ping(h1.ip)
+        w.assert_can_ping(h1.ip6)
+    # The workload's own outbound policy comes first: no ping when it denies.
+    ok(h1.calicoctl("profile", "NET", "rule", "update", input=json.dumps(
+        {"inbound_rules": [{"action": "allow", "src_tag": "NET"}],
+         "outbound_rules": [{"action": "deny"}]})))
+    wait_for("its outbound deny", lambda: not w.ping(h1.ip))
+    assert not w.ping(h1.ip6)
+    assert (v4, v6) == tuple(w.refresh())
+
+
+MUTE = {"inbound_rules": [{"action": "deny"}], "outbound_rules": [{"action": "deny"}]}
+
+
+def _udp(workload, ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket_in(workload.ns.path, family, socket.SOCK_DGRAM)
+    sock.bind((ip, port))
+    sock.settimeout(2)
+    return sock
+
+
+def _received(sock: socket.socket, wait: float) -> list[bytes]:
+    got, deadline = [], time.monotonic() + wait
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(100))
+        except socket.timeout:
+            break
+    return got
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_no_riding_another_workloads_established_flow(hosts, family):
+    """A workload that takes a local workload's address cannot send as it on
+    its established flow, on the same host or across hosts; its own profile
+    denies all its outbound traffic, so only an early conntrack accept would
+    let it through."""
+    h1, h2 = hosts
+    ok(h1.calicoctl("profile", "add", "NET"))
+    ok(h1.calicoctl("profile", "add", "MUTE"))
+    ok(h1.calicoctl("profile", "MUTE", "rule", "update", input=json.dumps(MUTE)))
+    wanted = "auto" if family == "ipv4" else "ipv6"
+    server = h1.add_workload("s", wanted, profiles=("NET",))
+    cases = [(h1.add_workload("v1", wanted, profiles=("NET",)),
+              h1.add_workload("a1", wanted, profiles=("MUTE",))),       # all on one host
+             (h2.add_workload("v2", wanted, profiles=("NET",)),
+              h2.add_workload("a2", wanted, profiles=("MUTE",)))]       # across hosts
+    with _udp(server, server.ip, 9999) as listening:
+        for victim, attacker in cases:
+            with _udp(victim, victim.ip, 5555) as flow:
+                for _ in range(20):                 # until the policy is in place
+                    flow.sendto(b"hello", (server.ip, 9999))
+                    if _received(listening, 0.3):
+                        break
+                listening.sendto(b"reply", (victim.ip, 5555))   # now ESTABLISHED
+                assert flow.recv(100) == b"reply"
+                prefix = 32 if family == "ipv4" else 128
+                attacker.ns.run("ip", "addr", "add", f"{victim.ip}/{prefix}", "dev", "eth0",
+                                *(("nodad",) if family == "ipv6" else ()))
+                with _udp(attacker, victim.ip, 5555) as spoofer:
+                    for _ in range(5):
+                        spoofer.sendto(b"SPOOFED", (server.ip, 9999))
+                    assert b"SPOOFED" not in _received(listening, 1.5)
+                flow.sendto(b"real", (server.ip, 9999))     # the flow itself still works
+                assert b"real" in _received(listening, 1.5)
 
 
 def test_tcp_port_rule_and_rule_update_round_trip(hosts):

@@ -26,7 +26,8 @@ from calicopy.docker_engine import API_VERSION, LocalEngine, real_socket
 from calicopy.errors import CalicoError, NotFound, Unavailable
 from node.docker_proxy import http1
 from node.docker_proxy.calico_ip import ContainerNetworking
-from node.docker_proxy.proxy import DockerProxy
+from node.docker_proxy import proxy as proxy_module
+from node.docker_proxy.proxy import DockerProxy, socket_access
 from node.docker_proxy.watcher import Watcher
 from services.endpoint.endpoints import EndpointManager
 from services.ipam.allocator import Ipam
@@ -739,3 +740,28 @@ def test_daemon_json_keeps_other_settings_and_listeners(tmp_path):
     config.configure("/var/run/docker.sock", "/var/run/docker.real.sock", False)
     assert json.loads(path.read_text())["hosts"] == ["unix:///var/run/docker.sock",
                                                      "tcp://127.0.0.1:2375"]
+
+
+class _Group:
+    def __init__(self, gid):
+        self.gr_gid = gid
+
+
+def test_proxy_socket_is_root_only_unless_the_engine_serves_group_docker(tmp_path,
+                                                                         monkeypatch):
+    engine = tmp_path / "docker.real.sock"
+    engine.touch()
+    monkeypatch.setattr(proxy_module.grp, "getgrnam", lambda name: _Group(os.getgid()))
+    engine.chmod(0o660)
+    assert socket_access(str(engine)) == (0o660, os.getgid())
+    engine.chmod(0o600)                 # the engine serves root alone: so do we
+    assert socket_access(str(engine)) == (0o600, -1)
+    engine.chmod(0o660)
+    monkeypatch.setattr(proxy_module.grp, "getgrnam", lambda name: _Group(os.getgid() + 1))
+    assert socket_access(str(engine)) == (0o600, -1)
+
+    def no_group(name):
+        raise KeyError(name)
+    monkeypatch.setattr(proxy_module.grp, "getgrnam", no_group)
+    assert socket_access(str(engine)) == (0o600, -1)
+    assert socket_access(str(tmp_path / "missing")) == (0o600, -1)

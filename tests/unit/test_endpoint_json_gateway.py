@@ -5,7 +5,9 @@ gRPC server on the same manager."""
 
 import http.client
 import json
+import os
 import socket
+import stat
 
 import grpc
 import pytest
@@ -19,6 +21,7 @@ from calicopy import rpc
 from cni.config import Services
 from cni.rpc import Endpoint, EndpointClient, RpcFailure
 from services.endpoint.endpoints import EndpointManager
+from services.endpoint import json_gateway
 from services.endpoint.json_gateway import PATH_PREFIX, JsonGateway
 from services.endpoint.server import create_server
 from services.ipam.allocator import Ipam
@@ -245,3 +248,33 @@ def test_no_answer_in_time_is_deadline_exceeded(tmp_path):
 
 def test_the_clients_endpoint_has_every_field_of_the_message():
     assert set(Endpoint.FIELDS) == {f.name for f in endpoint_pb2.Endpoint.DESCRIPTOR.fields}
+
+
+def test_socket_is_root_only_whatever_the_umask(world, tmp_path):
+    manager = world[0]
+    old = os.umask(0)
+    try:
+        gateway = JsonGateway(str(tmp_path / "other.json.sock"), manager)
+        gateway.start()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(gateway.path).st_mode) == 0o600
+    finally:
+        gateway.stop(grace=1)
+
+
+def test_peer_uid_is_the_connecting_process_uid():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert json_gateway.peer_uid(a) == os.getuid()
+
+
+def test_a_caller_that_is_not_root_is_refused(world, monkeypatch):
+    manager, _, gateway, _ = world
+    monkeypatch.setattr(json_gateway, "peer_uid", lambda conn: 65534)
+    refusal = (403, {"code": "PERMISSION_DENIED", "message": "Only root may call the endpoint "
+                     "service; this process runs as uid 65534."})
+    assert post(gateway.path, "AddEndpoint", json.dumps(ADD)) == refusal
+    assert post(gateway.path, "ListEndpoints", "{}", verb="GET") == refusal
+    assert manager.list() == []

@@ -21,7 +21,7 @@ from tests.fakes import MemoryStore
 from tests.kernel_stub import KernelStub
 
 NODE = "h1"
-TABLES = [(4, "filter"), (4, "nat"), (6, "filter")]
+TABLES = [(4, "filter"), (4, "nat"), (6, "filter"), (6, "raw")]
 WEB = {"id": "WEB", "inbound_rules": [{"action": "allow", "src_tag": "WEB"},
                                       {"action": "deny"}],
        "outbound_rules": [{"action": "allow"}]}
@@ -128,6 +128,7 @@ def test_first_sync_programs_dispatch_endpoints_profiles_sets_and_hooks(world):
     assert kernel.rules(6, "filter", "INPUT") == ["-j cali-INPUT"]
     assert kernel.rules(6, "filter", "FORWARD") == ["-j cali-FORWARD"]
     assert kernel.rules(4, "nat", "POSTROUTING") == ["-j cali-POSTROUTING"]
+    assert kernel.rules(6, "raw", "PREROUTING") == ["-j cali-PREROUTING"]
     assert agent.hooks_in_place()
     # Dispatch: each local endpoint of the version, then a drop; web2 is elsewhere.
     from_wl = kernel.rules(4, "filter", "cali-from-wl")
@@ -152,7 +153,7 @@ def test_first_sync_programs_dispatch_endpoints_profiles_sets_and_hooks(world):
         f'--comment "profile DB inbound rule 1: allow tcp from tag WEB to ports [5432]" '
         f"-j MARK --set-xmark {ACCEPT_MARK}",
         f"-m mark --mark {ACCEPT_MARK} -j RETURN",
-        '-m comment --comment "profile DB inbound rule 2: deny" -j RETURN']
+        '-m comment --comment "profile DB inbound rule 2: deny" -j DROP']     # final
     assert f"--match-set {tag_set('WEB', 6)} src" in kernel.rules(
         6, "filter", profile_chain("DB", "inbound"))[0]
     # Tag sets hold every member cluster-wide, per version; pools for NAT.

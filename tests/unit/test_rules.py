@@ -83,7 +83,7 @@ def test_dataplane_is_per_endpoint_and_per_rule_not_per_member():
     desired = compute(snapshot(web, endpoints=eps, bad=True), "h1")
     chains = desired.tables[4]["filter"]
     inbound = chains[profile_chain("WEB", "inbound")]
-    # allow from tag WEB = mark + return; deny = return: 3 rules whatever the members.
+    # allow from tag WEB = mark + return; deny = drop: 3 rules whatever the members.
     assert len(inbound) == 3 and tag_set("WEB", 4) in inbound[0]
     assert "profile WEB inbound rule 1" in inbound[0]
     assert desired.ipsets[tag_set("WEB", 4)].members == {f"10.20.0.{i + 1}" for i in range(8)}
@@ -110,3 +110,136 @@ def test_explain_names_the_deciding_rule():
     assert not allowed and "no profile, so it is isolated" in steps[-1].describe()
     allowed, _, notes = explain(snap, Packet("192.0.2.1", "10.20.0.1", "icmp", icmp_type=8))
     assert not allowed and "192.0.2.1 is not a workload" in notes[0]
+
+
+def test_deny_is_a_drop_and_allow_returns_marked():
+    web = Profile("WEB", ["WEB"], [Rule("deny", "tcp", dst_ports=(22,)), Rule("allow")], [])
+    chains = compute(snapshot(web, endpoints=[endpoint("1", "h1", "10.20.0.1", ["WEB"])]),
+                     "h1").tables[4]["filter"]
+    inbound = chains[profile_chain("WEB", "inbound")]
+    assert inbound[0].startswith("-p tcp -m multiport --dports 22 ")
+    assert inbound[0].endswith("-j DROP")
+    assert inbound[1].endswith("-j MARK --set-xmark 0x1000000/0x1000000")
+    assert inbound[2] == "-m mark --mark 0x1000000/0x1000000 -j RETURN"
+    assert not any(r.endswith("-j RETURN") and "profile WEB" in r for r in inbound)
+
+
+def test_anti_spoofing_comes_before_any_conntrack_accept():
+    ep = endpoint("1", "h1", "10.20.0.1", ["WEB"])
+    for version, ip in ((4, "10.20.0.1"), (6, "fd80::1")):
+        ep.set_ips([ip])
+        chains = compute(snapshot(Profile.default("WEB"), endpoints=[ep]),
+                         "h1").tables[version]["filter"]
+        fw, fp = chains["cali-fw-" + "1" * 11], chains["cali-fp-" + "1" * 11]
+        assert "--mac-source 02:00:00:00:00:01" in fw[0] and fw[0].endswith("-j DROP")
+        assert fw[1] == f"-s {ip}/{32 if version == 4 else 128} -g cali-fp-11111111111"
+        assert fw[2].endswith("-j DROP") and len(fw) == 3
+        assert not any("conntrack" in rule for rule in fw)
+        assert fp[:2] == ["-m conntrack --ctstate INVALID -j DROP",
+                          "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+
+
+def settings(action):
+    return [kv(keys.ENDPOINT_TO_HOST_ACTION, action)] if action is not None else []
+
+
+@pytest.mark.parametrize("stored,target", [(None, "DROP"), ("drop", "DROP"),
+                                           ("return", "RETURN"), ("accept", "ACCEPT"),
+                                           ("allow", "DROP"), ({"x": 1}, "DROP")])
+def test_workload_to_host_after_its_policy_then_the_action(stored, target):
+    snap = Snapshot.from_kvs(3, settings(stored))
+    assert snap.endpoint_to_host_action == ("drop" if target == "DROP" else stored)
+    desired = compute(snap, "h1")
+    v4, v6 = desired.tables[4]["filter"], desired.tables[6]["filter"]
+    assert v4["cali-INPUT"] == ["-i cali+ -j cali-wl-to-host"]
+    # IPv6 neighbour discovery first: its sources are link-local or unspecified.
+    assert v6["cali-INPUT"][:-1] == [
+        f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
+        for t in (130, 131, 132, 133, 135, 136)]
+    assert v6["cali-INPUT"][-1] == "-i cali+ -j cali-wl-to-host"
+    for chains, echo in ((v4, "-p icmp -m icmp --icmp-type 8/0 "),
+                         (v6, "-p ipv6-icmp -m icmp6 --icmpv6-type 128/0 ")):
+        to_host = chains["cali-wl-to-host"]
+        assert to_host[0] == "-j cali-from-wl"          # anti-spoofing, outbound policy
+        assert to_host[1].startswith(echo) and to_host[1].endswith("-j ACCEPT")
+        assert to_host[2].endswith(f"-j {target}") and len(to_host) == 3
+    raw = desired.tables[6]["raw"]["cali-PREROUTING"]
+    assert raw[0].startswith("-i cali+ -m rpfilter --invert ") and raw[0].endswith("-j DROP")
+    assert "raw" not in desired.tables[4]
+
+
+def test_first_matching_rule_of_the_profiles_decides_for_good():
+    deny22 = Profile("B", ["B"], [Rule("deny", "tcp", dst_ports=(22,))], [Rule("allow")])
+    allow = Profile("A", ["A"], [Rule("allow")], [Rule("allow")])
+    eps = [endpoint("1", "h1", "10.20.0.1", ["B", "A"]),
+           endpoint("2", "h2", "10.20.0.2", ["A"])]
+    snap = snapshot(deny22, allow, endpoints=eps)
+    allowed, steps, _ = explain(snap, Packet("10.20.0.2", "10.20.0.1", "tcp", 22))
+    assert not allowed and (steps[-1].profile, steps[-1].rule_index) == ("B", 1)
+    assert steps[-1].describe().startswith("denied by profile B inbound rule 1: deny tcp")
+    allowed, steps, _ = explain(snap, Packet("10.20.0.2", "10.20.0.1", "tcp", 80))
+    assert allowed and (steps[-1].profile, steps[-1].rule_index) == ("A", 1)
+    # The other order: A's allow comes first and decides.
+    eps[0].profile_ids = ["A", "B"]
+    allowed, steps, _ = explain(snapshot(deny22, allow, endpoints=eps),
+                                Packet("10.20.0.2", "10.20.0.1", "tcp", 22))
+    assert allowed and steps[-1].profile == "A"
+
+
+def test_two_default_profiles_are_not_a_union():
+    a, b = Profile.default("A"), Profile.default("B")
+    eps = [endpoint("1", "h1", "10.20.0.1", ["A", "B"]), endpoint("2", "h1", "10.20.0.2", ["A"]),
+           endpoint("3", "h1", "10.20.0.3", ["B"])]
+    snap = snapshot(a, b, endpoints=eps)
+    assert explain(snap, Packet("10.20.0.2", "10.20.0.1", icmp_type=8, icmp_code=0))[0]
+    allowed, steps, _ = explain(snap, Packet("10.20.0.3", "10.20.0.1", icmp_type=8,
+                                             icmp_code=0))
+    assert not allowed and (steps[-1].profile, steps[-1].rule_index) == ("A", 2)
+    # Without a catch-all deny, profiles add up.
+    a.inbound, b.inbound = a.inbound[:1], b.inbound[:1]
+    snap = snapshot(a, b, endpoints=eps)
+    for src in ("10.20.0.2", "10.20.0.3"):
+        assert explain(snap, Packet(src, "10.20.0.1", icmp_type=8, icmp_code=0))[0]
+
+
+@pytest.mark.parametrize("rule,matches_echo", [
+    ({"protocol": "icmp", "icmp_type": 8}, True),
+    ({"protocol": "icmp", "icmp_type": 8, "icmp_code": 0}, True),
+    ({"protocol": "icmp", "icmp_type": 8, "icmp_code": 1}, False),
+    ({"protocol": "icmp", "icmp_type": 3, "icmp_code": 0}, False),
+    ({"protocol": "icmp"}, True),
+])
+def test_explain_matches_icmp_type_and_code_as_iptables_does(rule, matches_echo):
+    profile = Profile("P", ["P"], [parse_rule({"action": "deny", **rule}, "inbound rule 1"),
+                                   Rule("allow")], [Rule("allow")])
+    eps = [endpoint("1", "h1", "10.20.0.1", ["P"]), endpoint("2", "h2", "10.20.0.2", ["P"])]
+    snap = snapshot(profile, endpoints=eps)
+    allowed, steps, _ = explain(snap, Packet("10.20.0.2", "10.20.0.1", icmp_type=8,
+                                             icmp_code=0))
+    assert allowed is not matches_echo
+    assert steps[-1].rule_index == (1 if matches_echo else 2)
+    # What iptables is given: a type matches any code, type/code that code only.
+    rendered = compute(snap, "h1").tables[4]["filter"][profile_chain("P", "inbound")][0]
+    if "icmp_type" in rule:
+        code = f"/{rule['icmp_code']}" if "icmp_code" in rule else " "
+        assert f"-m icmp --icmp-type {rule['icmp_type']}{code}" in rendered
+
+
+def test_explain_to_the_sources_own_host_follows_the_action():
+    eps = [endpoint("1", "h1", "10.20.0.1", ["WEB"])]
+    node = kv(keys.node("h1"), {"name": "h1", "ipv4": "172.30.0.2", "ipv6": ""})
+    for action, tcp_allowed in (("drop", False), ("return", True), ("accept", True)):
+        snap = Snapshot.from_kvs(5, _kvs(eps) + [node] + settings(action))
+        allowed, _, notes = explain(snap, Packet("10.20.0.1", "172.30.0.2", "tcp", 22))
+        assert allowed is tcp_allowed and f"action is {action}" in notes[-1]
+        allowed, _, notes = explain(snap, Packet("10.20.0.1", "172.30.0.2", icmp_type=8,
+                                                 icmp_code=0))
+        assert allowed and "may always ping its host" in notes[-1]
+
+
+def _kvs(eps):
+    web = Profile.default("WEB")
+    return [kv(keys.profile_tags("WEB"), web.tags), kv(keys.profile_rules("WEB"),
+                                                       web.rules_json())] + \
+        [kv(keys.endpoint(ep.node, "netns", ep.workload_id, ep.endpoint_id), ep.to_json())
+         for ep in eps]
