@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 from calicopy import pki  # noqa: E402
 from calicopy.tls import Security, TlsFiles  # noqa: E402
 from tools import launch  # noqa: E402
+from tools.lab import CONTROL_HOSTS  # noqa: E402
 
 
 def percentile(values, p):
@@ -43,7 +44,7 @@ class Plane:
 
 
 def _identity_env(folder: Path, identity: str) -> dict:
-    pki.ensure(folder, {identity: ["172.30.0.250", "fd99::250"]})
+    pki.ensure(folder, {identity: list(CONTROL_HOSTS)})
     ca, (cert, key) = pki.paths(folder, pki.CA_NAME)[0], pki.paths(folder, identity)
     return {"CALICO_TLS_CA_FILE": str(ca), "CALICO_TLS_CERT_FILE": str(cert),
             "CALICO_TLS_KEY_FILE": str(key), "ETCD_CA_CERT_FILE": str(ca),

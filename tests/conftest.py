@@ -28,8 +28,9 @@ from services.ipam.server import create_server
 from tests import cli
 from tests.cli import ROOT  # noqa: F401 (tests import it from here)
 from tools import launch
+from tools.lab import CONTROL_HOSTS
 
-SERVICE_HOSTS = ("172.30.0.250", "fd99::250")     # tools.lab's control plane
+SERVICE_HOSTS = CONTROL_HOSTS                  # tools.lab's control plane
 
 
 def identity_files(folder: Path, identity: str) -> TlsFiles:

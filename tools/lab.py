@@ -46,7 +46,7 @@ from tools import docker_engine, launch
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 UNDERLAY_V4 = "172.30.0"
 UNDERLAY_V6 = "fd99::"
-CONTROL_INDEX = 250                 # the control plane's address on the underlay
+CONTROL_INDEX = 254                 # the control plane's address on the underlay
 CONTROL_HOSTS = (f"{UNDERLAY_V4}.{CONTROL_INDEX}", f"{UNDERLAY_V6}{CONTROL_INDEX}")
 SERVICE_PORTS = {"ipam": 50051, "policy": 50052, "bgp": 50053}
 _counter = itertools.count(1)
