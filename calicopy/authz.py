@@ -13,10 +13,12 @@ with ``--insecure`` (throw-away labs only) act as ``admin``.
   Docker plugin, the CALICO_IP proxy and the CNI plugin name a network's
   profile on the node; CreateProfile never changes an existing profile). It
   never changes pools, profiles' rules or tags, endpoints' profiles through the
-  policy service, BGP peers or global settings.
+  policy service, BGP peers or global settings, nor retires a host (IPAM's
+  ReleaseHost), itself included.
 - ``scheduler:<name>`` runs workloads: the endpoint service, IPAM for
   workloads (any host, any handle), reading policy and creating a workload's
-  profile; never pools, rules, tags, peers, nodes or global settings.
+  profile; never pools, rules, tags, peers, nodes, retiring hosts or global
+  settings.
 - anything else: refused.
 
 Health checks and reflection are open to every authenticated caller. A
@@ -113,6 +115,7 @@ _POOLS = refuse("pools are the administrator's")
 _RULES = refuse("profiles' rules, tags and membership are the administrator's")
 _BGP = refuse("BGP peers and settings are the administrator's")
 _NODES = refuse("nodes are the administrator's")
+_RETIRE = refuse("retiring a host is the administrator's")
 
 TABLE: dict[str, dict[str, Rule]] = {
     # IPAM
@@ -129,6 +132,7 @@ TABLE: dict[str, dict[str, Rule]] = {
     "/calico.ipam.v1.IpamService/ReleaseByHandle": {"node": own_handle, "scheduler": allow},
     "/calico.ipam.v1.IpamService/ListHandleAllocations": {"node": own_handle,
                                                           "scheduler": allow},
+    "/calico.ipam.v1.IpamService/ReleaseHost": {"node": _RETIRE, "scheduler": _RETIRE},
     # Policy
     "/calico.policy.v1.PolicyService/CreateProfile": _READ,
     "/calico.policy.v1.PolicyService/GetProfile": _READ,

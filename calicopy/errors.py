@@ -39,6 +39,11 @@ class Unavailable(CalicoError):
     """A dependency (etcd) cannot be reached."""
 
 
+class DeadlineExceeded(CalicoError):
+    """The caller's deadline passed (or was too near to finish) before the
+    work was done; nothing was committed. The same request may be retried."""
+
+
 class PermissionDenied(CalicoError):
     """The caller's identity may not make this call."""
 

@@ -29,6 +29,7 @@ _CODES = [
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -46,13 +47,15 @@ def error_from_rpc(exc: grpc.RpcError, service: str) -> errors.CalicoError:
     """The domain error for a failed call to another calico-py service, so that
     a service calling a service passes the callee's status and message on."""
     code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        # Our own deadline, or the callee giving up before it: to our caller
+        # the service is as good as unreachable; retrying is safe.
+        return errors.Unavailable(f"The {service} did not answer in time.")
     for cls, c in _CODES:
         if c == code:
             if cls is errors.Unavailable and not details.startswith("Error accessing"):
                 return errors.Unavailable(f"The {service} cannot be reached ({details}).")
             return cls(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.Unavailable(f"The {service} did not answer in time.")
     return errors.CalicoError(f"The {service} failed: {code.name}: {details}")
 
 

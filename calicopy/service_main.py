@@ -8,6 +8,7 @@ gracefully. Its unix sockets are root-only (0600), whatever the umask.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ Run as `python -m {module}`.
 
 Usage:
   {program} [--listen=<ADDRS>] [--etcd-endpoints=<EPS>] [--tls-ca=<FILE>]
-            [--tls-cert=<FILE>] [--tls-key=<FILE>] [--insecure]
+            [--tls-cert=<FILE>] [--tls-key=<FILE>] [--insecure]{extra_usage}
 
 Options:
   --listen=<ADDRS>         Comma-separated host:port or unix:<path> addresses
@@ -45,7 +46,7 @@ Options:
   --insecure               Serve TCP addresses in plaintext, every caller acting
                            as admin: for throw-away labs only (logged at start).
                            Without TLS files or this, a TCP address is refused.
-
+{extra_options}
 TCP addresses are served with mutual TLS; unix sockets are root-only. Every
 call is authorised by the caller's certificate (calicopy.authz).
 """
@@ -70,15 +71,30 @@ def describe(security: Security) -> str:
         else "unix sockets only"
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A service's own options: its usage line's tail, their descriptions
+    (in the Options section's layout), and a parser of docopt's arguments
+    into keyword arguments for its ``build`` (raising ConfigError on a bad
+    value)."""
+
+    usage: str
+    text: str
+    parse: Callable[[dict], dict]
+
+
 def run(title: str, module: str, program: str, listen_param: config.Param,
-        build: Callable[[list[str], EtcdStore, Security], object], argv=None) -> int:
+        build: Callable[..., object], argv=None, options: Options | None = None) -> int:
     log = logging.getLogger(program)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     doc = USAGE.format(title=title, module=module, program=program,
-                       listen_env=" or ".join(listen_param.env), default=listen_param.default)
+                       listen_env=" or ".join(listen_param.env), default=listen_param.default,
+                       extra_usage=f"\n            {options.usage}" if options else "",
+                       extra_options=options.text if options else "")
     args = docopt(doc, argv)
     try:
+        extra = options.parse(args) if options else {}
         listen = listen_param.resolve(args["--listen"])
         security = Security.from_env(ca=args["--tls-ca"], cert=args["--tls-cert"],
                                      key=args["--tls-key"], insecure=args["--insecure"] or None)
@@ -86,7 +102,7 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
         for addr in listen:
             if addr.startswith("unix:") and os.path.exists(addr[len("unix:"):]):
                 os.unlink(addr[len("unix:"):])      # left by a previous run
-        server = build(listen, store, security)
+        server = build(listen, store, security, **extra)
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

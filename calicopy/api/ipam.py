@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from calicopy.errors import DeadlineExceeded
 from calicopy.model.ipam import Pool
 from calicopy.rpc import Client
 
@@ -19,7 +22,9 @@ def pool_to_msg(pool: Pool) -> ipam_pb2.Pool:
 class IpamClient:
     """The IPAM service, with the same methods as its domain
     (services.ipam.allocator.Ipam): what the endpoint service calls. Failures
-    come back as domain errors, so status codes pass through unchanged."""
+    come back as domain errors, so status codes pass through unchanged. An
+    allocation's ``deadline`` (a time.monotonic() time, as the domain's) is
+    its call's deadline when nearer than the client's timeout."""
 
     def __init__(self, target: str, timeout: float = 10.0, security=None):
         self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout,
@@ -28,20 +33,27 @@ class IpamClient:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, method: str, request):
-        return self._client.call(method, request)
+    def _call(self, method: str, request, deadline: float | None = None):
+        timeout = None
+        if deadline is not None:
+            timeout = min(self._client.timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise DeadlineExceeded(f"No time left to call the IPAM service ({method}): "
+                                       "the caller's deadline is too near.")
+        return self._client.call(method, request, timeout)
 
     def auto_assign(self, num_ipv4, num_ipv6, handle_id, host, attributes=None,
-                    ipv4_pools=(), ipv6_pools=()):
+                    ipv4_pools=(), ipv6_pools=(), request_id="", deadline=None):
         resp = self._call("AutoAssign", ipam_pb2.AutoAssignRequest(
             num_ipv4=num_ipv4, num_ipv6=num_ipv6, handle_id=handle_id, hostname=host,
             attributes=attributes or {}, ipv4_pools=list(ipv4_pools),
-            ipv6_pools=list(ipv6_pools)))
+            ipv6_pools=list(ipv6_pools), request_id=request_id), deadline)
         return list(resp.ipv4), list(resp.ipv6)
 
-    def assign_ip(self, ip, handle_id, host, attributes=None):
+    def assign_ip(self, ip, handle_id, host, attributes=None, deadline=None):
         return self._call("AssignIP", ipam_pb2.AssignIPRequest(
-            ip=ip, handle_id=handle_id, hostname=host, attributes=attributes or {})).pool
+            ip=ip, handle_id=handle_id, hostname=host, attributes=attributes or {}),
+            deadline).pool
 
     def release_ips(self, ips, handle_id=None):
         resp = self._call("ReleaseIPs", ipam_pb2.ReleaseIPsRequest(

@@ -122,6 +122,11 @@ def handle(handle_id: str) -> str:
     return HANDLES + _name(handle_id)
 
 
+def handles_prefix(start: str) -> str:
+    """The keys of every handle whose id starts with ``start``."""
+    return HANDLES + _name(start)
+
+
 def parse_handle(key: str) -> str:
     return unquote(key[len(HANDLES):])
 

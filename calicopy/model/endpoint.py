@@ -24,6 +24,10 @@ IPV6_GATEWAY = "fe80::ecee:eeff:feee:eeee"
 
 INTERFACE_PREFIX = "cali"
 PENDING, ACTIVE = "pending", "active"
+#: The endpoint label in which Docker's network driver names the IPAM
+#: handles of the endpoint's addresses (comma-separated): what ties an
+#: address the Docker IPAM driver claimed to the endpoint that uses it.
+DOCKER_IPAM_HANDLES_LABEL = "docker-ipam-handles"
 #: The routing protocol number of the host routes to workloads, so that they
 #: are told apart from everyone else's (and BIRD learns exactly them).
 ROUTE_PROTOCOL = 80

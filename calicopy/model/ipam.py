@@ -6,8 +6,11 @@ allocated, to which handle and host, and in what order free addresses are
 handed out (released addresses go to the back of the queue, so a just-freed
 address is the last to be reused). A handle is the owner of allocations, with
 the blocks it holds addresses in, so that release-by-handle touches only
-those blocks. A host's affinity for a block is ``pending`` while it claims
-it and ``confirmed`` once the block is its own.
+those blocks, and what each of its idempotent requests got (a retry of the
+request is answered from that record). A host's affinity for a block is
+``pending`` while it claims it and ``confirmed`` once the block is its own.
+A block without affinity (its host was retired while other hosts still had
+addresses in it) is only borrowed from, and goes once empty.
 
 Nothing here touches the datastore; callers read a record, change it with
 these methods and write it back with a compare-and-swap.
@@ -260,16 +263,53 @@ class Block:
 # Handles -------------------------------------------------------------------
 
 @dataclasses.dataclass
+class Request:
+    """What one AutoAssign request (by its request id) asked for, and the
+    addresses it holds of what it got (released ones leave it)."""
+
+    num_ipv4: int
+    num_ipv6: int
+    ips: list[str] = dataclasses.field(default_factory=list)
+
+    def wanted(self, version: int) -> int:
+        return self.num_ipv4 if version == 4 else self.num_ipv6
+
+    def got(self, version: int) -> list[str]:
+        return [ip for ip in self.ips if (":" in ip) == (version == 6)]
+
+    @property
+    def complete(self) -> bool:
+        return all(len(self.got(v)) >= self.wanted(v) for v in (4, 6))
+
+    def to_json(self) -> dict:
+        return {"num_ipv4": self.num_ipv4, "num_ipv6": self.num_ipv6, "ips": self.ips}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Request":
+        return cls(int(data.get("num_ipv4", 0)), int(data.get("num_ipv6", 0)),
+                   list(data.get("ips", [])))
+
+
+@dataclasses.dataclass
 class Handle:
+    """An owner of allocations: how many it holds in each block, and what
+    each of its idempotent requests got (``requests``, by request id)."""
+
     handle_id: str
     blocks: dict[str, int] = dataclasses.field(default_factory=dict)
+    requests: dict[str, Request] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, handle_id: str, data: dict | None) -> "Handle":
-        return cls(handle_id, dict((data or {}).get("blocks", {})))
+        data = data or {}
+        return cls(handle_id, dict(data.get("blocks", {})),
+                   {rid: Request.from_json(r) for rid, r in data.get("requests", {}).items()})
 
     def to_json(self) -> dict:
-        return {"handle_id": self.handle_id, "blocks": dict(sorted(self.blocks.items()))}
+        data = {"handle_id": self.handle_id, "blocks": dict(sorted(self.blocks.items()))}
+        if self.requests:       # absent otherwise: records from before requests look the same
+            data["requests"] = {rid: r.to_json() for rid, r in sorted(self.requests.items())}
+        return data
 
     def add(self, block: str, count: int) -> None:
         self.blocks[block] = self.blocks.get(block, 0) + count
@@ -280,6 +320,20 @@ class Handle:
             self.blocks[block] = left
         else:
             self.blocks.pop(block, None)
+
+    def record(self, request_id: str, num_ipv4: int, num_ipv6: int, ips: list[str]) -> None:
+        """Add ``ips`` to what request ``request_id`` got."""
+        request = self.requests.setdefault(request_id, Request(num_ipv4, num_ipv6))
+        request.ips += [ip for ip in ips if ip not in request.ips]
+
+    def forget(self, ips: list[str]) -> None:
+        """Released addresses leave the requests that got them; a request
+        left with nothing is forgotten (a retry of it allocates anew)."""
+        gone = set(ips)
+        for request_id, request in list(self.requests.items()):
+            request.ips = [ip for ip in request.ips if ip not in gone]
+            if not request.ips:
+                del self.requests[request_id]
 
     @property
     def empty(self) -> bool:

@@ -12,7 +12,28 @@ create the block and mark the affinity ``confirmed`` in one transaction. The
 block key is what reserves the addresses; a pending affinity reserves nothing.
 When a host next allocates, it finishes any pending claim of its own: creates
 the block if it is still free, confirms it if the block is already its own, or
-drops the claim if another host took the block in the meantime.
+drops the claim if another host took the block in the meantime. Claims of one
+host made at the same moment (two replicas serving it) end in one block: a
+claim first takes over any affinity of its host it has not tried yet, and one
+whose first phase finds its host's affinity there already finishes that claim
+instead of starting another. A claim whose second phase fails deletes only
+its own pending affinity (compared by the revision it wrote), never a
+confirmed one or another claim's.
+
+Idempotent requests: an AutoAssign with a request id records, in the handle
+and in the transaction that allocates, what the request got. Every
+allocation attempt re-reads the handle and allocates only what the record
+still lacks, and the handle's revision is compared at commit, so two
+attempts of one request (a client that failed over while the first still
+runs) never both allocate; the answer is the record. A failed attempt takes
+back its own addresses only while the record is incomplete: once complete,
+another attempt may have answered with them.
+
+Deadlines: an allocation is given the time by which it must have started its
+last commit (the caller's deadline, less a margin) and gives up before any
+claim or allocation commit after it, so that nothing lands after the caller
+gave up and cleaned up. Releases, its own rollback included, are never cut
+short.
 
 Allocation transactions also require the pool to be unchanged; deleting a pool
 first disables it, which makes any in-flight allocation in it fail and re-read,
@@ -25,6 +46,9 @@ a hint: that transaction still compares the block's and the pool's revisions,
 and any failed compare falls back to the full read-decide-commit path.
 Allocations for one host are serialised within an instance, since they would
 contend for the same block anyway.
+
+Who owns an allocation (for the release guard, the check and the garbage
+collector) is ``services.ipam.owners``'s business.
 """
 
 from __future__ import annotations
@@ -33,20 +57,26 @@ import dataclasses
 import ipaddress
 import re
 import threading
-from collections import Counter, defaultdict
+import time
+from collections import defaultdict
+from typing import Callable
 
+from calicopy import failpoints
 from calicopy.datastore import keys
-from calicopy.datastore.store import KV, Store, Txn, retry
+from calicopy.datastore.store import DEFAULT_ATTEMPTS, KV, ContentionError, Store, Txn, retry
 from calicopy.model.ipam import (CONFIRMED, PENDING, Block, Handle, InvalidInput, Pool,
-                                 parse_cidr, parse_ip, within)
-from services.ipam.errors import (AddressTaken, NoPool, OutsidePools, PoolConflict,
-                                  PoolExhausted, PoolNotFound)
+                                 Request, block_host, parse_cidr, parse_ip, within)
+from services.ipam import checks, owners
+from services.ipam.errors import (AddressInUse, AddressTaken, GaveUp, NoPool, OutsidePools,
+                                  PoolConflict, PoolExhausted, PoolNotFound, RequestConflict)
 from services.ipam.pools import PoolRegistry
 
 MAX_PER_REQUEST = 1024
 # etcd refuses a transaction of more than 128 operations (by default); a
 # block change plus this many handle changes stays well under it.
 MAX_HANDLES_PER_TXN = 50
+# How many endpoints a refusal names before "and N more".
+NAMED_USERS = 5
 
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 
@@ -67,6 +97,15 @@ def validate_handle(handle_id: str) -> str:
     return handle_id
 
 
+def validate_request_id(request_id: str) -> str:
+    if request_id and (len(request_id) > 128 or not request_id.isprintable()
+                       or any(c.isspace() for c in request_id)):
+        raise InvalidInput(
+            f"Invalid request id '{request_id}': it must be up to 128 printable characters "
+            "without spaces.")
+    return request_id
+
+
 def validate_count(name: str, count: int) -> int:
     if not 0 <= count <= MAX_PER_REQUEST:
         raise InvalidInput(f"{name} must be between 0 and {MAX_PER_REQUEST}, not {count}.")
@@ -81,21 +120,81 @@ class Usage:
 
 
 @dataclasses.dataclass
-class Problem:
-    kind: str
-    subject: str
-    detail: str
+class HostRelease:
+    """What retiring a host did."""
+
+    released: list[str]
+    blocks_freed: list[str]
+    blocks_unaffined: list[str]
+
+
+@dataclasses.dataclass
+class _Call:
+    """One allocation call: what it wants and has got, its deadline, and (with
+    a request id) the handle's record of the request as last read or written."""
+
+    handle_id: str
+    host: str
+    attrs: dict[str, str]
+    want: dict[int, int]
+    request_id: str = ""
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    got: dict[int, list[str]] = dataclasses.field(default_factory=lambda: {4: [], 6: []})
+    record: Request | None = None
+    observed: bool = False
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and self.clock() >= self.deadline:
+            raise GaveUp(self.handle_id)
+
+    def observe(self, handle: Handle) -> None:
+        """Take note of the handle's record of this request (a copy)."""
+        if not self.request_id:
+            return
+        found = handle.requests.get(self.request_id)
+        if found is not None and (found.num_ipv4, found.num_ipv6) != (self.want[4],
+                                                                      self.want[6]):
+            raise RequestConflict(self.request_id, self.handle_id, found, self.want[4],
+                                  self.want[6])
+        self.record = None if found is None else Request(found.num_ipv4, found.num_ipv6,
+                                                         list(found.ips))
+        self.observed = True
+
+    def missing(self, version: int) -> int:
+        if self.request_id:
+            have = len(self.record.got(version)) if self.record else 0
+        else:
+            have = len(self.got[version])
+        return self.want[version] - have
+
+    @property
+    def complete(self) -> bool:
+        return all(self.missing(v) <= 0 for v in (4, 6))
+
+    def result(self) -> tuple[list[str], list[str]]:
+        if self.request_id:
+            return self.record.got(4), self.record.got(6)
+        return self.got[4], self.got[6]
+
+    def add_to(self, handle: Handle, block: str, ips: list[str]) -> None:
+        handle.add(block, len(ips))
+        if self.request_id:
+            handle.record(self.request_id, self.want[4], self.want[6], ips)
 
 
 class Ipam:
     """Pools and allocations over the store it is given. The store holds all
     the state; what an instance remembers (blocks it saw, per host) is only a
-    hint that every commit re-checks, so any number of instances may serve."""
+    hint that every commit re-checks, so any number of instances may serve.
+    ``clock`` is what deadlines are measured by (time.monotonic)."""
 
-    def __init__(self, store: Store, max_blocks_per_host: int | None = None):
+    def __init__(self, store: Store, max_blocks_per_host: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.pools = PoolRegistry(store)
         self.max_blocks_per_host = max_blocks_per_host
+        self.clock = clock
         self._host_blocks_seen: dict[tuple[str, int], list[tuple[keys.Network, KV]]] = {}
         self._blocks_seen: dict[keys.Network, KV] = {}
         self._host_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -127,9 +226,11 @@ class Ipam:
         allocated = sum(Block.from_json(kv.json()).used for kv in block_kvs)
         if allocated and not force:
             self.pools.update(net, disabled=was_disabled)
+            users = self.endpoints_using(str(net))
+            named = f", in use by {_name_users(users)}" if users else ""
             raise PoolConflict(
-                f"Pool {net} still has {allocated} allocated address(es); release them "
-                "first, or force the removal to drop them.")
+                f"Pool {net} still has {allocated} allocated address(es){named}; release "
+                "them first, or force the removal to drop them.")
         for kv in block_kvs:
             self._drop_block(kv.key)
         for kv in self.store.list(keys.AFFINITIES):
@@ -141,6 +242,16 @@ class Ipam:
             return True if found is None else (self.pools.delete(found[1]) or None)
         retry(f"deleting pool {net}", attempt)
         return allocated
+
+    def endpoints_using(self, cidr: str) -> list[owners.EndpointUse]:
+        """The active endpoints that list addresses of ``cidr``, with those addresses."""
+        net, _ = parse_cidr(cidr)
+        found = []
+        for ep in owners.View.read(self.store).active():
+            ips = [ip for ip in ep.ips if owners.parses_into(ip, net)]
+            if ips:
+                found.append(owners.EndpointUse.of(ep, ips))
+        return sorted(found, key=lambda u: (u.node, u.orchestrator, u.workload_id))
 
     def _pool_blocks(self, pool: Pool) -> list[KV]:
         return [kv for kv in self.store.list(keys.blocks_prefix(pool.version))
@@ -156,15 +267,15 @@ class Ipam:
                 return True
             block = Block.from_json(kv.json())
             cidr = str(block.cidr)
-            linked = Counter()
-            for handle_id, n in block.handle_counts().items():
+            linked = {}
+            for handle_id in block.handle_counts():
                 handle_kv = self.store.get(keys.handle(handle_id))
                 if handle_kv and cidr in handle_kv.json().get("blocks", {}):
-                    linked[handle_id] = n
+                    linked[handle_id] = block.ips_of(handle_id)
                 if len(linked) > MAX_HANDLES_PER_TXN:
                     break
             last = len(linked) <= MAX_HANDLES_PER_TXN
-            chunk = Counter(dict(list(linked.items())[:MAX_HANDLES_PER_TXN]))
+            chunk = dict(list(linked.items())[:MAX_HANDLES_PER_TXN])
             txn = Txn().delete(kv) if last else Txn().require_unchanged(kv)
             self._handle_changes(txn, block, chunk, sign=-1)
             if not self.store.commit(txn):
@@ -172,56 +283,83 @@ class Ipam:
             return True if last else False
         while not retry(f"deleting block {block_key}", attempt):
             pass
+        self._blocks_seen.pop(keys.parse_block(block_key), None)
 
     # Allocation ------------------------------------------------------------
 
     def auto_assign(self, num_ipv4: int, num_ipv6: int, handle_id: str, host: str,
                     attributes: dict[str, str] | None = None,
-                    ipv4_pools: list[str] = (), ipv6_pools: list[str] = ()
+                    ipv4_pools: list[str] = (), ipv6_pools: list[str] = (),
+                    request_id: str = "", deadline: float | None = None
                     ) -> tuple[list[str], list[str]]:
+        """Allocate addresses for ``host`` under ``handle_id``; see the module
+        docstring for ``request_id`` and ``deadline`` (a ``clock`` time)."""
         validate_count("num_ipv4", num_ipv4)
         validate_count("num_ipv6", num_ipv6)
         validate_handle(handle_id)
         validate_host(host)
+        validate_request_id(request_id)
         if not num_ipv4 and not num_ipv6:
             raise InvalidInput("Nothing to assign: num_ipv4 and num_ipv6 are both 0.")
-        attributes = dict(attributes or {})
-        wanted = [(4, num_ipv4, ipv4_pools), (6, num_ipv6, ipv6_pools)]
-        got: dict[int, list[str]] = {4: [], 6: []}
+        call = _Call(handle_id, host, dict(attributes or {}), {4: num_ipv4, 6: num_ipv6},
+                     request_id, deadline, self.clock)
+        requested = {4: ipv4_pools, 6: ipv6_pools}
         with self._host_locks[host]:
             try:
-                for version, count, requested in wanted:
-                    if not count:
-                        continue
-                    fast = None if requested else self._assign_from_memory(
-                        version, count, handle_id, host, attributes)
-                    got[version] = fast or self._assign_family(
-                        version, count, handle_id, host, attributes,
-                        self._candidate_pools(version, requested))
+                for _ in range(DEFAULT_ATTEMPTS):
+                    for version in (4, 6):
+                        if call.missing(version) <= 0:
+                            continue
+                        # The fast path creates the handle: only for a call's first commit.
+                        fast = None if requested[version] or call.observed \
+                            or any(call.got.values()) \
+                            else self._assign_from_memory(version, call)
+                        if fast is None:
+                            self._assign_family(version, call, self._candidate_pools(
+                                version, requested[version]))
+                    if call.complete:
+                        return call.result()
+                    # (request id) A failed attempt of the same request took part of
+                    # it back meanwhile: allocate what the record lacks again.
+                raise ContentionError(f"completing request {request_id} of handle {handle_id}",
+                                      DEFAULT_ATTEMPTS)
             except BaseException:
-                self.release_ips(got[4] + got[6], handle_id)
+                self._roll_back(call)
                 raise
-        return got[4], got[6]
 
-    def _assign_from_memory(self, version, count, handle_id, host, attrs) -> list[str] | None:
+    def _assign_from_memory(self, version, call: _Call) -> list[str] | None:
         """One optimistic transaction against the host's remembered block, or None."""
-        for net, pool_kv in self._host_blocks_seen.get((host, version), ()):
+        count = call.missing(version)
+        for net, pool_kv in self._host_blocks_seen.get((call.host, version), ()):
             kv = self._blocks_seen.get(net)
             if kv is None:
                 continue
             block = Block.from_json(kv.json())
             if block.free < count:
                 continue
-            ips = block.allocate(count, handle_id, host, attrs)
+            ips = block.allocate(count, call.handle_id, call.host, call.attrs)
+            handle = Handle(call.handle_id)
+            call.add_to(handle, str(net), ips)
             txn = Txn().update(kv, block.to_json()).require_unchanged(pool_kv)
-            txn.create(keys.handle(handle_id), Handle(handle_id, {str(net): count}).to_json())
-            revision = self.store.commit(txn)
+            txn.create(keys.handle(call.handle_id), handle.to_json())
+            revision = self._commit_allocation(txn, call)
             if not revision:
                 self._blocks_seen.pop(net, None)
                 return None
             self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
+            call.got[version] += ips
+            call.observe(handle)
             return ips
         return None
+
+    def _commit_allocation(self, txn: Txn, call: _Call) -> int:
+        """Commit an allocation, unless the caller's deadline is too near."""
+        call.check_deadline()
+        failpoints.reached("ipam-assign-before-commit")
+        revision = self.store.commit(txn)
+        if revision:
+            failpoints.reached("ipam-assign-after-commit")
+        return revision
 
     def _candidate_pools(self, version: int, requested) -> list[tuple[Pool, KV]]:
         pools = self.pools.list(version)
@@ -244,45 +382,46 @@ class Ipam:
                          "'calicoctl pool add <CIDR>'.")
         return enabled
 
-    def _assign_family(self, version, count, handle_id, host, attrs, pools) -> list[str]:
-        got: list[str] = []
+    def _assign_family(self, version, call: _Call, pools) -> None:
+        """Allocate what ``call`` still lacks of one IP version, or raise."""
+        call.check_deadline()
+        if call.request_id and not call.observed:
+            kv = self.store.get(keys.handle(call.handle_id))
+            call.observe(Handle.from_json(call.handle_id, kv.json() if kv else None))
+        if call.missing(version) <= 0:
+            return
 
         def take(block_net, pool_kv):
-            got.extend(self._allocate_in_block(block_net, count - len(got), handle_id,
-                                               host, attrs, pool_kv))
-            return len(got) >= count
+            self._allocate_in_block(block_net, version, call, pool_kv)
+            return call.missing(version) <= 0
 
-        try:
-            # 1. Blocks this host already has.
-            own = self._host_blocks(host, version, pools)
-            for block_net, pool_kv in own:
-                if take(block_net, pool_kv):
-                    return got
-            # 2. New blocks for this host.
-            claimed = len(own)
-            while self.max_blocks_per_host is None or claimed < self.max_blocks_per_host:
-                new = self._claim_block(host, pools)
-                if new is None:
-                    break
-                claimed += 1
-                if take(*new):
-                    return got
-            # 3. Borrow from other hosts' blocks.
-            for kv in self.store.list(keys.blocks_prefix(version)):
-                block = Block.from_json(kv.json())
-                pool_kv = _pool_kv_of(block.cidr, pools)
-                if pool_kv is None or block.host == host or not block.free:
-                    continue
-                if take(block.cidr, pool_kv):
-                    return got
-        except BaseException:
-            self.release_ips(got, handle_id)
-            raise
-        self.release_ips(got, handle_id)
+        # 1. Blocks this host already has.
+        own = self._host_blocks(call.host, version, pools)
+        for block_net, pool_kv in own:
+            if take(block_net, pool_kv):
+                return
+        # 2. New blocks for this host (or ones a concurrent claim of its made).
+        tried = {net for net, _ in own}
+        while self.max_blocks_per_host is None or len(tried) < self.max_blocks_per_host:
+            new = self._claim_block(call, version, pools, tried)
+            if new is None:
+                break
+            tried.add(new[0])
+            if take(*new):
+                return
+        # 3. Borrow from other hosts' blocks.
+        for kv in self.store.list(keys.blocks_prefix(version)):
+            block = Block.from_json(kv.json())
+            pool_kv = _pool_kv_of(block.cidr, pools)
+            if pool_kv is None or block.host == call.host or not block.free:
+                continue
+            if take(block.cidr, pool_kv):
+                return
         names = ", ".join(str(p.cidr) for p, _ in pools)
+        wanted = call.want[version]
         raise PoolExhausted(
-            f"Not enough free IPv{version} addresses: wanted {count}, found {len(got)} "
-            f"in {names}. Add a pool or release addresses.")
+            f"Not enough free IPv{version} addresses: wanted {wanted}, found "
+            f"{wanted - call.missing(version)} in {names}. Add a pool or release addresses.")
 
     def _host_blocks(self, host, version, pools) -> list[tuple[keys.Network, KV]]:
         """The host's blocks in the candidate pools. An affinity is checked
@@ -295,52 +434,91 @@ class Ipam:
             pool_kv = _pool_kv_of(net, pools)
             if pool_kv is None:
                 continue
-            block_kv = self.store.get(keys.block(net))
-            intact = (kv.json()["state"] == CONFIRMED and block_kv is not None
-                      and Block.from_json(block_kv.json()).host == host)
-            if intact or self._finish_claim(host, net, kv, pool_kv):
+            if self._finish_claim(host, net, kv, pool_kv):
                 found.append((net, pool_kv))
         found.sort(key=lambda f: f[0])
         self._host_blocks_seen[(host, version)] = list(found)
         return found
 
-    def _finish_claim(self, host, net, aff_kv: KV, pool_kv: KV) -> bool:
-        """Complete (or abandon) a pending claim; say whether the host now has the block."""
-        block_kv = self.store.get(keys.block(net))
+    def _finish_claim(self, host, net, aff_kv: KV | None, pool_kv: KV) -> bool:
+        """Say whether the host has the block of this affinity (as read:
+        ``aff_kv``), completing a pending claim (or dropping one another
+        host's block beat) on the way. A write that loses a race (a
+        concurrent claim of the same host finishing it first) re-reads and
+        decides again."""
         confirmed = {"state": CONFIRMED}
-        if block_kv is None:
-            txn = Txn().create(keys.block(net), Block.empty(net, host).to_json())
-            txn.update(aff_kv, confirmed).require_unchanged(pool_kv)
-            return self.store.commit(txn)
-        if Block.from_json(block_kv.json()).host == host:
-            return self.store.commit(Txn().update(aff_kv, confirmed))
-        self.store.commit(Txn().delete(aff_kv))
+        aff_key = keys.affinity(host, net)
+        for _ in range(DEFAULT_ATTEMPTS):
+            block_kv = self.store.get(keys.block(net))
+            if block_kv is None:
+                if aff_kv is None:
+                    return False
+                txn = Txn().create(keys.block(net), Block.empty(net, host).to_json())
+                txn.update(aff_kv, confirmed).require_unchanged(pool_kv)
+            elif block_host(block_kv.json()) == host:
+                if aff_kv is not None and aff_kv.json()["state"] == CONFIRMED:
+                    return True
+                txn = Txn().put(aff_key, aff_kv, confirmed)
+            else:
+                if aff_kv is not None:
+                    self.store.commit(Txn().delete(aff_kv))     # only as read
+                return False
+            if self.store.commit(txn):
+                return True
+            current = self.store.get(aff_key)
+            if block_kv is None and current == aff_kv and \
+                    self.store.get(keys.block(net)) is None:
+                return False        # the pool changed: nothing to finish in it
+            aff_kv = current
         return False
 
-    def _claim_block(self, host, pools) -> tuple[keys.Network, KV] | None:
+    def _adopt_claim(self, host, version, pool, pool_kv, tried) -> tuple | None:
+        """A block of the host's in ``pool`` that it has not tried yet: one a
+        concurrent claim for the same host made (or is making) meanwhile."""
+        for kv in self.store.list(keys.host_affinities_prefix(host, version)):
+            _, net = keys.parse_affinity(kv.key)
+            if net in tried or not within(net, pool.cidr):
+                continue
+            if self._finish_claim(host, net, kv, pool_kv):
+                self._remember(host, net, pool_kv)
+                return net, pool_kv
+        return None
+
+    def _claim_block(self, call: _Call, version, pools, tried) -> tuple | None:
+        host = call.host
         for pool, pool_kv in pools:
             taken = {keys.parse_block(kv.key) for kv in self._pool_blocks(pool)}
+            # Read after the blocks: any block seen taken has its affinity visible.
+            adopted = self._adopt_claim(host, version, pool, pool_kv, tried)
+            if adopted:
+                return adopted
             if len(taken) >= pool.num_blocks:
                 continue
             for net in pool.blocks_from(host):
-                if net in taken:
+                if net in taken or net in tried:
                     continue
                 block_key, aff_key = keys.block(net), keys.affinity(host, net)
                 # Phase 1: record the intent.
-                if not self.store.commit(Txn().create(aff_key, {"state": PENDING})
-                                         .require_absent(block_key)):
+                call.check_deadline()
+                phase1 = Txn().create(aff_key, {"state": PENDING}).require_absent(block_key)
+                created = self.store.commit(phase1)
+                if not created:
+                    # Another claim of this host got there first (finish and use
+                    # it), or another host's block is there.
+                    aff_kv = self.store.get(aff_key)
+                    if aff_kv is not None and self._finish_claim(host, net, aff_kv, pool_kv):
+                        self._remember(host, net, pool_kv)
+                        return net, pool_kv
                     taken.add(net)
                     continue
+                failpoints.reached("ipam-claim-between-phases")
                 # Phase 2: create the block and confirm, atomically.
-                aff_kv = self.store.get(aff_key)
+                mine = KV(aff_key, phase1.puts[aff_key], created)
                 txn = Txn().create(block_key, Block.empty(net, host).to_json())
-                txn.update(aff_kv, {"state": CONFIRMED}).require_unchanged(pool_kv)
-                if self.store.commit(txn):
-                    self._host_blocks_seen.setdefault((host, net.version), []).append(
-                        (net, pool_kv))
+                txn.update(mine, {"state": CONFIRMED}).require_unchanged(pool_kv)
+                if self.store.commit(txn) or self._settle_lost_claim(host, net, mine, pool_kv):
+                    self._remember(host, net, pool_kv)
                     return net, pool_kv
-                # Another host created the block first, or the pool changed.
-                self.store.commit(Txn().delete(aff_kv))
                 taken.add(net)
                 current = self.pools.get(pool.cidr)
                 if current is None or current[0].disabled:
@@ -348,22 +526,49 @@ class Ipam:
                 pool_kv = current[1]
         return None
 
-    def _allocate_in_block(self, net, count, handle_id, host, attrs, pool_kv) -> list[str]:
+    def _settle_lost_claim(self, host, net, mine: KV, pool_kv: KV) -> bool:
+        """After phase 2 failed: whether the block is the host's anyway (a
+        concurrent claim of the host finished this one). If not, delete our
+        pending affinity, and only it (compared by the revision we wrote)."""
+        block_kv = self.store.get(keys.block(net))
+        if block_kv is not None and block_host(block_kv.json()) == host:
+            return self._finish_claim(host, net, self.store.get(mine.key), pool_kv)
+        self.store.commit(Txn().delete(mine))
+        return False
+
+    def _remember(self, host, net, pool_kv) -> None:
+        seen = self._host_blocks_seen.setdefault((host, net.version), [])
+        if all(n != net for n, _ in seen):
+            seen.append((net, pool_kv))
+
+    def _allocate_in_block(self, net, version, call: _Call, pool_kv) -> list[str]:
+        """Allocate in one block what ``call`` still lacks of ``version`` (as
+        far as the block has room), block and handle in one transaction."""
         state = {"pool_kv": pool_kv}
+        handle_key = keys.handle(call.handle_id)
 
         def attempt():
             kv = self.store.get(keys.block(net))
             if kv is None:
                 return []
+            handle_kv = self.store.get(handle_key)
+            handle = Handle.from_json(call.handle_id, handle_kv.json() if handle_kv else None)
+            call.observe(handle)
+            need = call.missing(version)
+            if need <= 0:
+                return []
             block = Block.from_json(kv.json())
-            ips = block.allocate(count, handle_id, host, attrs)
+            ips = block.allocate(need, call.handle_id, call.host, call.attrs)
             if not ips:
                 return []
+            call.add_to(handle, str(net), ips)
             txn = Txn().update(kv, block.to_json()).require_unchanged(state["pool_kv"])
-            self._handle_changes(txn, block, Counter({handle_id: len(ips)}), sign=+1)
-            revision = self.store.commit(txn)
+            txn.put(handle_key, handle_kv, handle.to_json())
+            revision = self._commit_allocation(txn, call)
             if revision:
                 self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
+                call.got[version] += ips
+                call.observe(handle)
                 return ips
             current = self.store.get(state["pool_kv"].key)
             if current is None or Pool.from_json(current.json()).disabled:
@@ -372,17 +577,43 @@ class Ipam:
             return None
         return retry(f"allocating in block {net}", attempt)
 
-    def _handle_changes(self, txn: Txn, block: Block, counts: Counter, sign: int) -> None:
-        """Add to ``txn`` the handle updates for ``counts`` addresses per handle
+    def _roll_back(self, call: _Call) -> None:
+        """Take back what a failed call allocated. With a request id, only
+        while the request's record is incomplete: a complete record may have
+        answered another attempt of the same request."""
+        ips = call.got[4] + call.got[6]
+        if not ips:
+            return
+        if not call.request_id:
+            self.release_ips(ips, call.handle_id)
+            return
+        handle_key = keys.handle(call.handle_id)
+
+        def still_incomplete(txn):
+            kv = self.store.get(handle_key)
+            record = Handle.from_json(call.handle_id, kv.json() if kv else None) \
+                .requests.get(call.request_id)
+            if kv is None or record is None or record.complete:
+                return False
+            txn.require_unchanged(kv)
+            return True
+        for net, wanted in self._by_block(ips).items():
+            self._release_in_block(net, lambda b, w=wanted: b.release(w, call.handle_id),
+                                   guard=still_incomplete)
+
+    def _handle_changes(self, txn: Txn, block: Block, changes: dict[str, list[str]],
+                        sign: int) -> None:
+        """Add to ``txn`` the handle updates for the addresses (per handle)
         gained (+1) or lost (-1) in ``block``."""
-        for handle_id, n in counts.items():
+        for handle_id, ips in changes.items():
             key = keys.handle(handle_id)
             kv = self.store.get(key)
             handle = Handle.from_json(handle_id, kv.json() if kv else None)
             if sign > 0:
-                handle.add(str(block.cidr), n)
+                handle.add(str(block.cidr), len(ips))
             else:
-                handle.remove(str(block.cidr), n)
+                handle.remove(str(block.cidr), len(ips))
+                handle.forget(ips)
             if handle.empty:
                 if kv:
                     txn.delete(kv)
@@ -392,7 +623,8 @@ class Ipam:
                 txn.put(key, kv, handle.to_json())
 
     def assign_ip(self, ip: str, handle_id: str, host: str,
-                  attributes: dict[str, str] | None = None) -> Pool:
+                  attributes: dict[str, str] | None = None,
+                  deadline: float | None = None) -> Pool:
         addr = parse_ip(ip)
         validate_handle(handle_id)
         validate_host(host)
@@ -403,25 +635,26 @@ class Ipam:
         if pool.disabled:
             raise NoPool(f"Pool {pool.cidr} is disabled.")
         net = pool.block_of(addr)
+        call = _Call(handle_id, host, dict(attributes or {}), {4: 0, 6: 0},
+                     deadline=deadline, clock=self.clock)
         if self.store.get(keys.block(net)) is None:
             # Claim the block for this host; if someone beats us to it we
             # simply borrow the address from their block below.
-            self._claim_specific(host, net, pool_kv)
-        attrs = dict(attributes or {})
+            self._claim_specific(call, net, pool_kv)
         state = {"pool_kv": pool_kv}
 
         def attempt():
             kv = self.store.get(keys.block(net))
             if kv is None:
                 # Our claim lost, and so did the other side's: claim again.
-                self._claim_specific(host, net, state["pool_kv"])
+                self._claim_specific(call, net, state["pool_kv"])
                 return None
             block = Block.from_json(kv.json())
-            if not block.assign(str(addr), handle_id, host, attrs):
+            if not block.assign(str(addr), handle_id, host, call.attrs):
                 raise AddressTaken(addr, pool.cidr)
             txn = Txn().update(kv, block.to_json()).require_unchanged(state["pool_kv"])
-            self._handle_changes(txn, block, Counter({handle_id: 1}), sign=+1)
-            if self.store.commit(txn):
+            self._handle_changes(txn, block, {handle_id: [str(addr)]}, sign=+1)
+            if self._commit_allocation(txn, call):
                 return pool
             current = self.pools.get(pool.cidr)     # the pool may have changed
             if current is None or current[0].disabled:
@@ -430,36 +663,55 @@ class Ipam:
             return None
         return retry(f"assigning {addr}", attempt)
 
-    def _claim_specific(self, host, net, pool_kv) -> None:
-        aff_key = keys.affinity(host, net)
+    def _claim_specific(self, call: _Call, net, pool_kv) -> None:
+        aff_key = keys.affinity(call.host, net)
+        call.check_deadline()
         self.store.commit(Txn().create(aff_key, {"state": PENDING}))
         aff_kv = self.store.get(aff_key)
         if aff_kv is not None and aff_kv.json()["state"] == PENDING:
-            self._finish_claim(host, net, aff_kv, pool_kv)
+            self._finish_claim(call.host, net, aff_kv, pool_kv)
 
     # Release ---------------------------------------------------------------
 
-    def release_ips(self, ips: list[str], handle_id: str | None = None
+    def release_ips(self, ips: list[str], handle_id: str | None = None, force: bool = False
                     ) -> tuple[list[str], list[str]]:
-        """Free addresses; returns (released, not_assigned)."""
+        """Free addresses; returns (released, not_assigned). Without a handle
+        (an operator freeing addresses by value), an address an active
+        endpoint lists is refused unless ``force``."""
         if handle_id:
             validate_handle(handle_id)
         addrs = [parse_ip(ip) for ip in ips]
-        by_block: dict[keys.Network, list[str]] = defaultdict(list)
+        if not handle_id and not force:
+            view = owners.View.read(self.store)
+            for addr in addrs:
+                users = view.users(str(addr))
+                if users:
+                    raise AddressInUse(addr, owners.EndpointUse.of(users[0], [str(addr)]))
         not_assigned: list[str] = []
         pools = self.pools.list()
+        wanted = []
         for addr in addrs:
-            pool = next((p for p, _ in pools if addr in p.cidr), None)
-            if pool is None:
-                not_assigned.append(str(addr))
+            if any(addr in p.cidr for p, _ in pools):
+                wanted.append(str(addr))
             else:
-                by_block[pool.block_of(addr)].append(str(addr))
+                not_assigned.append(str(addr))
         released: list[str] = []
-        for net, wanted in sorted(by_block.items(), key=lambda item: _order(item[0])):
-            freed = self._release_in_block(net, lambda b: b.release(wanted, handle_id))
+        for net, in_block in self._by_block(wanted, pools).items():
+            freed = self._release_in_block(net, lambda b, w=in_block: b.release(w, handle_id))
             released += freed
-            not_assigned += [ip for ip in wanted if ip not in freed]
+            not_assigned += [ip for ip in in_block if ip not in freed]
         return released, not_assigned
+
+    def _by_block(self, ips: list[str], pools=None) -> dict[keys.Network, list[str]]:
+        """Addresses grouped by block, blocks in address order."""
+        pools = self.pools.list() if pools is None else pools
+        by_block: dict[keys.Network, list[str]] = defaultdict(list)
+        for ip in ips:
+            addr = ipaddress.ip_address(ip)
+            pool = next((p for p, _ in pools if addr in p.cidr), None)
+            if pool is not None:
+                by_block[pool.block_of(addr)].append(ip)
+        return dict(sorted(by_block.items(), key=lambda item: _order(item[0])))
 
     def release_by_handle(self, handle_id: str) -> list[str]:
         validate_handle(handle_id)
@@ -472,32 +724,46 @@ class Ipam:
             released += self._release_in_block(net, lambda b: b.release_handle(handle_id))
         return released
 
-    def _release_in_block(self, net, change) -> list[str]:
+    def _release_in_block(self, net, change, guard=None) -> list[str]:
         """Free what ``change(block)`` frees, committing the block and its
         owners' handles together; when more owners are involved than one
-        transaction may touch, in several rounds."""
+        transaction may touch, in several rounds. ``guard(txn)``, when given,
+        may add conditions to each round's transaction, or say (False) that
+        nothing is to be freed after all. A block without affinity goes with
+        its last address."""
         def attempt():
             kv = self.store.get(keys.block(net))
             if kv is None:
+                return [], False
+            txn = Txn()
+            if guard is not None and not guard(txn):
                 return [], False
             block = Block.from_json(kv.json())
             before = {o: a.handle_id for o, a in block.allocations.items()}
             freed = change(block)
             if not freed:
                 return [], False
-            lost = Counter(before[block.ordinal(ip)] for ip in freed)
+            lost: dict[str, list[str]] = defaultdict(list)
+            for ip in freed:
+                lost[before[block.ordinal(ip)]].append(ip)
             more = len(lost) > MAX_HANDLES_PER_TXN
             if more:
-                keep = set(list(lost)[:MAX_HANDLES_PER_TXN])
+                lost = dict(list(lost.items())[:MAX_HANDLES_PER_TXN])
                 block = Block.from_json(kv.json())
-                freed = block.release([ip for ip in freed if before[block.ordinal(ip)] in keep])
-                lost = Counter({h: n for h, n in lost.items() if h in keep})
-            txn = Txn().update(kv, block.to_json())
+                freed = block.release([ip for ips in lost.values() for ip in ips])
+            gone = block.host is None and not block.allocations
+            if gone:
+                txn.delete(kv)
+            else:
+                txn.update(kv, block.to_json())
             self._handle_changes(txn, block, lost, sign=-1)
             revision = self.store.commit(txn)
             if not revision:
                 return None
-            self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
+            if gone:
+                self._blocks_seen.pop(net, None)
+            else:
+                self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
             return freed, more
         released = []
         while True:
@@ -505,6 +771,88 @@ class Ipam:
             released += freed
             if not more:
                 return released
+
+    def release_orphan(self, ip: str, handle_id: str, still_orphaned: Callable[[], bool],
+                       proof: str | None = None) -> bool:
+        """Release ``ip`` from ``handle_id`` if it is still that handle's and
+        ``still_orphaned()`` right before the commit; with ``proof``, only
+        while that key is absent, in the same transaction. Says whether it did."""
+        addr = parse_ip(ip)
+        found = self.pools.containing(addr)
+        if found is None:
+            return False
+        net = found[0].block_of(addr)
+
+        def guard(txn):
+            if not still_orphaned():
+                return False
+            if proof:
+                txn.require_absent(proof)
+            return True
+        return bool(self._release_in_block(net, lambda b: b.release([str(addr)], handle_id),
+                                           guard=guard))
+
+    # Retiring a host -------------------------------------------------------
+
+    def release_host(self, host: str) -> HostRelease:
+        """Everything IPAM holds for ``host``: the addresses under its handles
+        (``<host>/...``) are released, its blocks that hold nothing else are
+        deleted, those that still hold other hosts' addresses lose their
+        affinity (and go once empty), and its affinities are deleted."""
+        validate_host(host)
+        mine = f"{host}/"
+        released = []
+        for kv in self.store.list(keys.handles_prefix(mine)):
+            released += self.release_by_handle(keys.parse_handle(kv.key))
+        # Addresses of its handles that no handle record lists (see check()).
+        for kv in self.store.list(keys.blocks_prefix()):
+            block = Block.from_json(kv.json())
+            if any(a.handle_id.startswith(mine) for a in block.allocations.values()):
+                released += self._release_in_block(block.cidr, lambda b: b.release(
+                    [b.ip(o) for o, a in b.allocations.items() if a.handle_id.startswith(mine)]))
+        freed, unaffined = [], []
+        nets = {keys.parse_affinity(kv.key)[1] for version in (4, 6)
+                for kv in self.store.list(keys.host_affinities_prefix(host, version))}
+        nets |= {keys.parse_block(kv.key) for kv in self.store.list(keys.blocks_prefix())
+                 if block_host(kv.json()) == host}
+        for net in sorted(nets, key=_order):
+            outcome = retry(f"retiring block {net} of host {host}",
+                            lambda n=net: self._retire_block(host, n))
+            if outcome == "freed":
+                freed.append(str(net))
+            elif outcome == "kept":
+                unaffined.append(str(net))
+        for version in (4, 6):
+            self._host_blocks_seen.pop((host, version), None)
+        return HostRelease(sorted(released, key=lambda ip: _order(ipaddress.ip_address(ip))),
+                           freed, unaffined)
+
+    def _retire_block(self, host, net) -> str | None:
+        """One attempt at a block of a retiring host: "freed" (deleted), "kept"
+        (without affinity), "" (at most an affinity went) or None (lost a race)."""
+        block_kv = self.store.get(keys.block(net))
+        aff_kv = self.store.get(keys.affinity(host, net))
+        txn = Txn()
+        if aff_kv is not None:
+            txn.delete(aff_kv)
+        outcome = ""
+        if block_kv is not None and block_host(block_kv.json()) == host:
+            block = Block.from_json(block_kv.json())
+            if block.allocations:
+                block.host = None
+                txn.update(block_kv, block.to_json())
+                outcome = "kept"
+            else:
+                txn.delete(block_kv)
+                outcome = "freed"
+        elif block_kv is not None:
+            txn.require_unchanged(block_kv)
+        if not txn.compares:
+            return outcome
+        if not self.store.commit(txn):
+            return None
+        self._blocks_seen.pop(net, None)
+        return outcome
 
     # Reports ---------------------------------------------------------------
 
@@ -567,55 +915,15 @@ class Ipam:
         host_rows = [{"host": h, **v} for h, v in sorted(hosts.items())]
         return Usage(pool_rows, block_rows, host_rows)
 
-    def check(self) -> tuple[list[Problem], int, int]:
-        """Cross-check blocks, affinities and handles."""
-        problems: list[Problem] = []
-        pools = self.list_pools()
-        blocks = {keys.parse_block(kv.key): Block.from_json(kv.json())
-                  for kv in self.store.list(keys.blocks_prefix())}
-        handles = {keys.parse_handle(kv.key): Handle.from_json(keys.parse_handle(kv.key),
-                                                               kv.json())
-                   for kv in self.store.list(keys.HANDLES)}
-        affinities = {keys.parse_affinity(kv.key): kv.json()["state"]
-                      for kv in self.store.list(keys.AFFINITIES)}
+    def check(self) -> tuple[list[checks.Problem], int, int]:
+        """Cross-check the records (services.ipam.checks)."""
+        return checks.check(self.store, self.list_pools())
 
-        for net, block in sorted(blocks.items(), key=lambda item: _order(item[0])):
-            if not any(within(net, p.cidr) for p in pools):
-                problems.append(Problem("block-outside-pools", str(net),
-                                        f"Block {net} lies in no configured pool."))
-            if block.host and affinities.get((block.host, net)) != CONFIRMED:
-                problems.append(Problem(
-                    "broken-affinity", str(net),
-                    f"Block {net} is affine to host {block.host}, which holds no "
-                    "confirmed affinity for it."))
-            counts = block.handle_counts()
-            for o, alloc in sorted(block.allocations.items()):
-                handle = handles.get(alloc.handle_id)
-                if handle is None or handle.blocks.get(str(net), 0) < counts[alloc.handle_id]:
-                    problems.append(Problem(
-                        "address-without-handle", block.ip(o),
-                        f"{block.ip(o)} is allocated to handle {alloc.handle_id}, which "
-                        f"does not record it; release it with 'calicoctl ipam release "
-                        f"--ip={block.ip(o)}'."))
-        for (host, net), state in sorted(affinities.items(),
-                                          key=lambda i: (i[0][0], _order(i[0][1]))):
-            block = blocks.get(net)
-            if block is None or block.host != host:
-                problems.append(Problem(
-                    "broken-affinity", str(net),
-                    f"Host {host} has a {state} affinity for block {net}, which "
-                    f"{'does not exist' if block is None else 'belongs to another host'}; "
-                    "the host's next allocation repairs it."))
-        for handle_id, handle in sorted(handles.items()):
-            for cidr, n in sorted(handle.blocks.items()):
-                block = blocks.get(ipaddress.ip_network(cidr))
-                have = block.handle_counts()[handle_id] if block else 0
-                if have < n:
-                    problems.append(Problem(
-                        "handle-without-address", handle_id,
-                        f"Handle {handle_id} records {n} address(es) in block {cidr} "
-                        f"but the block holds {have} for it."))
-        return problems, len(blocks), len(handles)
+
+def _name_users(users: list[owners.EndpointUse]) -> str:
+    named = ", ".join(u.describe() for u in users[:NAMED_USERS])
+    more = len(users) - NAMED_USERS
+    return named + (f" and {more} more" if more > 0 else "")
 
 
 def _pool_kv_of(net, pools) -> KV | None:

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import time
+
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy.api.ipam import VERSIONS as _VERSIONS
 from calicopy.api.ipam import pool_to_msg as _pool_msg
 from calicopy.rpc import maps_errors
 from services.ipam.allocator import Ipam
 
+#: An allocation starts no commit in the last COMMIT_MARGIN seconds (or last
+#: fifth, if shorter) of its caller's deadline: a commit that started earlier
+#: lands before the caller gives up and cleans up.
+COMMIT_MARGIN = 0.5
+
 
 def _flag(request, name):
     return getattr(request, name) if request.HasField(name) else None
+
+
+def commit_deadline(context) -> float | None:
+    """The monotonic time after which an allocation for this call must not
+    start a commit; None when the caller set no deadline."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining - min(COMMIT_MARGIN, remaining / 5)
+
+
+def _endpoint_use(use) -> ipam_pb2.EndpointUse:
+    return ipam_pb2.EndpointUse(endpoint_id=use.endpoint_id, node=use.node,
+                                orchestrator=use.orchestrator, workload_id=use.workload_id,
+                                ips=list(use.ips))
 
 
 class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
@@ -34,8 +56,12 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
 
     @maps_errors
     def DeletePool(self, request, context):
+        # Who still used the pool, said before it goes (only a forced removal
+        # gets this far with addresses allocated).
+        users = self.ipam.endpoints_using(request.cidr) if request.force else []
         released = self.ipam.delete_pool(request.cidr, force=request.force)
-        return ipam_pb2.DeletePoolResponse(released=released)
+        return ipam_pb2.DeletePoolResponse(released=released,
+                                           endpoints=[_endpoint_use(u) for u in users])
 
     @maps_errors
     def ListPools(self, request, context):
@@ -46,18 +72,20 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
     def AutoAssign(self, request, context):
         v4, v6 = self.ipam.auto_assign(
             request.num_ipv4, request.num_ipv6, request.handle_id, request.hostname,
-            dict(request.attributes), list(request.ipv4_pools), list(request.ipv6_pools))
+            dict(request.attributes), list(request.ipv4_pools), list(request.ipv6_pools),
+            request_id=request.request_id, deadline=commit_deadline(context))
         return ipam_pb2.AutoAssignResponse(ipv4=v4, ipv6=v6)
 
     @maps_errors
     def AssignIP(self, request, context):
         pool = self.ipam.assign_ip(request.ip, request.handle_id, request.hostname,
-                                   dict(request.attributes))
+                                   dict(request.attributes), deadline=commit_deadline(context))
         return ipam_pb2.AssignIPResponse(pool=str(pool.cidr))
 
     @maps_errors
     def ReleaseIPs(self, request, context):
-        released, missing = self.ipam.release_ips(list(request.ips), request.handle_id or None)
+        released, missing = self.ipam.release_ips(list(request.ips), request.handle_id or None,
+                                                  force=request.force)
         return ipam_pb2.ReleaseIPsResponse(released=released, not_assigned=missing)
 
     @maps_errors
@@ -89,3 +117,10 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
             problems=[ipam_pb2.Problem(kind=p.kind, subject=p.subject, detail=p.detail)
                       for p in problems],
             blocks_checked=nblocks, handles_checked=nhandles)
+
+    @maps_errors
+    def ReleaseHost(self, request, context):
+        done = self.ipam.release_host(request.hostname)
+        return ipam_pb2.ReleaseHostResponse(released=done.released,
+                                            blocks_freed=done.blocks_freed,
+                                            blocks_unaffined=done.blocks_unaffined)

@@ -53,3 +53,42 @@ def test_pending_claim_with_block_written_is_confirmed(store, ipam_client, calic
     assert calicoctl("ipam", "check").returncode == 0
     every = [ip, other] + all_addresses(ipam_client, ["host-a", "host-b"])
     assert len(every) == len(set(every)) == 128
+
+
+def test_a_new_hosts_first_allocations_through_two_replicas_claim_one_block(
+        store, ipam_client, calicoctl, service_security):
+    """Each new host gets its first two addresses at the same moment, one from
+    each of two IPAM replicas: one block per host, not one per replica."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.ipam.allocator import Ipam
+    from services.ipam.server import create_server
+    from tests.conftest import IpamClient
+
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.61.0.0/16"))
+    second, port = create_server("127.0.0.1:0", Ipam(store), security=service_security("ipam"))
+    second.start()
+    other = IpamClient(f"127.0.0.1:{port}")
+    hosts = [f"new-{n}" for n in range(16)]
+    try:
+        def first_allocations(host):
+            start = threading.Barrier(2)
+
+            def allocate(client, n):
+                start.wait()
+                client.auto_assign(num_ipv4=1, handle_id=f"{host}/w{n}", hostname=host)
+            threads = [threading.Thread(target=allocate, args=(c, n))
+                       for n, c in enumerate((ipam_client, other))]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(first_allocations, hosts))
+    finally:
+        other.channel.close()
+        second.stop(grace=None).wait()
+    usage = ipam_client.get_usage()
+    assert {h.host: (h.blocks, h.allocated) for h in usage.hosts} == \
+        {host: (1, 2) for host in hosts}
+    check = calicoctl("ipam", "check")
+    assert check.returncode == 0 and "no problems found" in check.stdout, check.stdout

@@ -44,6 +44,9 @@ def test_eight_processes_four_hosts_exhaust_a_slash_24(store, ipam_client, ipam_
     usage = ipam_client.get_usage()
     assert usage.pools[0].allocated == 256
     assert {h.host for h in usage.hosts} == {f"host-{n}" for n in range(4)}
+    # Everything they got is consistent: blocks, affinities, handles.
+    check = calicoctl("ipam", "check")
+    assert check.returncode == 0 and "no problems found" in check.stdout, check.stdout
 
     for n, r in enumerate(results):
         for i in range(len(r["ips"])):

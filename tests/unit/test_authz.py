@@ -58,6 +58,13 @@ CASES = [
     ("scheduler:k", BGP + "AddPeer", bgp_pb2.AddPeerRequest(peer=bgp_pb2.Peer(ip="10.0.0.1")), False),
     ("scheduler:k", BGP + "RegisterNode", bgp_pb2.RegisterNodeRequest(node=bgp_pb2.Node(name="k")), False),
     ("scheduler:k", EP + "AddEndpoint", endpoint_pb2.AddEndpointRequest(workload_id="w"), True),
+    # retiring a host (calicoctl node remove) is the administrator's alone
+    ("admin", IPAM + "ReleaseHost", ipam_pb2.ReleaseHostRequest(hostname="a"), True),
+    ("node:a", IPAM + "ReleaseHost", ipam_pb2.ReleaseHostRequest(hostname="a"), False),
+    ("scheduler:k", IPAM + "ReleaseHost", ipam_pb2.ReleaseHostRequest(hostname="a"), False),
+    # a forced release names no handle: a node's is refused like any release without one
+    ("node:a", IPAM + "ReleaseIPs",
+     ipam_pb2.ReleaseIPsRequest(ips=["10.0.0.1"], force=True), False),
     # anything else
     ("mallory", IPAM + "ListPools", ipam_pb2.ListPoolsRequest(), False),
     ("service:ipam", IPAM + "ListPools", ipam_pb2.ListPoolsRequest(), False),
@@ -120,3 +127,10 @@ def test_a_denial_is_logged_once(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "calico-authz"]
     assert len(lines) == 1
     assert "node:a" in lines[0] and "CreatePool" in lines[0] and "10.0.0.0/8" in lines[0]
+
+
+def test_retiring_a_host_is_refused_with_its_reason():
+    why = Authorizer().check("node:a", IPAM + "ReleaseHost",
+                             ipam_pb2.ReleaseHostRequest(hostname="a"))
+    assert why == ("node:a lacks permission for ReleaseHost (hostname a): retiring a host "
+                   "is the administrator's.")
