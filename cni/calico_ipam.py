@@ -4,7 +4,10 @@ for another plugin (e.g. Debian's ``ptp``) to configure.
 Each attachment's addresses belong to the IPAM handle
 ``<node>/cni-ipam/<network>/<container id>/<ifname>``, so a retried ADD gets
 the same addresses back, DEL releases exactly them (and succeeds when there
-are none), and GC can tell the network's attachments on this node apart.
+are none), and GC can tell the network's attachments on this node apart. An
+ADD's claim carries the request id ``cni-add`` (the handle names the
+attachment already), so that two ADDs of one attachment at once, or an IPAM
+call retried on another replica, never claim twice.
 
 Each address is reported with the prefix length of its pool and the
 gateway 169.254.1.1 (IPv6: fe80::ecee:eeff:feee:eeee): the pool is reached
@@ -26,6 +29,7 @@ from cni import config, skel, spec
 from cni.spec import CniError
 
 HANDLE_ORCHESTRATOR = "cni-ipam"
+ADD_REQUEST = "cni-add"     # an ADD's request id, within the attachment's handle
 
 
 def handle_prefix(node: str, network: str) -> str:
@@ -79,7 +83,8 @@ class CalicoIpamPlugin:
         if not a.ips:
             resp = clients.call("ipam", "AutoAssign", ipam_pb2.AutoAssignRequest(
                 num_ipv4=int(a.ipv4), num_ipv6=int(a.ipv6), handle_id=handle, hostname=node,
-                attributes=attrs, ipv4_pools=a.ipv4_pools, ipv6_pools=a.ipv6_pools))
+                attributes=attrs, ipv4_pools=a.ipv4_pools, ipv6_pools=a.ipv6_pools,
+                request_id=ADD_REQUEST))
             return list(resp.ipv4) + list(resp.ipv6)
         try:
             for ip in a.ips:

@@ -99,8 +99,10 @@ class EndpointClient:
         body = json.dumps(request).encode()
         conn = _UnixConnection(self.path, self.timeout)
         try:
+            # Our deadline, so that the service gives up (and undoes) first.
             conn.request("POST", f"/{ENDPOINT_SERVICE}/{method}", body,
-                         {"Content-Type": "application/json"})
+                         {"Content-Type": "application/json",
+                          "Grpc-Timeout": f"{max(1, int(self.timeout * 1000))}m"})
             response = conn.getresponse()
             status, data = response.status, response.read()
         except TimeoutError:

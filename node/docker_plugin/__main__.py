@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     # The engine itself, wherever it listens (proxied or not).
     docker_sock = config.DOCKER_HOST.resolve()
     engine = LocalEngine(docker_sock, real_socket(docker_sock))
-    network = NetworkDriver(endpoints, policy, engine)
+    ipam_driver = IpamDriver(ipam, node)
+    network = NetworkDriver(endpoints, policy, engine, handles=ipam_driver.handle_of)
     methods.update(network.methods())
-    methods.update(IpamDriver(ipam, node).methods())
+    methods.update(ipam_driver.methods())
 
     shared_dir(plugin_dir)           # Docker's folder, shared with other plugins
     path = os.path.join(plugin_dir, SOCKET_NAME)

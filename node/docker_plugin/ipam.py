@@ -8,12 +8,19 @@ never asks for one: Calico workloads route through their host.
 
 Each address is claimed under a handle of its own, ``<node>/docker-ipam/<n>``,
 that names this node: Docker releases an address by value, so the handle is
-found from the allocation, and ``calicoctl ipam`` shows who holds it.
+found from the allocation, and ``calicoctl ipam`` shows who holds it. The
+claim's request id is ``<n>`` too, so an IPAM call retried (on another
+replica) gets the same address rather than a second one. The network
+driver names the handle in the endpoint it makes for the address
+(``handle_of``), which is how IPAM's garbage collector tells a live Docker
+address from one whose container never came (the plugin died between the
+claim and its answer, or Docker lost the answer).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import threading
 import uuid
 
 from calico.ipam.v1 import ipam_pb2
@@ -25,6 +32,9 @@ ANY_POOL = {4: "0.0.0.0/0", 6: "::/0"}
 GATEWAY_KEY = "com.docker.network.gateway"
 REQUEST_TYPE_KEY = "RequestAddressType"
 HANDLE_ORCHESTRATOR = "docker-ipam"
+# Addresses this process claimed, remembered (as a hint) for the network
+# driver's CreateEndpoint, which comes right after.
+REMEMBERED = 1024
 
 
 def _pool_id(cidr: str) -> str:
@@ -41,6 +51,8 @@ class IpamDriver:
     def __init__(self, ipam, node: str):
         self.ipam = ipam            # a calicopy.rpc.Client of the IPAM service
         self.node = node
+        self._handles: dict[str, str] = {}      # address -> handle, newest last
+        self._lock = threading.Lock()
 
     def methods(self) -> dict:
         return {
@@ -80,7 +92,8 @@ class IpamDriver:
         if (req.get("Options") or {}).get(REQUEST_TYPE_KEY) == GATEWAY_KEY:
             raise InvalidArgument("Calico networks route through their host and have no "
                                   "gateway address: leave --gateway out.")
-        handle = f"{self.node}/{HANDLE_ORCHESTRATOR}/{uuid.uuid4().hex}"
+        claim = uuid.uuid4().hex
+        handle = f"{self.node}/{HANDLE_ORCHESTRATOR}/{claim}"
         attrs = {"node": self.node, "orchestrator": "docker"}
         wanted = req.get("Address") or ""
         if wanted:
@@ -97,10 +110,25 @@ class IpamDriver:
             v6 = pool.version == 6
             resp = self.ipam.call("AutoAssign", ipam_pb2.AutoAssignRequest(
                 num_ipv4=0 if v6 else 1, num_ipv6=1 if v6 else 0, handle_id=handle,
-                hostname=self.node, attributes=attrs,
+                hostname=self.node, attributes=attrs, request_id=claim,
                 ipv4_pools=[] if v6 else only, ipv6_pools=only if v6 else []))
             ip = ipaddress.ip_address((list(resp.ipv6) if v6 else list(resp.ipv4))[0])
+        with self._lock:
+            self._handles.pop(str(ip), None)
+            self._handles[str(ip)] = handle
+            while len(self._handles) > REMEMBERED:
+                del self._handles[next(iter(self._handles))]
         return {"Address": f"{ip}/{ip.max_prefixlen}", "Data": {}}
+
+    def handle_of(self, ip: str) -> str:
+        """The handle that holds ``ip`` ("" if none): remembered from the
+        claim, else asked of IPAM (a plugin restarted in between)."""
+        with self._lock:
+            handle = self._handles.get(ip)
+        if handle is None:
+            found = self.ipam.call("GetAllocation", ipam_pb2.GetAllocationRequest(ip=ip))
+            handle = found.handle_id if found.allocated else ""
+        return handle
 
     def release_address(self, req: dict) -> dict:
         """Idempotent: Docker may release an address twice (after a crash)."""

@@ -7,6 +7,10 @@ plumbing at CreateEndpoint, "detached": the veth's workload side waits in the
 host's namespace under a name derived from Docker's endpoint id, and Join
 tells Docker to move it into the container and to route through the host.
 
+The endpoint names the IPAM handles of its addresses in its label
+``docker-ipam-handles`` (from the IPAM driver, ``handle_of``), which ties
+them together for IPAM's garbage collector (services/ipam/owners.py).
+
 Networks are local to each engine (as Docker keeps them without a cluster
 store), so every host runs ``docker network create`` for itself; the profile
 is named after the network, which is what makes "web" on one host and "web"
@@ -20,13 +24,14 @@ import logging
 from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
 from calicopy.errors import AlreadyExists, CalicoError, InvalidArgument, NotFound
+from calicopy.model.endpoint import DOCKER_IPAM_HANDLES_LABEL, IPV4_GATEWAY, IPV6_GATEWAY
 from node.docker_plugin.ipam import ADDRESS_SPACES
-from calicopy.model.endpoint import IPV4_GATEWAY, IPV6_GATEWAY
 
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR = "docker"
 NETWORK_LABEL = "docker-network-id"
+IPAM_HANDLES_LABEL = DOCKER_IPAM_HANDLES_LABEL
 PEER_PREFIX = "tmp"
 ROUTE_CONNECTED = 1        # libnetwork's RouteType for an on-link route
 
@@ -40,10 +45,11 @@ def _addresses(interface: dict) -> list[str]:
 
 
 class NetworkDriver:
-    def __init__(self, endpoints, policy, docker):
+    def __init__(self, endpoints, policy, docker, handles=None):
         self.endpoints = endpoints      # calicopy.rpc.Client of this node's endpoint service
         self.policy = policy            # calicopy.rpc.Client of the policy service
         self.docker = docker            # calicopy.docker_engine.LocalEngine
+        self.handles = handles          # address -> its IPAM handle (IpamDriver.handle_of)
         # Network id -> profile, once made sure of: a network's id and name
         # never change, and the lookups are most of a CreateEndpoint's time.
         self._profiles: dict[str, str] = {}
@@ -100,11 +106,13 @@ class NetworkDriver:
                                   "with --ipam-driver calico-ipam.")
         network_id, docker_ep = req["NetworkID"], req["EndpointID"]
         profile = self._profile_for(network_id)
+        labels = {"docker-network": profile, NETWORK_LABEL: network_id}
+        if self.handles is not None:
+            labels[IPAM_HANDLES_LABEL] = ",".join(filter(None, map(self.handles, ips)))
         ep = self.endpoints.call("AddEndpoint", endpoint_pb2.AddEndpointRequest(
             orchestrator=ORCHESTRATOR, workload_id=docker_ep, peer_name=peer_name(docker_ep),
             ips=ips, ips_preassigned=True, profile_ids=[profile],
-            mac=interface.get("MacAddress") or "",
-            labels={"docker-network": profile, NETWORK_LABEL: network_id})).endpoint
+            mac=interface.get("MacAddress") or "", labels=labels)).endpoint
         # Docker keeps a MAC it chose; it takes ours only when it had none.
         return {} if interface.get("MacAddress") else {"Interface": {"MacAddress": ep.mac}}
 

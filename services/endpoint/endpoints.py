@@ -16,6 +16,12 @@ Invariants, and how each operation keeps them:
 
 Operations on one workload are serialised by a lock per workload; reconcile
 takes the same locks, so it never races an operation in flight.
+
+Calls to IPAM that allocate carry a request id (derived from the record the
+add or address change is about, so a retried IPAM call gets the same
+addresses) and, when the caller gave a deadline, a deadline IPAM_RESERVE
+seconds before it: IPAM gives up before it would commit after this service
+had to give up and tear down.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ DEFAULT_INTERFACE = "eth0"
 MAX_AUTO = 64
 MIN_MTU, MAX_MTU = 68, 65535    # IPv4's minimum; a veth's maximum
 MIN_MTU_IPV6 = 1280             # below it the kernel turns IPv6 off on the link
+# Seconds of a caller's deadline kept for what an add does after IPAM (the
+# kernel, the record, a teardown on failure).
+IPAM_RESERVE = 1.0
 _ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -56,9 +65,10 @@ class IpamApi(Protocol):
     tests the IPAM domain object itself)."""
 
     def auto_assign(self, num_ipv4, num_ipv6, handle_id, host, attributes,
-                    ipv4_pools, ipv6_pools) -> tuple[list[str], list[str]]: ...
+                    ipv4_pools, ipv6_pools, request_id="", deadline=None
+                    ) -> tuple[list[str], list[str]]: ...
 
-    def assign_ip(self, ip, handle_id, host, attributes): ...
+    def assign_ip(self, ip, handle_id, host, attributes, deadline=None): ...
 
     def release_ips(self, ips, handle_id=None): ...
 
@@ -136,6 +146,10 @@ def _interface(name: str) -> str:
     return name
 
 
+def _ipam_deadline(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - IPAM_RESERVE
+
+
 def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
@@ -189,7 +203,8 @@ class EndpointManager:
 
     # Add -----------------------------------------------------------------------
 
-    def add(self, req: AddRequest) -> Endpoint:
+    def add(self, req: AddRequest, deadline: float | None = None) -> Endpoint:
+        """Add the endpoint; ``deadline`` is the caller's (time.monotonic())."""
         _workload(req.orchestrator, req.workload_id)
         interface = _interface(req.interface_name)
         explicit = [_ip(ip) for ip in req.ips]
@@ -245,15 +260,18 @@ class EndpointManager:
             if not created:
                 raise AlreadyNetworked(req.workload_id)
             self._in_flight.add(key)
+            ipam_deadline = _ipam_deadline(deadline)
             try:
                 ips = list(explicit) if req.ips_preassigned else []
                 for ip in [] if req.ips_preassigned else explicit:
-                    self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
+                    self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep),
+                                        deadline=ipam_deadline)
                     ips.append(ip)
                 if req.auto_ipv4 or req.auto_ipv6:
                     v4, v6 = self.ipam.auto_assign(
                         req.auto_ipv4, req.auto_ipv6, ep.handle, self.node,
-                        self._attrs(ep), list(req.ipv4_pools), list(req.ipv6_pools))
+                        self._attrs(ep), list(req.ipv4_pools), list(req.ipv6_pools),
+                        request_id=f"add:{ep_id}@{created}", deadline=ipam_deadline)
                     ips += v4 + v6
                 failpoints.reached("endpoint-add-after-claim")
                 ep.set_ips(ips)
@@ -376,8 +394,10 @@ class EndpointManager:
     # Addresses -------------------------------------------------------------------
 
     def add_address(self, orchestrator, workload_id, interface, ip_text="", auto_ipv4=0,
-                    auto_ipv6=0, ipv4_pools=(), ipv6_pools=()) -> Endpoint:
-        """Add a given address, or auto-assigned ones, to an endpoint."""
+                    auto_ipv6=0, ipv4_pools=(), ipv6_pools=(),
+                    deadline: float | None = None) -> Endpoint:
+        """Add a given address, or auto-assigned ones, to an endpoint
+        (``deadline``: the caller's, a time.monotonic() time)."""
         _workload(orchestrator, workload_id)
         interface = _interface(interface)
         ip = _ip(ip_text) if ip_text else ""
@@ -393,13 +413,19 @@ class EndpointManager:
             if not self.ipv6 and (auto_ipv6 or ":" in ip):
                 raise NoIpv6()
             _mtu(ep.mtu, bool(auto_ipv6) or ":" in ip)
+            ipam_deadline = _ipam_deadline(deadline)
             if ip:
-                self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep))
+                self.ipam.assign_ip(ip, ep.handle, self.node, self._attrs(ep),
+                                    deadline=ipam_deadline)
                 new = [ip]
             else:
-                v4, v6 = self.ipam.auto_assign(auto_ipv4, auto_ipv6, ep.handle, self.node,
-                                               self._attrs(ep), list(ipv4_pools),
-                                               list(ipv6_pools))
+                # The record's revision names this change: a retried IPAM call
+                # repeats it, a later AddAddress (the record changed) does not.
+                v4, v6 = self.ipam.auto_assign(
+                    auto_ipv4, auto_ipv6, ep.handle, self.node, self._attrs(ep),
+                    list(ipv4_pools), list(ipv6_pools),
+                    request_id=f"address:{ep.endpoint_id}@{kv.mod_revision}",
+                    deadline=ipam_deadline)
                 new = v4 + v6
             before = list(ep.ips)
             try:

@@ -18,7 +18,9 @@ mapping says), or another status with ``{"code": "<gRPC status name>",
 "message": "..."}``: the status the gRPC server would have given, and the
 HTTP status grpc-gateway gives it (``HTTP_STATUS``). An unknown method is
 404 ``UNIMPLEMENTED``; a body that is not JSON of the request message is 400
-``INVALID_ARGUMENT``.
+``INVALID_ARGUMENT``. A ``Grpc-Timeout`` header (gRPC's format, e.g. ``10S``
+or ``500m``; grpc-gateway honours it too) is the call's deadline, which the
+servicer bounds its own calls by; without it the call has none.
 
 No logic of its own: a call runs the same ``EndpointServicer`` method, over
 the same ``EndpointManager``, as the gRPC server, and a domain error becomes a
@@ -41,9 +43,11 @@ import logging
 import os
 import socket
 import socketserver
+import re
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 
 import grpc
@@ -84,11 +88,30 @@ class CallFailed(Exception):
 
 class _Context:
     """The part of ``grpc.ServicerContext`` the servicer uses: ``abort``,
-    which here raises instead of ending an RPC."""
+    which here raises instead of ending an RPC, and ``time_remaining``."""
+
+    def __init__(self, timeout: float | None = None):
+        self._deadline = None if timeout is None else time.monotonic() + timeout
 
     @staticmethod
     def abort(code: grpc.StatusCode, details: str):
         raise CallFailed(code, details)
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+
+_TIMEOUT_RE = re.compile(r"(\d{1,8})([HMSmun])\Z")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_grpc_timeout(text: str) -> float:
+    """Seconds, from a gRPC ``grpc-timeout`` value (digits and a unit)."""
+    found = _TIMEOUT_RE.match(text.strip())
+    if not found:
+        raise CallFailed(S.INVALID_ARGUMENT, f"Invalid Grpc-Timeout '{text}': give digits and "
+                         "a unit (H, M, S, m, u or n), e.g. 10S.")
+    return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
 
 
 class JsonGateway:
@@ -110,10 +133,12 @@ class JsonGateway:
 
     # One call, without HTTP: what tests and the handler use -----------------------
 
-    def call(self, url_path: str, body: bytes) -> tuple[int, bytes]:
-        """(HTTP status, JSON body) for a POST of ``body`` to ``url_path``."""
+    def call(self, url_path: str, body: bytes, timeout: float | None = None
+             ) -> tuple[int, bytes]:
+        """(HTTP status, JSON body) for a POST of ``body`` to ``url_path``,
+        within ``timeout`` seconds (the caller's deadline) if given."""
         try:
-            response = self._call(url_path, body)
+            response = self._call(url_path, body, timeout)
             status, answer = 200, json_format.MessageToDict(
                 response, preserving_proto_field_name=True)
         except CallFailed as failed:
@@ -121,7 +146,7 @@ class JsonGateway:
                                                   "message": failed.message}
         return status, json.dumps(answer, separators=(",", ":")).encode()
 
-    def _call(self, url_path: str, body: bytes):
+    def _call(self, url_path: str, body: bytes, timeout: float | None):
         name = url_path[len(PATH_PREFIX):] if url_path.startswith(PATH_PREFIX) else None
         if name not in self._methods:
             raise CallFailed(S.UNIMPLEMENTED, f"Unknown method {url_path}: POST to "
@@ -138,7 +163,7 @@ class JsonGateway:
             raise CallFailed(S.INVALID_ARGUMENT, f"Invalid {request_class.DESCRIPTOR.name} in "
                              f"the body: {exc}") from None
         with self._slots:
-            return method(request, _Context())
+            return method(request, _Context(timeout))
 
     # Serving ----------------------------------------------------------------------
 
@@ -247,7 +272,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._failure(S.RESOURCE_EXHAUSTED,
                                  f"The body is larger than {MAX_BODY} bytes.", 413)
-        return gateway.call(self.path, self.rfile.read(length))
+        body = self.rfile.read(length)
+        header = self.headers.get("Grpc-Timeout")
+        try:
+            timeout = None if header is None else parse_grpc_timeout(header)
+        except CallFailed as bad:
+            return self._failure(bad.code, bad.message, bad.http_status)
+        return gateway.call(self.path, body, timeout)
 
     @staticmethod
     def _failure(code: grpc.StatusCode, message: str, http_status: int) -> tuple[int, bytes]:

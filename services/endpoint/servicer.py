@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calicopy.api.endpoint import add_request_from_msg
 from calicopy.api.endpoint import endpoint_to_msg as endpoint_msg
 from calicopy.rpc import maps_errors
 from services.endpoint.endpoints import EndpointManager
+
+
+def caller_deadline(context) -> float | None:
+    """The caller's deadline as a time.monotonic() time; None without one
+    (the JSON gateway's callers, unless they send grpc-timeout)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
@@ -16,7 +25,7 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
 
     @maps_errors
     def AddEndpoint(self, request, context):
-        ep = self.manager.add(add_request_from_msg(request))
+        ep = self.manager.add(add_request_from_msg(request), deadline=caller_deadline(context))
         return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors
@@ -30,7 +39,7 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
         ep = self.manager.add_address(
             request.orchestrator, request.workload_id, request.interface_name, request.ip,
             request.auto_ipv4, request.auto_ipv6, list(request.ipv4_pools),
-            list(request.ipv6_pools))
+            list(request.ipv6_pools), deadline=caller_deadline(context))
         return endpoint_pb2.AddAddressResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors

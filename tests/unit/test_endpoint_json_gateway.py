@@ -278,3 +278,30 @@ def test_a_caller_that_is_not_root_is_refused(world, monkeypatch):
     assert post(gateway.path, "AddEndpoint", json.dumps(ADD)) == refusal
     assert post(gateway.path, "ListEndpoints", "{}", verb="GET") == refusal
     assert manager.list() == []
+
+
+def test_the_callers_grpc_timeout_bounds_the_add(world):
+    """As with grpc-gateway, a Grpc-Timeout header is the call's deadline: an
+    add with too little of it left gives up before claiming, and undoes."""
+    manager, dataplane, gateway, _ = world
+    status, answer = post(gateway.path, "AddEndpoint", json.dumps(ADD),
+                          {"Grpc-Timeout": "500m"})
+    assert (status, answer["code"]) == (504, "DEADLINE_EXCEEDED")
+    assert manager.list() == [] and not dataplane.interfaces
+    status, answer = post(gateway.path, "AddEndpoint", json.dumps(ADD),
+                          {"Grpc-Timeout": "10S"})
+    assert status == 200 and answer["endpoint"]["ipv4_nets"]
+    status, answer = post(gateway.path, "ListEndpoints", "{}", {"Grpc-Timeout": "soon"})
+    assert (status, answer) == (400, {"code": "INVALID_ARGUMENT", "message":
+                                      "Invalid Grpc-Timeout 'soon': give digits and a unit "
+                                      "(H, M, S, m, u or n), e.g. 10S."})
+
+
+def test_the_cni_client_sends_its_timeout(world):
+    manager, dataplane, gateway, _ = world
+    seen = []
+    real = gateway.call
+    gateway.call = lambda path, body, timeout=None: seen.append(timeout) or real(path, body,
+                                                                                timeout)
+    client(gateway, timeout=7.5).add_endpoint(**ADD)
+    assert seen == [7.5]

@@ -1,10 +1,13 @@
 """EndpointManager over an in-memory store, the real IPAM domain and a fake kernel."""
 
+import time
+
 import pytest
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
-from calicopy.errors import AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument, NotFound
+from calicopy.errors import (AlreadyExists, CalicoError, DeadlineExceeded, FailedPrecondition,
+                             InvalidArgument, NotFound)
 from services.endpoint.endpoints import AddRequest, EndpointManager
 from calicopy.model.endpoint import PENDING, Endpoint, endpoint_id
 from services.ipam.allocator import Ipam
@@ -383,3 +386,27 @@ def test_preassigned_address_of_another_endpoint_is_refused(world):
         add(manager, orchestrator="docker", workload_id="e9", netns_path="",
             peer_name="tmpe9", ips=["10.0.0.5"], ips_preassigned=True)
     assert len(manager.list()) == 1
+
+
+# Requests and deadlines towards IPAM.
+
+def test_claims_carry_a_request_id_so_an_ipam_retry_repeats_them(world):
+    store, ipam, dataplane, manager = world
+    ep = add(manager, auto_ipv4=1)
+    [(request_id, record)] = store.json(keys.handle(HANDLE))["requests"].items()
+    assert record["ips"] == ep.ips
+    # What an IPAM client retrying the call (on another replica) gets: the same.
+    assert ipam.auto_assign(1, 0, HANDLE, "node-1", {}, request_id=request_id) == (ep.ips, [])
+    assert allocated(ipam) == 1
+    manager.add_address("netns", "wl1", "eth0", auto_ipv4=1)
+    assert len(store.json(keys.handle(HANDLE))["requests"]) == 2 and allocated(ipam) == 2
+
+
+def test_an_add_near_its_callers_deadline_gives_up_before_claiming(world):
+    store, ipam, dataplane, manager = world
+    request = AddRequest(orchestrator="netns", workload_id="wl1", netns_path=NS, auto_ipv4=1)
+    # IPAM gets the caller's time less what the add needs afterwards.
+    with pytest.raises(DeadlineExceeded):
+        manager.add(request, deadline=time.monotonic() + 0.5)
+    assert manager.list() == [] and allocated(ipam) == 0 and not dataplane.interfaces
+    assert manager.add(request, deadline=time.monotonic() + 30).ips
