@@ -6,13 +6,14 @@ Usage:
   calicoctl pool show [--ipv4 | --ipv6]
   calicoctl ipam show [--ip=<IP>]
   calicoctl ipam check
-  calicoctl ipam release --ip=<IP>
+  calicoctl ipam release --ip=<IP> [--force]
   calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
   calicoctl container show
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
   calicoctl node stop [--force]
+  calicoctl node remove --name=<NAME>
   calicoctl node bgp peer (add|remove) <PEER_IP> as <AS_NUM>
   calicoctl node bgp peer show [--ipv4 | --ipv6]
   calicoctl status

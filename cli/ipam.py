@@ -3,15 +3,22 @@
 Usage:
   calicoctl ipam show [--ip=<IP>]
   calicoctl ipam check
-  calicoctl ipam release --ip=<IP>
+  calicoctl ipam release --ip=<IP> [--force]
 
 Options:
   --ip=<IP>   The address to describe or release.
+  --force     Release the address even though a live workload's endpoint
+              lists it (another workload may then get it while the first
+              still uses it).
 
 `ipam show` reports usage per pool, per block and per host; with --ip it says
 who owns that address. `ipam check` cross-checks blocks, host affinities and
-handles, lists any inconsistency and exits 1 if it found one. `ipam release`
-frees one address whatever owns it: use it for addresses that leaked.
+handles, and endpoints against allocations both ways (an endpoint address that
+is not allocated to it; an allocation whose endpoint or node is gone), lists
+any inconsistency with what to run, and exits 1 if it found one. `ipam
+release` frees one address whatever handle holds it: use it for addresses
+that leaked. An address a live workload's endpoint lists is refused unless
+--force.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ def run(args: dict) -> None:
     elif args["check"]:
         check()
     else:
-        release(args["--ip"])
+        release(args["--ip"], args["--force"])
 
 
 def show_usage() -> None:
@@ -71,9 +78,10 @@ def check() -> None:
     raise CliError("IPAM data is inconsistent; see the problems above.")
 
 
-def release(ip_text: str) -> None:
+def release(ip_text: str, force: bool = False) -> None:
     ip = validate.ip(ip_text)
-    resp = client.call(client.ipam(), "ReleaseIPs", ipam_pb2.ReleaseIPsRequest(ips=[ip]))
+    resp = client.call(client.ipam(), "ReleaseIPs", ipam_pb2.ReleaseIPsRequest(ips=[ip],
+                                                                              force=force))
     if not resp.released:
         raise CliError(f"IP {ip} is not assigned.")
     print(f"Released {ip}.")

@@ -4,6 +4,7 @@ Usage:
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
                  [--node-cert=<FILE> --node-key=<FILE>]
   calicoctl node stop [--force] [--name=<NAME>]
+  calicoctl node remove --name=<NAME>
   calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
   calicoctl node bgp peer remove <PEER_IP> [as <AS_NUM>] [--name=<NAME>]
   calicoctl node bgp peer show [--ipv4 | --ipv6] [--name=<NAME>]
@@ -28,7 +29,14 @@ Options:
 none, registers the node and starts its processes (endpoint service, BIRD and
 its config renderer) under a supervisor that restarts them if they die. Run
 again, it only updates the registration. `node stop` stops them and removes
-the node's configuration. Both must run as root.
+the node's configuration. All of these must run as root.
+
+`node remove --name=<NAME>` retires a node from any host, whether it is dead
+or alive: its addresses are released, its block affinities dropped (blocks
+that still hold other hosts' addresses stay, without affinity), and its
+records removed (endpoints, node, its own BGP peers, status). If the node
+runs on this host, its processes are stopped first (as `node stop --force`
+does); processes still running elsewhere must be stopped there.
 
 calicoctl itself acts as the operator (admin, CALICO_TLS_*); the node's
 processes act as node:<name>, which may change only that node's own records
@@ -72,6 +80,8 @@ def run(args: dict) -> None:
         peers(args, name)
     elif args["stop"]:
         stop(name, args["--force"])
+    elif args["remove"]:
+        remove(name)
     else:
         start(name, args["--ip"], args["--ip6"], args["--as"],
               node_credentials(name, args["--node-cert"], args["--node-key"]))
@@ -221,18 +231,57 @@ def stop(name: str, force: bool) -> None:
     print("Node stopped and all configuration removed")
 
 
-def _remove_endpoints(name: str) -> None:
+def remove(name: str) -> None:
+    """Retire node ``name``: records (BGP service) first, so that no endpoint
+    lists an address once it is free, then its addresses and blocks (IPAM)."""
+    released = []       # by its endpoint service, when it runs here
+    if supervisor_pid(name):
+        try:
+            released = _remove_endpoints(name)
+        except CliError as exc:         # its endpoint service is gone: stop it all the same
+            print(f"WARNING: could not remove the endpoints of node {name} through its "
+                  f"endpoint service ({exc}); its interfaces stay until it starts again.",
+                  file=sys.stderr)
+        _stop_process_group(supervisor_pid(name) or 0)
+        _flush_bird_routes()
+    registered = True
+    try:
+        client.bgp().call("DeleteNode", bgp_pb2.DeleteNodeRequest(name=name, force=True))
+    except client.RpcFailure as exc:
+        if exc.code != grpc.StatusCode.NOT_FOUND:
+            raise CliError(str(exc)) from None
+        registered = False
+    done = client.call(client.ipam(), "ReleaseHost", ipam_pb2.ReleaseHostRequest(hostname=name))
+    released += done.released
+    if not (registered or released or done.blocks_freed or done.blocks_unaffined):
+        raise CliError(f"Node {name} is not registered and holds no addresses or blocks: "
+                       "nothing to remove.")
+    kept = (f"; {len(done.blocks_unaffined)} block(s) still hold other hosts' addresses and "
+            "stay, without affinity") if done.blocks_unaffined else ""
+    print(f"Removed node {name}: released {len(released)} address(es) and freed "
+          f"{len(done.blocks_freed)} block(s){kept}.")
+
+
+def _remove_endpoints(name: str) -> list[str]:
+    """Remove every endpoint of the node through its endpoint service; the
+    addresses that released."""
     from calico.endpoint.v1 import endpoint_pb2_grpc
     service = client.Service("endpoint service", config.ENDPOINT_ADDR,
                              endpoint_pb2_grpc.EndpointServiceStub,
                              addr=config.endpoint_addr(node=name))
     eps = client.call(service, "ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
+    released = []
     for workload in sorted({(e.orchestrator, e.workload_id) for e in eps}):
-        client.call(service, "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
-            orchestrator=workload[0], workload_id=workload[1]))
+        removed = client.call(service, "RemoveEndpoint", endpoint_pb2.RemoveEndpointRequest(
+            orchestrator=workload[0], workload_id=workload[1])).removed
+        released += [net.split("/")[0] for ep in removed
+                     for net in list(ep.ipv4_nets) + list(ep.ipv6_nets)]
+    return released
 
 
 def _stop_process_group(pid: int) -> None:
+    if not pid:
+        return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:

@@ -12,7 +12,8 @@ Options:
   --block-size=<N>    Prefix length of the pool's allocation blocks: IPv4 20-32
                       (default 26), IPv6 116-128 (default 122).
   --force             Remove the pool even though addresses are allocated from
-                      it; those allocations are dropped.
+                      it; those allocations are dropped, and the endpoints that
+                      still use them are named (remove their workloads).
   --ipv4              Show only IPv4 pools.
   --ipv6              Show only IPv6 pools.
 
@@ -22,6 +23,8 @@ a bare address becomes a /32 (or /128) pool.
 """
 
 from __future__ import annotations
+
+import sys
 
 import grpc
 
@@ -91,6 +94,10 @@ def remove(cidr_text: str, force: bool) -> None:
         raise CliError(str(exc)) from None
     dropped = f" and released {resp.released} allocated address(es)" if resp.released else ""
     print(f"Removed pool {cidr}{dropped}.")
+    for ep in resp.endpoints:
+        print(f"WARNING: endpoint {ep.endpoint_id} ({ep.orchestrator} workload {ep.workload_id} "
+              f"on node {ep.node}) still uses {', '.join(ep.ips)}, which lies in no pool now: "
+              "remove its workload.", file=sys.stderr)
 
 
 def show(version: int | None) -> None:

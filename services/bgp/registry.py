@@ -66,7 +66,8 @@ class BgpRegistry:
             for kv in kvs[start:start + _TXN_OPS]:
                 txn.delete(kv)
             self.store.commit(txn)   # a key changed meanwhile stays; reported below
-        left = [kv.key for kv in self.store.list(keys.host(name)) if not keys.is_bgp_status(kv.key)]
+        # A live node may report again meanwhile (status, progress): not a change.
+        left = [kv.key for kv in self.store.list(keys.host(name)) if not keys.is_report(kv.key)]
         if left:
             raise BadInput(f"Node {name} changed while being deleted; run the command again.")
 

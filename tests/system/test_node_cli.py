@@ -5,6 +5,7 @@ import tarfile
 import pytest
 
 from calico.ipam.v1 import ipam_pb2
+from calicopy.datastore import keys
 from tests.cli import fails
 
 
@@ -64,3 +65,19 @@ def test_shownodes_diags_and_reset(host, lab, tmp_path, store):
     done = host.calicoctl("reset", "--yes")
     assert done.returncode == 0 and "all calico-py data is gone" in done.stdout
     assert store.list("/calico/") == []
+
+
+def test_node_remove_on_the_host_where_it_runs(host, ipam_client, store):
+    """The node alive, removed from its own host: its workloads' endpoints go
+    through its endpoint service, its processes stop, its block and records go."""
+    w = host.add_workload("w1")
+    result = host.calicoctl("node", "remove", "--name=h1")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "Removed node h1: released 1 address(es) and freed 1 block(s).\n"
+    assert host.supervisor_pid() is None
+    assert "cali" not in host.ns.run("ip", "link").stdout
+    assert "eth0" not in w.ns.run("ip", "link").stdout
+    assert store.list(keys.host("h1")) == [] and store.list(keys.AFFINITIES) == []
+    assert not ipam_client.get_allocation(ip=w.ip).allocated
+    check = host.calicoctl("ipam", "check")
+    assert check.returncode == 0 and "no problems found" in check.stdout
