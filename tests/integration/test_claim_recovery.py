@@ -1,11 +1,17 @@
-"""A block claim interrupted between its two phases is recovered, on real etcd."""
+"""A block claim interrupted between its two phases is recovered, and a new
+host's concurrent first claims end in one block, on real etcd."""
 
 import ipaddress
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from calico.ipam.v1 import ipam_pb2
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.model.ipam import Block
+from services.ipam.allocator import Ipam
+from services.ipam.server import create_server
+from tests.conftest import IpamClient
 
 BLOCK = ipaddress.ip_network("10.60.0.0/26")
 
@@ -59,13 +65,6 @@ def test_a_new_hosts_first_allocations_through_two_replicas_claim_one_block(
         store, ipam_client, calicoctl, service_security):
     """Each new host gets its first two addresses at the same moment, one from
     each of two IPAM replicas: one block per host, not one per replica."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from services.ipam.allocator import Ipam
-    from services.ipam.server import create_server
-    from tests.conftest import IpamClient
-
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.61.0.0/16"))
     second, port = create_server("127.0.0.1:0", Ipam(store), security=service_security("ipam"))
     second.start()
