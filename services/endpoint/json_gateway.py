@@ -241,6 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.peer_uid == 0:
             return False
         self.close_connection = True
+        # Take what the caller is sending first, so that it reads our answer
+        # rather than a broken pipe.
+        length = self.headers.get("Content-Length", "0").strip()
+        if length.isdigit() and int(length) <= MAX_BODY:
+            self.rfile.read(int(length))
         self._answer(*self._failure(
             S.PERMISSION_DENIED, f"Only root may call the endpoint service; this process "
             f"runs as uid {self.peer_uid}.", 403))
