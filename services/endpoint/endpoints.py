@@ -29,7 +29,6 @@ import json
 import logging
 import re
 import threading
-import time
 from collections import defaultdict
 from typing import Protocol
 
@@ -44,6 +43,7 @@ from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotF
                                      InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
                                      OrchestratorOwned)
 from services.endpoint.kernel import InterfaceSpec
+from services.endpoint.progress import PolicyProgress
 from calicopy.model.endpoint import ACTIVE, PENDING, AddRequest, Endpoint, endpoint_id
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class EndpointManager:
         # With a policy agent on the node: how long an add waits for it to
         # program the endpoint before giving up (0: no agent, no wait).
         self.policy_wait = policy_wait
+        self._progress = PolicyProgress(store, node)    # its watch is made at the first wait
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._in_flight: set[str] = set()      # keys of pending records of adds running
 
@@ -351,17 +352,10 @@ class EndpointManager:
         ``revision`` (so a new workload never runs without its policy)."""
         if not self.policy_wait:
             return
-        key = keys.policy_applied(self.node)
-        deadline = time.monotonic() + self.policy_wait
-        while True:
-            kv = self.store.get(key)
-            if kv is not None and kv.json().get("revision", 0) >= revision:
-                return
-            if time.monotonic() > deadline:
-                raise Unavailable(f"The policy agent of node {self.node} did not program the "
-                                  f"endpoint within {self.policy_wait:g}s; is it running? "
-                                  "(see policy.log in the node's state folder)")
-            time.sleep(0.005)
+        if not self._progress.wait(revision, self.policy_wait):
+            raise Unavailable(f"The policy agent of node {self.node} did not program the "
+                              f"endpoint within {self.policy_wait:g}s; is it running? "
+                              "(see policy.log in the node's state folder)")
 
     # Remove ----------------------------------------------------------------------
 
