@@ -21,9 +21,10 @@ class IpamClient:
     (services.ipam.allocator.Ipam): what the endpoint service calls. Failures
     come back as domain errors, so status codes pass through unchanged."""
 
-    def __init__(self, target: str, timeout: float = 10.0, security=None):
+    def __init__(self, target: str, timeout: float = 10.0, security=None,
+                 wait_for_ready: bool = False):
         self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout,
-                              security)
+                              security, wait_for_ready=wait_for_ready)
 
     def close(self) -> None:
         self._client.close()

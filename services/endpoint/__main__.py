@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             os.unlink(path)          # a socket left by a previous run
 
-    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve(), security=security)
+    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve(), security=security,
+                      wait_for_ready=True)      # rides out an IPAM (re)starting
     dataplane = kernel.KernelDataplane()
     kernel.enable_forwarding()
     manager = EndpointManager(store, ipam, dataplane, node,
