@@ -302,10 +302,11 @@ class Host:
         """The node's state folder (sockets, pids, logs)."""
         return NodePaths(self.state_dir, self.name)
 
-    def start_calico_node(self) -> subprocess.CompletedProcess:
+    def start_calico_node(self, failpoints: str = "") -> subprocess.CompletedProcess:
+        """`calicoctl node` on this host (its processes stop at ``failpoints``)."""
         args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
             ([f"--as={self.as_num}"] if self.as_num else [])
-        result = self.calicoctl(*args)
+        result = self.calicoctl(*args, env={"CALICO_FAILPOINTS": failpoints})
         if result.returncode != 0:
             raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")
         return result
@@ -360,10 +361,12 @@ class Host:
             except ProcessLookupError:
                 pass
 
-    def calicoctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    def calicoctl(self, *args: str, input: str | None = None, env: dict | None = None
+                  ) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns.name, sys.executable, "-m",
                                "cli.calicoctl", *args], input=input, capture_output=True,
-                              text=True, timeout=60, cwd=ROOT, env={**os.environ, **self.env})
+                              text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, **self.env, **(env or {})})
 
     def add_workload(self, name: str, *ips: str, profiles: tuple[str, ...] = ()) -> "Workload":
         """A workload namespace networked with ``calicoctl container add``, then

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
@@ -85,7 +86,9 @@ class Renderer:
             ctl.check_config(str(tmp))     # raises: the old config stays
             os.replace(tmp, self.path)
         if bird_up:
+            failpoints.reached("renderer-before-configure")   # the new file is in place
             ctl.configure(self.ctl, str(self.path))   # raises: retried next pass
+            failpoints.reached("renderer-after-configure")
             self._configured = text
             log.info("BIRD configured: %d peer(s), %d block(s)", len(model.peers),
                      len(model.blocks))

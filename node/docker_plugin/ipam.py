@@ -17,6 +17,7 @@ import ipaddress
 import uuid
 
 from calico.ipam.v1 import ipam_pb2
+from calicopy import failpoints
 from calicopy.errors import FailedPrecondition, InvalidArgument
 
 ADDRESS_SPACES = {"LocalDefaultAddressSpace": "CalicoLocal",
@@ -100,6 +101,7 @@ class IpamDriver:
                 hostname=self.node, attributes=attrs,
                 ipv4_pools=[] if v6 else only, ipv6_pools=only if v6 else []))
             ip = ipaddress.ip_address((list(resp.ipv6) if v6 else list(resp.ipv4))[0])
+        failpoints.reached("docker-ipam-after-claim")     # claimed, Docker not told yet
         return {"Address": f"{ip}/{ip.max_prefixlen}", "Data": {}}
 
     def release_address(self, req: dict) -> dict:

@@ -19,6 +19,7 @@ import logging
 
 from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
+from calicopy import failpoints
 from calicopy.errors import AlreadyExists, CalicoError, InvalidArgument, NotFound
 from node.docker_plugin.ipam import ADDRESS_SPACES
 from calicopy.model.endpoint import IPV4_GATEWAY, IPV6_GATEWAY
@@ -105,6 +106,7 @@ class NetworkDriver:
             ips=ips, ips_preassigned=True, profile_ids=[profile],
             mac=interface.get("MacAddress") or "",
             labels={"docker-network": profile, NETWORK_LABEL: network_id})).endpoint
+        failpoints.reached("docker-create-endpoint")      # made, Docker not told yet
         # Docker keeps a MAC it chose; it takes ours only when it had none.
         return {} if interface.get("MacAddress") else {"Interface": {"MacAddress": ep.mac}}
 

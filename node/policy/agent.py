@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
@@ -67,6 +68,7 @@ class Agent:
         snapshot = Snapshot.from_kvs(revision, kvs)
         self.quarantine.update(keys.PREFIX, snapshot.bad)
         desired = dataplane.compute(snapshot, self.node)
+        failpoints.reached("policy-before-restore")
         have = self.ipsets.current() if full or self._sets is None else self._sets
         self._sets = None                 # unknown until this pass succeeds
         stats = {"sets": self.ipsets.update(desired.ipsets, have), "chains": 0}
@@ -75,6 +77,7 @@ class Agent:
                 stats["chains"] += self.tables[version].apply(table, chains, full=full)
         stats["stale_sets"] = self.ipsets.remove_stale(desired.ipsets, have)
         self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
+        failpoints.reached("policy-after-restore")      # programmed, progress not recorded
         return revision, stats
 
     def _record(self, revision: int) -> None:
