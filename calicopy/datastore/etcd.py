@@ -27,13 +27,26 @@ def _prefix_end(prefix: str) -> bytes:
     return bytes(raw)
 
 
-def _options(endpoint: EtcdEndpoint) -> list[tuple[str, str]]:
+# A connection whose packets are being dropped (a partition) must be given up
+# within seconds, not after TCP's retransmissions give up (minutes), and
+# reconnection must keep trying every few seconds, not back off towards gRPC's
+# two minutes: so a node catches up within seconds of a partition healing.
+# Keepalive pings go only while a call (the watch) is open, no more often
+# than etcd's --grpc-keepalive-min-time (5 s) allows.
+_RECOVERY_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.min_reconnect_backoff_ms", 2000),     # also the connect attempt's deadline
+]
+
+
+def _options(endpoint: EtcdEndpoint) -> list[tuple[str, object]]:
     # Over a unix socket gRPC would name the path as the TLS server name;
     # etcd's certificate names localhost (calicopy.pki puts it in every one).
     if endpoint.scheme == "unixs":
-        return [("grpc.ssl_target_name_override", "localhost"),
-                ("grpc.default_authority", "localhost")]
-    return []
+        return _RECOVERY_OPTIONS + [("grpc.ssl_target_name_override", "localhost"),
+                                    ("grpc.default_authority", "localhost")]
+    return list(_RECOVERY_OPTIONS)
 
 
 class EtcdStore:
