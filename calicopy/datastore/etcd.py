@@ -31,10 +31,10 @@ def _prefix_end(prefix: str) -> bytes:
 # within seconds, not after TCP's retransmissions give up (minutes), and
 # reconnection must keep trying every few seconds, not back off towards gRPC's
 # two minutes: so a node catches up within seconds of a partition healing.
-# Keepalive pings go only while a call (the watch) is open, no more often
-# than etcd's --grpc-keepalive-min-time (5 s) allows.
+# Keepalive pings go only while a call (the watch) is open, and well apart
+# from etcd's --grpc-keepalive-min-time (5 s), below which etcd hangs up.
 _RECOVERY_OPTIONS = [
-    ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.min_reconnect_backoff_ms", 2000),     # also the connect attempt's deadline
 ]
