@@ -6,8 +6,9 @@ every change under /calico/v1/ and every few seconds regardless. A new
 configuration is written to a temporary file, checked with `bird -p`, moved
 into place atomically, and BIRD is told to `configure` only when the text
 changed. A malformed node, peer, pool or block record is left out, as if
-absent, and reported once (calicopy.quarantine). Every couple of seconds it writes the sessions BIRD reports to etcd
-under a lease, so the report vanishes if the node stops.
+absent, and reported once (calicopy.quarantine). Every couple of seconds it
+writes the sessions BIRD reports to etcd under a lease, so the report
+vanishes if the node stops.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from tools.dockerd import docker_cli
 FAILPOINT = "docker-create-endpoint"
 
 
-def test_plugin_killed_in_create_endpoint(lab, pools, ipam_client, store):
+def test_plugin_killed_in_create_endpoint(lab, pools, ipam_client):
     host = lab.add_host("dp", node=True, docker=True)
     network(host, "net")
     host.stop_node()

@@ -37,8 +37,8 @@ def test_partitioned_node_keeps_policy_and_catches_up(lab, pools):
 
     drop(lab, host, "-I")
     try:
-        assert not host.ns.run("ping", "-c", "1", "-W", "1", lab.ipam.split(":")[0],
-                               check=False).returncode == 0, "the partition leaks"
+        assert host.ns.run("ping", "-c", "1", "-W", "1", lab.ipam.split(":")[0],
+                           check=False).returncode != 0, "the partition leaks"
         # Meanwhile, from the operator's side: a rule the node cannot hear of.
         admin = {"CALICO_POLICY_ADDR": lab.unix["policy"], "CALICO_IPAM_ADDR": lab.unix["ipam"]}
         ok(calicoctl("profile", "net", "rule", "update", input=json.dumps(OPEN), env=admin))

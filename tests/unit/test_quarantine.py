@@ -4,7 +4,6 @@ registries, explain, IPAM readers) skips it, logs it once with its key, and
 the node's processes list it for `calicoctl status`."""
 
 import ipaddress
-import json
 import logging
 
 import pytest
