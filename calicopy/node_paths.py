@@ -13,6 +13,8 @@ plugin and the test lab all ask a ``NodePaths``::
         endpoint.sock         the endpoint service (gRPC)
         endpoint.json.sock    the same RPCs as JSON over HTTP/1.1 (CNI plugin)
         bird.conf, bird.ctl, bird.pid    BIRD's configuration, control socket, pid
+        quarantine-<process>.json   the malformed records a process skips (calicopy.quarantine)
+        ready-<process>       a process can serve (written once it can: calicoctl node waits)
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class NodePaths:
     def log(self, process: str) -> Path:
         """The log file of one of the node's processes (``policy`` -> policy.log)."""
         return self.dir / f"{process}.log"
+
+    def quarantine(self, process: str) -> Path:
+        """The list of malformed records ``process`` skips (calicopy.quarantine)."""
+        return self.dir / f"quarantine-{process}.json"
+
+    def ready(self, process: str) -> Path:
+        """Written by ``process`` once it can serve (the Docker plugin and proxy:
+        once they have reached the endpoint service); removed when it stops."""
+        return self.dir / f"ready-{process}"
 
     @property
     def pid(self) -> Path:

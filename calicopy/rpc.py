@@ -199,13 +199,22 @@ class Client:
     caller that is itself a service passes status and message on);
     ``invoke`` leaves them as ``grpc.RpcError`` for callers that word their
     own messages per status code (calicoctl, the CNI plugin). When the TLS
-    files change (rotation), the next call opens a new channel with them."""
+    files change (rotation), the next call opens a new channel with them.
+
+    With ``wait_for_ready`` (the long-running node processes), a call to a
+    service that cannot be reached yet (a unix socket not there yet, a port
+    refusing) waits for it within the call's deadline instead of failing at
+    once, and gRPC's reconnection back-off never makes a call fail while the
+    service is already up; one-shot commands leave it off, to say at once
+    that a service is not running."""
 
     RECHECK = 2.0       # seconds between looks at the TLS files
 
-    def __init__(self, name: str, target: str, stub_class, timeout: float, security=None):
+    def __init__(self, name: str, target: str, stub_class, timeout: float, security=None,
+                 wait_for_ready: bool = False):
         from calicopy.tls import Security
         self.name, self.target, self.timeout = name, target, timeout
+        self.wait_for_ready = wait_for_ready
         self.security = security or Security.from_env()
         self._stub_class = stub_class
         self._lock = threading.Lock()
@@ -228,7 +237,8 @@ class Client:
         return self._stub
 
     def invoke(self, method: str, request, timeout: float | None = None):
-        return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout)
+        return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout,
+                                                    wait_for_ready=self.wait_for_ready)
 
     def call(self, method: str, request, timeout: float | None = None):
         try:

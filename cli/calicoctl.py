@@ -7,6 +7,7 @@ Usage:
   calicoctl ipam show [--ip=<IP>]
   calicoctl ipam check
   calicoctl ipam release --ip=<IP> [--force]
+  calicoctl check
   calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
@@ -58,12 +59,12 @@ import sys
 from docopt import DocoptExit, docopt
 
 from calicopy import config
-from cli import (bgp, bgppeer, certs, container, diags, docker_socket, endpoint, etcd_auth,
-                 ipam, node, policy, pool, profile, reset, shownodes, status)
+from cli import (bgp, bgppeer, certs, check, container, diags, docker_socket, endpoint,
+                 etcd_auth, ipam, node, policy, pool, profile, reset, shownodes, status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
-COMMANDS = {"pool": pool, "ipam": ipam, "container": container, "node": node,
+COMMANDS = {"pool": pool, "ipam": ipam, "check": check, "container": container, "node": node,
             "status": status, "shownodes": shownodes, "bgppeer": bgppeer, "bgp": bgp,
             "diags": diags, "reset": reset, "certs": certs, "etcd-auth": etcd_auth,
             "profile": profile,

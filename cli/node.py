@@ -27,9 +27,12 @@ Options:
 
 `calicoctl node` checks the kernel, creates the default pools if there are
 none, registers the node and starts its processes (endpoint service, BIRD and
-its config renderer) under a supervisor that restarts them if they die. Run
-again, it only updates the registration. `node stop` stops them and removes
-the node's configuration. All of these must run as root.
+its config renderer; with Docker, its plugin and CALICO_IP proxy) under a
+supervisor that restarts them if they die. It returns once every one of them
+can serve: the endpoint service answers, BIRD runs, and the plugin and the
+proxy have reached the endpoint service. Run again, it only updates the
+registration. `node stop` stops them and removes the node's configuration.
+All of these must run as root.
 
 `node remove --name=<NAME>` retires a node from any host, whether it is dead
 or alive: its addresses are released, its block affinities dropped (blocks
@@ -184,6 +187,14 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
         return
     paths = config.node_paths(name)
     folder = private_dir(paths.dir)
+    # Docker's plugin and proxy run when the engine's socket (or its
+    # alternative) is there; we return once each has reached the endpoint
+    # service (its ready file), so that `docker run` works the moment we do.
+    docker_sock = config.DOCKER_HOST.resolve()
+    with_docker = os.path.exists(docker_sock) or os.path.exists(real_socket(docker_sock))
+    ready = [paths.ready(p) for p in ("docker-plugin", "docker-proxy")] if with_docker else []
+    for stale in ready:
+        stale.unlink(missing_ok=True)       # a killed node's
     argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
     with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -192,13 +203,12 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
                                 env={**os.environ, **credentials})
     deadline = time.monotonic() + START_WAIT
     endpoint = paths.endpoint_addr
-    # The supervisor starts the Docker plugin when the engine answers; so that
-    # `docker network create` works as soon as we return, wait for it too.
-    docker_sock = config.DOCKER_HOST.resolve()
+    # So that `docker network create` works as soon as we return, wait for the
+    # plugin's socket too when the engine answers.
     plugin = (Path(config.DOCKER_PLUGIN_DIR.resolve()) / config.DOCKER_PLUGIN_SOCKET
               if LocalEngine(docker_sock, real_socket(docker_sock)).available() else None)
     while not (check_health(endpoint, timeout=0.5) and paths.bird_ctl.exists()
-               and (plugin is None or plugin.exists())):
+               and (plugin is None or plugin.exists()) and all(f.exists() for f in ready)):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise CliError(f"Calico node {name} did not start; see the logs in {folder}.")
         time.sleep(0.2)

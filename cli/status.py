@@ -6,15 +6,17 @@ Usage:
 Options:
   --name=<NAME>   The node (default: CALICO_NODENAME, else the hostname).
 
-Prints the node's processes (from its supervisor) and the BGP sessions as
-BIRD reports them, for IPv4 and IPv6. Exits 1 when the node is not running.
+Prints the node's processes (from its supervisor), the malformed records
+they skip (treated as absent; `calicoctl check` lists every one in the
+cluster), and the BGP sessions as BIRD reports them, for IPv4 and IPv6.
+Exits 1 when the node is not running.
 """
 
 from __future__ import annotations
 
 import json
 
-from calicopy import config
+from calicopy import config, quarantine
 from cli import node
 from cli.errors import CliError
 from cli.output import table
@@ -34,6 +36,11 @@ def run(args: dict) -> None:
     print(table(["Process", "State", "PID", "Restarts"],
                 [[name_, c["state"], c["pid"] or "-", c["restarts"]]
                  for name_, c in status["children"].items()]))
+    skipped = [[process, key, why] for process, found in quarantine.reports(paths).items()
+               for key, why in sorted(found.items())]
+    if skipped:
+        print("Malformed records skipped (treated as absent; see `calicoctl check`)")
+        print(table(["Process", "Key", "What is wrong"], skipped))
     from node.bird import ctl
     try:
         sessions = ctl.sessions(str(paths.bird_ctl)) if paths.bird_ctl.exists() else None

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import threading
 
+from calicopy.datastore.etcd_watch import WatchEnded
 from calicopy.datastore.store import KV, Txn
+
+
+class _Event:
+    def __init__(self, key: bytes, value: bytes, mod_revision: int):
+        self.key, self.value, self.mod_revision = key, value, mod_revision
+
+
+class _Response:
+    def __init__(self, events):
+        self.events = events
 
 
 class MemoryStore:
@@ -16,10 +27,27 @@ class MemoryStore:
         self.data: dict[str, KV] = {}
         self.revision = 0
         self.commits = 0
+        self.reads: dict[str, int] = {}         # key -> how many times get() read it
+        self.watches: dict[object, tuple] = {}  # handle -> (prefix, on_event)
         self.lock = threading.Lock()
 
     def get(self, key):
+        self.reads[key] = self.reads.get(key, 0) + 1
         return self.data.get(key)
+
+    def watch(self, prefix, on_event):
+        handle = object()
+        self.watches[handle] = (prefix, on_event)
+        return handle
+
+    def cancel_watch(self, handle):
+        self.watches.pop(handle, None)
+
+    def end_watches(self):
+        """Every watch ends, as when etcd cancels them: each owner is told once."""
+        ended, self.watches = self.watches, {}
+        for _, on_event in ended.values():
+            on_event(WatchEnded("the test ended it"))
 
     def list(self, prefix):
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)]
@@ -40,7 +68,18 @@ class MemoryStore:
                 self.data[key] = KV(key, value, self.revision)
             for key in txn.deletes:
                 self.data.pop(key, None)
-            return self.revision
+            revision = self.revision
+        self._notify(txn, revision)
+        return revision
+
+    def _notify(self, txn: Txn, revision: int) -> None:
+        """Watchers get the commit's events, as etcd's watches deliver them."""
+        changed = [_Event(k.encode(), v.encode(), revision) for k, v in txn.puts.items()] + \
+            [_Event(k.encode(), b"", revision) for k in txn.deletes]
+        for prefix, on_event in list(self.watches.values()):
+            mine = [e for e in changed if e.key.decode().startswith(prefix)]
+            if mine:
+                on_event(_Response(mine))
 
     def delete_prefix(self, prefix):
         with self.lock:

@@ -178,12 +178,29 @@ class Lab:
             store.close()
 
     def add_host(self, name: str, ipv6: bool = True, node: bool = False,
-                 as_num: int = 0, docker: bool = False) -> "Host":
+                 as_num: int = 0, docker: bool = False, etcd: str = "") -> "Host":
         """A host; with ``node`` it runs ``calicoctl node`` (BGP and all),
-        else only the endpoint service; with ``docker``, a Docker engine too."""
-        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num, docker)
+        else only the endpoint service; with ``docker``, a Docker engine too;
+        ``etcd``: how it reaches etcd, if not as the lab does (``etcd_on_underlay``)."""
+        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num, docker, etcd)
         self.hosts[name] = host
         return host
+
+    def etcd_on_underlay(self, port: int = 2379) -> str:
+        """etcd offered on the underlay too, at the control plane's address (a
+        relay to its unix socket, tools.relay): traffic a filter can drop, where
+        the unix socket cannot be cut. Returns the ETCD_ENDPOINTS entry."""
+        ip = CONTROL_HOSTS[0]
+        path = self.etcd.split(":", 1)[1]
+        proc = launch.spawn(["ip", "netns", "exec", self.control.name, sys.executable, "-m",
+                             "tools.relay", f"{ip}:{port}", path],
+                            self.tmp / "control" / "etcd-relay.log", cwd=ROOT)
+        self.procs.append(proc)
+        launch.wait_until("the etcd relay", lambda: bool(self.control.run(
+            "ss", "-Hltn", f"sport = :{port}").stdout.strip()), proc,
+            self.tmp / "control" / "etcd-relay.log")
+        scheme = "https" if self.etcd.startswith("unixs:") else "http"
+        return f"{scheme}://{ip}:{port}"
 
     def add_router(self, name: str, index: int, bird_conf: str) -> "Router":
         return Router(self, name, index, bird_conf)
@@ -236,8 +253,9 @@ class Host:
     (and, if asked, its own Docker engine)."""
 
     def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int,
-                 docker: bool = False):
+                 docker: bool = False, etcd: str = ""):
         self.lab, self.name, self.ipv6, self.as_num = lab, name, ipv6, as_num
+        self.etcd = etcd or lab.etcd
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
         self.state_dir = lab.tmp / "state"
         self.workloads: dict[str, Workload] = {}
@@ -261,7 +279,7 @@ class Host:
         (admin), the services on the underlay, and the node's own certificate
         for `calicoctl node` to give its processes."""
         env = {"CALICO_NODENAME": self.name, "CALICO_STATE_DIR": str(self.state_dir),
-               "ETCD_ENDPOINTS": self.lab.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
+               "ETCD_ENDPOINTS": self.etcd, "CALICO_IPAM_ADDR": self.lab.ipam,
                "CALICO_BGP_ADDR": self.lab.bgp, "CALICO_POLICY_ADDR": self.lab.policy,
                "PYTHONPATH": str(ROOT), **self.lab.identities.env("admin")}
         node = self.lab.identities.files(f"node:{self.name}", (self.ip, self.ip6))
@@ -302,10 +320,11 @@ class Host:
         """The node's state folder (sockets, pids, logs)."""
         return NodePaths(self.state_dir, self.name)
 
-    def start_calico_node(self) -> subprocess.CompletedProcess:
+    def start_calico_node(self, failpoints: str = "") -> subprocess.CompletedProcess:
+        """`calicoctl node` on this host (its processes stop at ``failpoints``)."""
         args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
             ([f"--as={self.as_num}"] if self.as_num else [])
-        result = self.calicoctl(*args)
+        result = self.calicoctl(*args, env={"CALICO_FAILPOINTS": failpoints})
         if result.returncode != 0:
             raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")
         return result
@@ -360,10 +379,12 @@ class Host:
             except ProcessLookupError:
                 pass
 
-    def calicoctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    def calicoctl(self, *args: str, input: str | None = None, env: dict | None = None
+                  ) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns.name, sys.executable, "-m",
                                "cli.calicoctl", *args], input=input, capture_output=True,
-                              text=True, timeout=60, cwd=ROOT, env={**os.environ, **self.env})
+                              text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, **self.env, **(env or {})})
 
     def add_workload(self, name: str, *ips: str, profiles: tuple[str, ...] = ()) -> "Workload":
         """A workload namespace networked with ``calicoctl container add``, then

@@ -51,9 +51,14 @@ class EndpointClient:
     """One node's endpoint service, with the same methods as its domain
     (services.endpoint.endpoints.EndpointManager)."""
 
-    def __init__(self, target: str, timeout: float):
+    def __init__(self, target: str, timeout: float, wait_for_ready: bool = False):
         self._client = Client("endpoint service", target, endpoint_pb2_grpc.EndpointServiceStub,
-                              timeout)
+                              timeout, wait_for_ready=wait_for_ready)
+
+    def node_info(self):
+        """The node's facts (GetNodeInfo): also the cheapest call that shows
+        the service answers."""
+        return self._client.call("GetNodeInfo", endpoint_pb2.GetNodeInfoRequest())
 
     def add(self, req: AddRequest) -> Endpoint:
         return endpoint_from_msg(self._client.call("AddEndpoint",

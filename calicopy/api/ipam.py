@@ -26,9 +26,10 @@ class IpamClient:
     allocation's ``deadline`` (a time.monotonic() time, as the domain's) is
     its call's deadline when nearer than the client's timeout."""
 
-    def __init__(self, target: str, timeout: float = 10.0, security=None):
+    def __init__(self, target: str, timeout: float = 10.0, security=None,
+                 wait_for_ready: bool = False):
         self._client = Client("IPAM service", target, ipam_pb2_grpc.IpamServiceStub, timeout,
-                              security)
+                              security, wait_for_ready=wait_for_ready)
 
     def close(self) -> None:
         self._client.close()

@@ -36,9 +36,9 @@ def profile_to_msg(profile: Profile, members=()) -> policy_pb2.Profile:
 class ProfileClient:
     """The policy service's profiles, as far as a node needs them."""
 
-    def __init__(self, target: str, timeout: float):
+    def __init__(self, target: str, timeout: float, wait_for_ready: bool = False):
         self._client = Client("policy service", target, policy_pb2_grpc.PolicyServiceStub,
-                              timeout)
+                              timeout, wait_for_ready=wait_for_ready)
 
     def create(self, name: str) -> None:
         self._client.call("CreateProfile", policy_pb2.CreateProfileRequest(name=name))

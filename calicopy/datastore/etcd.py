@@ -12,6 +12,7 @@ from pyetcd import exceptions as etcd_exc
 
 from calicopy import config
 from calicopy.config import ConfigError, EtcdEndpoint
+from calicopy.datastore.etcd_watch import PrefixWatch, WatchFailed
 from calicopy.datastore.store import KV, DatastoreUnavailable, Txn
 from calicopy.errors import PermissionDenied
 
@@ -26,13 +27,26 @@ def _prefix_end(prefix: str) -> bytes:
     return bytes(raw)
 
 
-def _options(endpoint: EtcdEndpoint) -> list[tuple[str, str]]:
+# A connection whose packets are being dropped (a partition) must be given up
+# within seconds, not after TCP's retransmissions give up (minutes), and
+# reconnection must keep trying every few seconds, not back off towards gRPC's
+# two minutes: so a node catches up within seconds of a partition healing.
+# Keepalive pings go only while a call (the watch) is open, and well apart
+# from etcd's --grpc-keepalive-min-time (5 s), below which etcd hangs up.
+_RECOVERY_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.min_reconnect_backoff_ms", 2000),     # also the connect attempt's deadline
+]
+
+
+def _options(endpoint: EtcdEndpoint) -> list[tuple[str, object]]:
     # Over a unix socket gRPC would name the path as the TLS server name;
     # etcd's certificate names localhost (calicopy.pki puts it in every one).
     if endpoint.scheme == "unixs":
-        return [("grpc.ssl_target_name_override", "localhost"),
-                ("grpc.default_authority", "localhost")]
-    return []
+        return _RECOVERY_OPTIONS + [("grpc.ssl_target_name_override", "localhost"),
+                                    ("grpc.default_authority", "localhost")]
+    return list(_RECOVERY_OPTIONS)
 
 
 class EtcdStore:
@@ -170,14 +184,23 @@ class EtcdStore:
         responses = self._call(lambda: list(self._live.refresh_lease(lease)))
         return all(r.TTL > 0 for r in responses)
 
-    def watch(self, prefix: str, on_event):
-        return self._call(self._live.add_watch_prefix_callback, prefix, on_event)
-
-    def cancel_watch(self, handle) -> None:
+    def watch(self, prefix: str, on_event, start_revision: int = 0) -> PrefixWatch:
+        """Watch ``prefix`` (from ``start_revision``, else from now): see
+        calicopy.datastore.etcd_watch for what ``on_event`` gets, including
+        exactly one WatchEnded whatever ends the watch."""
         try:
-            self._live.cancel_watch(handle)
-        except Exception:   # the watch or the connection is gone already
-            pass
+            return self._call(PrefixWatch, self._live, prefix, on_event, start_revision,
+                              self.timeout)
+        except WatchFailed as exc:
+            if "permission denied" in exc.reason:
+                who = self.tls.identity if self.tls else "an anonymous client"
+                raise PermissionDenied(f"etcd ({self.endpoints}) refused {who} a watch of "
+                                       f"{prefix}: {exc.reason}.") from None
+            raise DatastoreUnavailable(self.endpoints, f"no watch of {prefix}: "
+                                                       f"{exc.reason}") from None
+
+    def cancel_watch(self, handle: PrefixWatch) -> None:
+        handle.cancel()
 
     def delete_prefix(self, prefix: str) -> int:
         resp = self._call(self._live.delete_prefix, prefix)

@@ -137,8 +137,10 @@ class Store(Protocol):
         """Keep a lease alive; False if it has expired already."""
 
     def watch(self, prefix: str, on_event) -> object:
-        """Call ``on_event()`` after changes under ``prefix`` (and with the
-        exception if the watch fails); returns a handle for ``cancel_watch``."""
+        """Call ``on_event(response)`` with the events of changes under
+        ``prefix``, and once, whatever ends the watch, with something that
+        has no ``events`` (calicopy.datastore.etcd_watch.WatchEnded); raises
+        if the watch cannot be made. Returns a handle for ``cancel_watch``."""
 
     def cancel_watch(self, handle) -> None: ...
 

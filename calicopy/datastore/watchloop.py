@@ -3,8 +3,11 @@
 The loop watches a prefix and calls its owner's ``sync(full, events)``:
 
 - with ``full=True`` on start, after any end of the watch (which is then
-  rebuilt, so nothing that happened meanwhile is missed: the owner re-reads
-  everything) and every ``resync`` seconds;
+  rebuilt at once, so nothing that happened meanwhile is missed: the owner
+  re-reads everything) and every ``resync`` seconds. The store reports every
+  end (compaction, etcd's own cancel, a failed or closed stream: see
+  calicopy.datastore.etcd_watch), and a watch etcd refuses is an error, not
+  a watch that never fires;
 - with ``full=False`` when the watch delivered events that change
   configuration (nodes' own reports are left out, see
   ``keys.changes_configuration``), and every ``poll`` seconds regardless, so a
@@ -57,8 +60,9 @@ class WatchLoop:
     def _on_event(self, response) -> None:
         events = getattr(response, "events", None)
         with self._lock:
-            if events is None:              # an error: this watch is over
+            if events is None:              # this watch is over, whatever the cause
                 self._watch_ended = True
+                self.log.info("rebuilding the watch of %s: %s", self.prefix, response)
             elif self._relevant(response):
                 self._events.extend(events)
             else:

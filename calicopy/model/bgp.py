@@ -15,6 +15,7 @@ import re
 from calicopy.datastore import keys
 from calicopy.datastore.store import Store
 from calicopy.errors import InvalidArgument
+from calicopy.model.record import BadRecord, RecordError, address, decode, decode_all, field
 
 
 class BadInput(InvalidArgument):
@@ -50,6 +51,12 @@ def check_name(name: str) -> str:
 
 
 @dataclasses.dataclass
+class BgpConfig:
+    default_as: int = DEFAULT_AS
+    node_mesh: bool = True
+
+
+@dataclasses.dataclass
 class Node:
     name: str
     ipv4: str
@@ -61,8 +68,13 @@ class Node:
 
     @classmethod
     def from_json(cls, data: dict) -> "Node":
-        return cls(data["name"], data.get("ipv4", ""), data.get("ipv6", ""),
-                   int(data.get("as_num") or 0))
+        """The record as stored; RecordError says what is wrong with a malformed one."""
+        name = field(data, "name", str)
+        if not _NAME_RE.match(name):
+            raise RecordError(f"field 'name' holds {name!r}, not a node name")
+        return cls(name, address(field(data, "ipv4", str), "ipv4", 4),
+                   address(field(data, "ipv6", str, ""), "ipv6", 6, optional=True),
+                   _as_field(data))
 
 
 @dataclasses.dataclass
@@ -77,33 +89,62 @@ class Peer:
 
     @classmethod
     def from_json(cls, data: dict) -> "Peer":
-        return cls(data["ip"], int(data.get("as_num") or 0), data.get("node", ""),
-                   bool(data.get("route_reflector")))
+        """The record as stored; RecordError says what is wrong with a malformed one."""
+        return cls(address(field(data, "ip", str), "ip"), _as_field(data),
+                   field(data, "node", str, ""), field(data, "route_reflector", bool, False))
 
 
-@dataclasses.dataclass
-class BgpConfig:
-    default_as: int = DEFAULT_AS
-    node_mesh: bool = True
+def _as_field(data: dict) -> int:
+    as_num = field(data, "as_num", int, 0)
+    if not 0 <= as_num <= MAX_AS:
+        raise RecordError(f"field 'as_num' holds {as_num}, not an AS number (1-{MAX_AS})")
+    return as_num
+
+
+def as_from_json(data) -> int:
+    """The cluster's default AS number record."""
+    if not isinstance(data, int) or isinstance(data, bool) or not 1 <= data <= MAX_AS:
+        raise RecordError(f"{data!r} is not an AS number (1-{MAX_AS})")
+    return data
+
+
+def mesh_from_json(data) -> bool:
+    """The node-to-node mesh record: {"enabled": bool}."""
+    return field(data, "enabled", bool, True)
 
 
 # Readers ---------------------------------------------------------------------
+#
+# Each leaves out a malformed record, recording it in ``bad`` (key -> what is
+# wrong) when given: a bad record of one node or peer must not stop the rest.
 
-def read_nodes(store: Store) -> list[Node]:
-    return sorted((Node.from_json(kv.json()) for kv in store.list(keys.HOSTS)
-                   if keys.is_node(kv.key)), key=lambda n: n.name)
-
-
-def read_config(store: Store) -> BgpConfig:
-    as_kv, mesh_kv = store.get(keys.BGP_AS), store.get(keys.BGP_NODE_MESH)
-    return BgpConfig(int(as_kv.json()) if as_kv else DEFAULT_AS,
-                     bool(mesh_kv.json().get("enabled", True)) if mesh_kv else True)
+def read_nodes(store: Store, bad: dict[str, str] | None = None) -> list[Node]:
+    found = decode_all((kv for kv in store.list(keys.HOSTS) if keys.is_node(kv.key)),
+                       Node.from_json, bad)
+    return sorted(found, key=lambda n: n.name)
 
 
-def read_peers(store: Store, node: str = "", version: int = 0) -> list[Peer]:
+def read_config(store: Store, bad: dict[str, str] | None = None) -> BgpConfig:
+    """The settings; a malformed one reads as its default."""
+    config = BgpConfig()
+    for key, parse, attr in ((keys.BGP_AS, as_from_json, "default_as"),
+                             (keys.BGP_NODE_MESH, mesh_from_json, "node_mesh")):
+        kv = store.get(key)
+        try:
+            if kv is not None:
+                setattr(config, attr, decode(kv, parse))
+        except BadRecord as exc:
+            if bad is not None:
+                bad[exc.key] = exc.why
+    return config
+
+
+def read_peers(store: Store, node: str = "", version: int = 0,
+               bad: dict[str, str] | None = None) -> list[Peer]:
     """Global peers, or with ``node`` that node's own, sorted by address."""
     versions = [version] if version else [4, 6]
-    found = [Peer.from_json(kv.json()) for v in versions
-             for kv in store.list(keys.peers_prefix(v, node or None))]
+    found = [p for v in versions
+             for p in decode_all(store.list(keys.peers_prefix(v, node or None)),
+                                 Peer.from_json, bad)]
     return sorted(found, key=lambda p: (ipaddress.ip_address(p.ip).version,
                                         ipaddress.ip_address(p.ip)))

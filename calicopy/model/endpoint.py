@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import ipaddress
 
+from calicopy.model.record import RecordError, field, nets, strings
+
 #: Every workload's IPv4 gateway: a link-local address the host answers by
 #: proxy ARP, so workloads need no per-host knowledge.
 IPV4_GATEWAY = "169.254.1.1"
@@ -119,14 +121,22 @@ class Endpoint:
 
     @classmethod
     def from_json(cls, data: dict) -> "Endpoint":
+        """The record as stored; RecordError says what is wrong with a malformed one."""
+        state = field(data, "state", str, PENDING)
+        if state not in (PENDING, ACTIVE):
+            raise RecordError(f"field 'state' holds {state!r}, not {PENDING} or {ACTIVE}")
+        labels = field(data, "labels", dict, {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise RecordError(f"field 'labels' holds {labels!r}, not strings to strings")
         return cls(
-            data["endpoint_id"], data["node"], data["orchestrator"], data["workload_id"],
-            data["container:if_name"], data["netns"], data.get("state", PENDING),
-            data.get("mac", ""), list(data.get("ipv4_nets", [])),
-            list(data.get("ipv6_nets", [])), list(data.get("profile_ids", [])),
-            dict(data.get("labels", {})), persistent=bool(data.get("persistent", False)),
-            netns_id=data.get("netns_id", ""), request=data.get("request", ""),
-            mtu=int(data.get("mtu", 0)))
+            field(data, "endpoint_id", str), field(data, "node", str),
+            field(data, "orchestrator", str), field(data, "workload_id", str),
+            field(data, "container:if_name", str), field(data, "netns", str), state,
+            field(data, "mac", str, ""), nets(data, "ipv4_nets", 4), nets(data, "ipv6_nets", 6),
+            strings(data, "profile_ids"), dict(labels),
+            persistent=field(data, "persistent", bool, False),
+            netns_id=field(data, "netns_id", str, ""), request=field(data, "request", str, ""),
+            mtu=field(data, "mtu", int, 0))
 
 
 @dataclasses.dataclass

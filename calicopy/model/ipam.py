@@ -30,6 +30,7 @@ from typing import Iterator
 from calicopy.datastore import keys
 from calicopy.datastore.store import Store
 from calicopy.errors import InvalidArgument
+from calicopy.model.record import RecordError, decode_all, field
 
 Network = keys.Network
 
@@ -124,14 +125,31 @@ class Pool:
 
     @classmethod
     def from_json(cls, data: dict) -> "Pool":
-        return cls(ipaddress.ip_network(data["cidr"]), int(data["block_size"]),
-                   bool(data.get("nat_outgoing")), bool(data.get("ipip")),
-                   bool(data.get("disabled")))
+        """The record as stored; RecordError says what is wrong with a malformed one."""
+        cidr = _network(data, "cidr")
+        block_size = field(data, "block_size", int)
+        low, high = BLOCK_SIZE_RANGE[cidr.version]
+        if not max(low, cidr.prefixlen) <= block_size <= high:
+            raise RecordError(f"field 'block_size' holds {block_size}, not a block size of "
+                              f"pool {cidr}")
+        return cls(cidr, block_size, field(data, "nat_outgoing", bool, False),
+                   field(data, "ipip", bool, False), field(data, "disabled", bool, False))
 
 
-def read_pools(store: Store, version: int | None = None) -> list[Pool]:
-    """Every pool (of one IP version), sorted."""
-    pools = [Pool.from_json(kv.json()) for kv in store.list(keys.pools_prefix(version))]
+def _network(data: dict, name: str) -> Network:
+    text = field(data, name, str)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        raise RecordError(f"field '{name}' holds {text!r}, not a network in CIDR form") \
+            from None
+
+
+def read_pools(store: Store, version: int | None = None,
+               bad: dict[str, str] | None = None) -> list[Pool]:
+    """Every pool (of one IP version), sorted; a malformed one is left out
+    (and recorded in ``bad``, key -> what is wrong, when given)."""
+    pools = decode_all(store.list(keys.pools_prefix(version)), Pool.from_json, bad)
     return sorted(pools, key=lambda p: (p.version, p.cidr))
 
 
@@ -154,7 +172,8 @@ class Allocation:
 
     @classmethod
     def from_json(cls, data: dict) -> "Allocation":
-        return cls(data["handle"], data.get("host", ""), dict(data.get("attrs", {})))
+        return cls(field(data, "handle", str), field(data, "host", str, ""),
+                   dict(field(data, "attrs", dict, {})))
 
 
 @dataclasses.dataclass
@@ -180,12 +199,22 @@ class Block:
 
     @classmethod
     def from_json(cls, data: dict) -> "Block":
-        return cls(
-            ipaddress.ip_network(data["cidr"]),
-            block_host(data),
-            list(data["unallocated"]),
-            {int(o): Allocation.from_json(a) for o, a in data["allocations"].items()},
-        )
+        """The record as stored; RecordError says what is wrong with a malformed one
+        (including an ordinal outside the block, or both free and allocated)."""
+        cidr = _network(data, "cidr")
+        field(data, "affinity", str, "")
+        unallocated = field(data, "unallocated", list)
+        allocations = {}
+        for o, a in field(data, "allocations", dict).items():
+            if not str(o).isdigit():
+                raise RecordError(f"field 'allocations' has the ordinal {o!r}")
+            allocations[int(o)] = Allocation.from_json(a)
+        size = cidr.num_addresses
+        if not all(isinstance(o, int) and 0 <= o < size for o in unallocated) or \
+                any(o >= size for o in allocations) or set(unallocated) & set(allocations):
+            raise RecordError(f"its ordinals are not those of block {cidr}, each free or "
+                              "allocated once")
+        return cls(cidr, block_host(data), list(unallocated), allocations)
 
     # Queries ---------------------------------------------------------------
 
@@ -260,6 +289,14 @@ class Block:
         return self.release(self.ips_of(handle_id))
 
 
+def affinity_from_json(data: dict) -> str:
+    """A host's affinity record for a block: its state."""
+    state = field(data, "state", str)
+    if state not in (PENDING, CONFIRMED):
+        raise RecordError(f"field 'state' holds {state!r}, not {PENDING} or {CONFIRMED}")
+    return state
+
+
 # Handles -------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -286,8 +323,10 @@ class Request:
 
     @classmethod
     def from_json(cls, data: dict) -> "Request":
-        return cls(int(data.get("num_ipv4", 0)), int(data.get("num_ipv6", 0)),
-                   list(data.get("ips", [])))
+        ips = field(data, "ips", list, [])
+        if not all(isinstance(ip, str) for ip in ips):
+            raise RecordError(f"field 'ips' holds {ips!r}, not addresses")
+        return cls(field(data, "num_ipv4", int, 0), field(data, "num_ipv6", int, 0), list(ips))
 
 
 @dataclasses.dataclass
@@ -301,9 +340,12 @@ class Handle:
 
     @classmethod
     def from_json(cls, handle_id: str, data: dict | None) -> "Handle":
-        data = data or {}
-        return cls(handle_id, dict(data.get("blocks", {})),
-                   {rid: Request.from_json(r) for rid, r in data.get("requests", {}).items()})
+        blocks = field(data, "blocks", dict, {}) if data is not None else {}
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in blocks.values()):
+            raise RecordError(f"field 'blocks' holds {blocks!r}, not block counts")
+        requests = field(data, "requests", dict, {}) if data is not None else {}
+        return cls(handle_id, dict(blocks),
+                   {rid: Request.from_json(r) for rid, r in requests.items()})
 
     def to_json(self) -> dict:
         data = {"handle_id": self.handle_id, "blocks": dict(sorted(self.blocks.items()))}

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import logging
 import re
 from collections import defaultdict
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV
 from calicopy.errors import InvalidArgument
+from calicopy.model.bgp import Node
 from calicopy.model.endpoint import ACTIVE, Endpoint
-
-log = logging.getLogger(__name__)
+from calicopy.model.ipam import Pool
+from calicopy.model.record import BadRecord, RecordError, decode
+from calicopy.model.record import field as record_field
 
 
 class BadRule(InvalidArgument):
@@ -160,6 +161,31 @@ def check_endpoint_to_host_action(value) -> str:
     return value
 
 
+def tags_from_json(data) -> list[str]:
+    """A profile's tags record: a list of tag names."""
+    if not isinstance(data, list):
+        raise RecordError(f"{data!r} is not a list of tags")
+    for tag in data:
+        try:
+            check_tag(tag)
+        except BadRule:
+            raise RecordError(f"{tag!r} is not a tag name") from None
+    return list(data)
+
+
+def endpoint_to_host_from_json(data) -> str:
+    """The endpoint-to-host action record: a JSON string."""
+    try:
+        return check_endpoint_to_host_action(data)
+    except BadRule as exc:
+        raise RecordError(str(exc).rstrip(".")) from None
+
+
+def applied_from_json(data) -> int:
+    """A node's policy progress record: {"revision": N}."""
+    return record_field(data, "revision", int)
+
+
 def parse_rules(data, profile: str) -> tuple[list[Rule], list[Rule]]:
     """Validate a rules document; returns (inbound, outbound)."""
     if not isinstance(data, dict):
@@ -267,42 +293,50 @@ class Snapshot:
     pools: list[dict]
     endpoint_to_host_action: str = DEFAULT_ENDPOINT_TO_HOST_ACTION
     nodes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # addresses
+    bad: dict[str, str] = dataclasses.field(default_factory=dict)   # key -> what is wrong
 
     @classmethod
     def from_kvs(cls, revision: int, kvs: list[KV]) -> "Snapshot":
+        """The policy in ``kvs``. A malformed record is left out and listed in
+        ``bad`` (key -> what is wrong): its workload fails closed, a bad
+        setting keeps its default, a bad profile is ignored (its members
+        fail closed); it never stops policy for everyone else."""
         endpoints, tags, rules, pools, nodes = [], {}, {}, [], {}
         to_host = DEFAULT_ENDPOINT_TO_HOST_ACTION
+        bad: dict[str, str] = {}
         for kv in kvs:
             try:
                 if kv.key == keys.ENDPOINT_TO_HOST_ACTION:
-                    to_host = check_endpoint_to_host_action(kv.json())
+                    to_host = decode(kv, endpoint_to_host_from_json)
                 elif keys.is_node(kv.key):
-                    record = kv.json()
+                    node = decode(kv, Node.from_json)
                     nodes[keys.parse_host(kv.key)] = tuple(
-                        ip for ip in (record.get("ipv4"), record.get("ipv6")) if ip)
+                        ip for ip in (node.ipv4, node.ipv6) if ip)
                 elif keys.is_endpoint(kv.key):
-                    ep = Endpoint.from_json(kv.json())
+                    ep = decode(kv, Endpoint.from_json)
                     if ep.state == ACTIVE:
                         endpoints.append(ep)
                 elif kv.key.startswith(keys.PROFILES):
                     name, part = keys.parse_profile(kv.key)
-                    (tags if part == "tags" else rules)[name] = kv.json()
+                    if part == "tags":
+                        tags[name] = decode(kv, tags_from_json)
+                    elif part == "rules":
+                        rules[name] = (kv.key, decode(kv, lambda data: data))
                 elif kv.key.startswith(keys.pools_prefix()):
-                    pools.append(kv.json())
-            except (ValueError, KeyError, TypeError, AttributeError, BadRule) as exc:
-                # A malformed record is left out (its workload fails closed, a
-                # bad setting keeps its default); it must not stop policy for
-                # everyone else.
-                log.error("ignoring malformed record %s: %r", kv.key, exc)
+                    pools.append(decode(kv, Pool.from_json).to_json())
+            except BadRecord as exc:
+                bad[exc.key] = exc.why
         profiles, invalid = {}, {}
         for name in sorted(set(tags) & set(rules)):
+            key, document = rules[name]
             try:
-                inbound, outbound = parse_rules(rules[name], name)
+                inbound, outbound = parse_rules(document, name)
                 profiles[name] = Profile(name, list(tags[name]), inbound, outbound)
-            except Exception as exc:   # a bad profile is ignored (fails closed), not fatal
+            except BadRule as exc:   # a bad profile is ignored (fails closed), not fatal
                 invalid[name] = str(exc)
+                bad[key] = str(exc)
         endpoints.sort(key=lambda e: e.endpoint_id)
-        return cls(revision, endpoints, profiles, invalid, pools, to_host, nodes)
+        return cls(revision, endpoints, profiles, invalid, pools, to_host, nodes, bad)
 
     def tag_members(self) -> dict[str, dict[int, set[str]]]:
         """tag -> IP version -> addresses of every endpoint carrying the tag."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, quarantine
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
 from node.bird.renderer import Renderer
@@ -35,7 +35,9 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 1
     stop = stop_event()
-    Renderer(store, name, Path(args["--config"]), args["--ctl"]).run(stop)
+    log = logging.getLogger("calico-bird-renderer")
+    Renderer(store, name, Path(args["--config"]), args["--ctl"],
+             quarantine.for_node(log, config.node_paths(name), "renderer")).run(stop)
     store.close()
     return 0
 

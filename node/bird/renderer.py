@@ -5,8 +5,10 @@ Run by the shared watch loop (calicopy.datastore.watchloop): it re-renders on
 every change under /calico/v1/ and every few seconds regardless. A new
 configuration is written to a temporary file, checked with `bird -p`, moved
 into place atomically, and BIRD is told to `configure` only when the text
-changed. Every couple of seconds it writes the sessions BIRD reports to etcd
-under a lease, so the report vanishes if the node stops.
+changed. A malformed node, peer, pool or block record is left out, as if
+absent, and reported once (calicopy.quarantine). Every couple of seconds it
+writes the sessions BIRD reports to etcd under a lease, so the report
+vanishes if the node stops.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import threading
 import time
 from pathlib import Path
 
+from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model import bgp, ipam
+from calicopy.model.record import BadRecord, decode, decode_all
+from calicopy.quarantine import Quarantine
 from node.bird import conf, ctl
 
 log = logging.getLogger("calico-bird-renderer")
@@ -30,25 +35,36 @@ REPORT_EVERY = 2.0
 REPORT_TTL = 10
 
 
-def current_model(store: Store, name: str) -> conf.BirdModel | None:
-    """The BIRD model for node ``name`` from etcd; None until it is registered."""
+def current_model(store: Store, name: str, bad: dict[str, str] | None = None
+                  ) -> conf.BirdModel | None:
+    """The BIRD model for node ``name`` from etcd; None until it is registered
+    (or while its own record is malformed). Malformed records are left out,
+    as if absent, and listed in ``bad`` (key -> what is wrong) when given."""
+    bad = {} if bad is None else bad
     kv = store.get(keys.node(name))
     if kv is None:
         return None
-    node = bgp.Node.from_json(kv.json())
+    try:
+        node = decode(kv, bgp.Node.from_json)
+    except BadRecord as exc:
+        bad[exc.key] = exc.why
+        return None
     # The block records, not the affinities, say who owns a block: a stale
     # affinity must never make two hosts advertise the same block.
-    blocks = [str(keys.parse_block(kv.key)) for kv in store.list(keys.blocks_prefix())
-              if ipam.block_host(kv.json()) == name]
-    pools = [str(pool.cidr) for pool in ipam.read_pools(store)]
-    return conf.build_model(node, bgp.read_nodes(store), bgp.read_config(store),
-                            bgp.read_peers(store), bgp.read_peers(store, node=name), pools,
-                            blocks)
+    blocks = [str(block.cidr) for block in decode_all(store.list(keys.blocks_prefix()),
+                                                      ipam.Block.from_json, bad)
+              if block.host == name]
+    pools = [str(pool.cidr) for pool in ipam.read_pools(store, bad=bad)]
+    return conf.build_model(node, bgp.read_nodes(store, bad), bgp.read_config(store, bad),
+                            bgp.read_peers(store, bad=bad),
+                            bgp.read_peers(store, node=name, bad=bad), pools, blocks)
 
 
 class Renderer:
-    def __init__(self, store: Store, name: str, config_path: Path, ctl: str):
+    def __init__(self, store: Store, name: str, config_path: Path, ctl: str,
+                 quarantine: Quarantine | None = None):
         self.store, self.name, self.path, self.ctl = store, name, config_path, ctl
+        self.quarantine = quarantine or Quarantine(log)
         self._configured: str | None = None    # the text BIRD last accepted
         self._report_kv: KV | None = None
         self._lease = 0
@@ -56,7 +72,9 @@ class Renderer:
     def sync(self, full: bool = False, events=()) -> bool:
         """Render and, if the text differs from what BIRD last accepted,
         install and reload. Says whether it did."""
-        model = current_model(self.store, self.name)
+        bad: dict[str, str] = {}
+        model = current_model(self.store, self.name, bad)
+        self.quarantine.update(keys.PREFIX, bad)
         if model is None:
             return False
         text = conf.render(model)
@@ -69,7 +87,9 @@ class Renderer:
             ctl.check_config(str(tmp))     # raises: the old config stays
             os.replace(tmp, self.path)
         if bird_up:
+            failpoints.reached("renderer-before-configure")   # the new file is in place
             ctl.configure(self.ctl, str(self.path))   # raises: retried next pass
+            failpoints.reached("renderer-after-configure")
             self._configured = text
             log.info("BIRD configured: %d peer(s), %d block(s)", len(model.peers),
                      len(model.blocks))

@@ -18,7 +18,7 @@ import threading
 
 from docopt import docopt
 
-from calico.endpoint.v1 import endpoint_pb2_grpc
+from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2_grpc
 from calico.policy.v1 import policy_pb2_grpc
 from calicopy import config
@@ -30,6 +30,7 @@ from calicopy.service_main import stop_event
 from node.docker_plugin import protocol
 from node.docker_plugin.ipam import IpamDriver
 from node.docker_plugin.network import NetworkDriver
+from node.readiness import Readiness
 
 SOCKET_NAME = config.DOCKER_PLUGIN_SOCKET
 # An add waits up to 10 s for the node's policy agent: a shorter deadline
@@ -47,12 +48,14 @@ def main(argv=None) -> int:
     node = args["--name"]
     plugin_dir = config.DOCKER_PLUGIN_DIR.resolve(args["--plugin-dir"])
     timeout = config.RPC_TIMEOUT.resolve()
+    # Each call rides out a service that is (re)starting, within its deadline.
     ipam = Client("IPAM service", config.IPAM_ADDR.resolve(), ipam_pb2_grpc.IpamServiceStub,
-                  timeout)
+                  timeout, wait_for_ready=True)
     endpoints = Client("endpoint service", config.endpoint_addr(node=node),
-                       endpoint_pb2_grpc.EndpointServiceStub, max(timeout, ENDPOINT_TIMEOUT))
+                       endpoint_pb2_grpc.EndpointServiceStub, max(timeout, ENDPOINT_TIMEOUT),
+                       wait_for_ready=True)
     policy = Client("policy service", config.POLICY_ADDR.resolve(),
-                    policy_pb2_grpc.PolicyServiceStub, timeout)
+                    policy_pb2_grpc.PolicyServiceStub, timeout, wait_for_ready=True)
     methods = {"Plugin.Activate": lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]}}
     # The engine itself, wherever it listens (proxied or not).
     docker_sock = config.DOCKER_HOST.resolve()
@@ -72,12 +75,16 @@ def main(argv=None) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log.info("Docker plugin of node %s serving calico and calico-ipam on %s", node, path)
     stop = stop_event()
+    ready = Readiness(config.node_paths(node).ready("docker-plugin"), log)
+    ready.announce_when(lambda: endpoints.call("GetNodeInfo",
+                                               endpoint_pb2.GetNodeInfoRequest()), stop)
     suspects: set[str] = set()
     while not stop.wait(COLLECT_EVERY):
         try:
             suspects = network.collect(suspects)
         except CalicoError as exc:      # engine or service away: next time
             log.warning("could not compare endpoints with Docker's: %s", exc)
+    ready.withdraw()
     server.shutdown()
     server.server_close()
     for stale in (link, path):

@@ -24,6 +24,7 @@ import threading
 import uuid
 
 from calico.ipam.v1 import ipam_pb2
+from calicopy import failpoints
 from calicopy.errors import FailedPrecondition, InvalidArgument
 
 ADDRESS_SPACES = {"LocalDefaultAddressSpace": "CalicoLocal",
@@ -113,6 +114,7 @@ class IpamDriver:
                 hostname=self.node, attributes=attrs, request_id=claim,
                 ipv4_pools=[] if v6 else only, ipv6_pools=only if v6 else []))
             ip = ipaddress.ip_address((list(resp.ipv6) if v6 else list(resp.ipv4))[0])
+        failpoints.reached("docker-ipam-after-claim")     # claimed, Docker not told yet
         with self._lock:
             self._handles.pop(str(ip), None)
             self._handles[str(ip)] = handle

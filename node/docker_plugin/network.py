@@ -23,6 +23,7 @@ import logging
 
 from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
+from calicopy import failpoints
 from calicopy.errors import AlreadyExists, CalicoError, InvalidArgument, NotFound
 from calicopy.model.endpoint import DOCKER_IPAM_HANDLES_LABEL, IPV4_GATEWAY, IPV6_GATEWAY
 from node.docker_plugin.ipam import ADDRESS_SPACES
@@ -113,6 +114,7 @@ class NetworkDriver:
             orchestrator=ORCHESTRATOR, workload_id=docker_ep, peer_name=peer_name(docker_ep),
             ips=ips, ips_preassigned=True, profile_ids=[profile],
             mac=interface.get("MacAddress") or "", labels=labels)).endpoint
+        failpoints.reached("docker-create-endpoint")      # made, Docker not told yet
         # Docker keeps a MAC it chose; it takes ours only when it had none.
         return {} if interface.get("MacAddress") else {"Interface": {"MacAddress": ep.mac}}
 

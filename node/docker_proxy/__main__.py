@@ -31,9 +31,11 @@ from calicopy.api.endpoint import EndpointClient
 from calicopy.api.policy import ProfileClient
 from calicopy.service_main import stop_event
 from calicopy.docker_engine import LocalEngine, real_socket
+from calicopy.errors import Unavailable
 from node.docker_proxy.calico_ip import ContainerNetworking
 from node.docker_proxy.proxy import DockerProxy
 from node.docker_proxy.watcher import Watcher
+from node.readiness import Readiness
 
 # An add waits for the node's policy agent (up to 10 s) before it answers.
 RPC_TIMEOUT = 30.0
@@ -60,14 +62,25 @@ def main(argv=None) -> int:
         return 1
 
     engine = LocalEngine(listen, upstream)
-    endpoints = EndpointClient(endpoint_addr, RPC_TIMEOUT)
-    profiles = ProfileClient(policy_addr, RPC_TIMEOUT)
+    # Each call rides out a service that is (re)starting, within its deadline.
+    endpoints = EndpointClient(endpoint_addr, RPC_TIMEOUT, wait_for_ready=True)
+    profiles = ProfileClient(policy_addr, RPC_TIMEOUT, wait_for_ready=True)
     networking = ContainerNetworking(engine, endpoints, profiles)
     stop = stop_event()
-    logging.getLogger("docker-proxy").info(
-        "node %s: proxy %s -> %s; endpoint service %s", node, listen, upstream, endpoint_addr)
+    log = logging.getLogger("docker-proxy")
+    log.info("node %s: proxy %s -> %s; endpoint service %s", node, listen, upstream,
+             endpoint_addr)
+    proxy = DockerProxy(listen, upstream, networking)
+
+    def first_call():
+        endpoints.node_info()
+        if not proxy.settled():
+            raise Unavailable(f"not serving {listen} yet")
+    ready = Readiness(config.node_paths(node).ready("docker-proxy"), log)
+    ready.announce_when(first_call, stop)
     Watcher(engine, networking, resync).start(stop)
-    DockerProxy(listen, upstream, networking).serve(stop)
+    proxy.serve(stop)
+    ready.withdraw()
     endpoints.close()
     profiles.close()
     return 0

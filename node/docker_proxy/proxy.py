@@ -310,6 +310,11 @@ class DockerProxy:
         server.settimeout(self.check_every)
         return server
 
+    def settled(self) -> bool:
+        """Serving, or standing by for good reason (the engine is not on the
+        alternative socket, or someone else serves ours): what readiness means."""
+        return self.serving.is_set() or not (self.engine.available() and self._listen_free())
+
     def serve(self, stop: threading.Event) -> None:
         waiting_logged = False
         while not stop.is_set():

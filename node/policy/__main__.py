@@ -19,7 +19,7 @@ import sys
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, quarantine
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
 from node.policy import commands
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
         return 1
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
     stop = stop_event()
-    Agent(store, node, backend, run=commands.run).run(stop)
+    log = logging.getLogger("calico-policy-agent")
+    Agent(store, node, backend, run=commands.run,
+          quarantine=quarantine.for_node(log, config.node_paths(node), "policy")).run(stop)
     store.close()
     return 0
 

@@ -6,7 +6,9 @@ fully on start, after any end of its watch and every RESYNC seconds
 (rewriting every chain, which repairs anything edited by hand), and whenever
 the built-in chains no longer jump to ours. After each successful pass it
 records the etcd revision its dataplane reflects, which the endpoint service
-waits for before an add returns.
+waits for before an add returns. A malformed record (an endpoint with a bogus
+address, a profile with a bad rule) is left out, as if absent, and reported
+once (calicopy.quarantine): it never stops the pass for everyone else.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 
+from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model.policy import Snapshot
+from calicopy.quarantine import Quarantine
 from node.policy import commands, dataplane
 from node.policy.ipsets import IpSets
 from node.policy.iptables import Tables
@@ -31,8 +35,11 @@ class Agent:
     """``run`` runs the iptables and ipset tools: commands.run, or in tests a
     stand-in that holds the kernel's state."""
 
-    def __init__(self, store: Store, node: str, backend: str, run=commands.run):
+    def __init__(self, store: Store, node: str, backend: str, run=commands.run,
+                 quarantine: Quarantine | None = None):
         self.store, self.node, self.backend = store, node, backend
+        # Malformed records: left out of the dataplane (fail closed), reported.
+        self.quarantine = quarantine or Quarantine(log)
         self.tables = {v: Tables(v, backend, run) for v in (4, 6)}
         self.ipsets = IpSets(run)
         self._sets: dict[str, set[str]] | None = None    # what we last wrote
@@ -59,9 +66,9 @@ class Agent:
         and how many sets and chains changed."""
         revision, kvs = self.store.snapshot(keys.PREFIX)
         snapshot = Snapshot.from_kvs(revision, kvs)
-        for name, why in snapshot.invalid_profiles.items():
-            log.error("profile %s ignored (its members fail closed): %s", name, why)
+        self.quarantine.update(keys.PREFIX, snapshot.bad)
         desired = dataplane.compute(snapshot, self.node)
+        failpoints.reached("policy-before-restore")
         have = self.ipsets.current() if full or self._sets is None else self._sets
         self._sets = None                 # unknown until this pass succeeds
         stats = {"sets": self.ipsets.update(desired.ipsets, have), "chains": 0}
@@ -70,6 +77,7 @@ class Agent:
                 stats["chains"] += self.tables[version].apply(table, chains, full=full)
         stats["stale_sets"] = self.ipsets.remove_stale(desired.ipsets, have)
         self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
+        failpoints.reached("policy-after-restore")      # programmed, progress not recorded
         return revision, stats
 
     def _record(self, revision: int) -> None:

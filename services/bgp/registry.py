@@ -7,12 +7,32 @@ read here.
 
 from __future__ import annotations
 
+import logging
+
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
 from calicopy.model.bgp import (BadInput, BgpConfig, Node, Peer, check_as, check_name, parse_ip,
                                 read_config, read_nodes, read_peers)
 from calicopy.model.endpoint import Endpoint
+from calicopy.model.record import BadRecord, decode, decode_all
+from calicopy.quarantine import Quarantine
 from services.bgp.errors import NodeInUse, NodeNotFound, PeerNotFound
+
+log = logging.getLogger("calico-bgp")
+
+
+def _peer_or_none(kv: KV) -> Peer | None:
+    try:
+        return decode(kv, Peer.from_json)
+    except BadRecord:
+        return None
+
+
+def _node_or_none(kv: KV) -> Node | None:
+    try:
+        return decode(kv, Node.from_json)
+    except BadRecord:
+        return None
 
 _TXN_OPS = 100     # etcd caps the operations of one transaction (128 by default)
 
@@ -20,6 +40,8 @@ _TXN_OPS = 100     # etcd caps the operations of one transaction (128 by default
 class BgpRegistry:
     def __init__(self, store: Store):
         self.store = store
+        # Malformed records are skipped as if absent, and logged once.
+        self.quarantine = Quarantine(log)
 
     # Nodes -------------------------------------------------------------------
 
@@ -35,8 +57,8 @@ class BgpRegistry:
 
         def attempt():
             kv = self.store.get(keys.node(node.name))
-            if kv is not None and Node.from_json(kv.json()) == node:
-                return node, False
+            if kv is not None and _node_or_none(kv) == node:
+                return node, False      # (a malformed record is replaced)
             txn = Txn().put(keys.node(node.name), kv, node.to_json())
             return (node, True) if self.store.commit(txn) else None
         return retry(f"registering node {node.name}", attempt)
@@ -45,18 +67,26 @@ class BgpRegistry:
         kv = self.store.get(keys.node(check_name(name)))
         if kv is None:
             raise NodeNotFound(name)
-        return Node.from_json(kv.json())
+        return decode(kv, Node.from_json)      # BadRecord names the key
 
     def list_nodes(self) -> list[Node]:
-        return read_nodes(self.store)
+        bad: dict[str, str] = {}
+        nodes = read_nodes(self.store, bad)
+        self.quarantine.update(keys.HOSTS, {k: v for k, v in bad.items() if keys.is_node(k)})
+        return nodes
 
     def endpoints(self, name: str) -> list[Endpoint]:
-        return [Endpoint.from_json(kv.json())
-                for kv in self.store.list(keys.node_endpoints_prefix(name))
-                if keys.is_endpoint(kv.key)]
+        """The node's endpoints (a malformed record left out)."""
+        prefix = keys.node_endpoints_prefix(name)
+        bad: dict[str, str] = {}
+        found = decode_all((kv for kv in self.store.list(prefix) if keys.is_endpoint(kv.key)),
+                           Endpoint.from_json, bad)
+        self.quarantine.update(prefix, bad)
+        return found
 
     def delete_node(self, name: str, force: bool = False) -> None:
-        self.get_node(name)
+        if self.store.get(keys.node(check_name(name))) is None:
+            raise NodeNotFound(name)    # (a malformed record can still be deleted)
         count = len(self.endpoints(name))
         if count and not force:
             raise NodeInUse(name, count)
@@ -74,7 +104,11 @@ class BgpRegistry:
     # Settings ----------------------------------------------------------------
 
     def config(self) -> BgpConfig:
-        return read_config(self.store)
+        bad: dict[str, str] = {}
+        config = read_config(self.store, bad)
+        for key, why in bad.items():
+            self.quarantine.note(key, why)
+        return config
 
     def set_config(self, default_as: int | None = None, node_mesh: bool | None = None
                    ) -> BgpConfig:
@@ -115,7 +149,7 @@ class BgpRegistry:
     def remove_peer(self, ip_text: str, node: str = "", route_reflector: bool = False) -> None:
         ip = parse_ip(ip_text)
         kv = self.store.get(keys.peer(ip, node or None))
-        if kv is None or Peer.from_json(kv.json()).route_reflector != route_reflector:
+        if kv is None or (_peer_or_none(kv) or Peer("")).route_reflector != route_reflector:
             kind = "route reflector" if route_reflector else "BGP peer"
             where = f" of node {node}" if node else ""
             raise PeerNotFound(f"{ip} is not a configured {kind}{where}.")
@@ -123,7 +157,11 @@ class BgpRegistry:
             raise PeerNotFound(f"{ip} changed while being removed; run the command again.")
 
     def peers(self, node: str = "", version: int = 0) -> list[Peer]:
-        return read_peers(self.store, node, version)
+        bad: dict[str, str] = {}
+        found = read_peers(self.store, node, version, bad)
+        for key, why in bad.items():
+            self.quarantine.note(key, why)
+        return found
 
     # Status --------------------------------------------------------------------
 
@@ -131,4 +169,12 @@ class BgpRegistry:
         kvs: list[KV] = ([kv for kv in [self.store.get(keys.bgp_status(node))] if kv]
                          if node else [kv for kv in self.store.list(keys.HOSTS)
                                        if keys.is_bgp_status(kv.key)])
-        return [kv.json() for kv in kvs]
+        reports = []
+        for kv in kvs:
+            try:
+                report = kv.json()
+            except ValueError:
+                continue                # a node writing it badly: no report, as if absent
+            if isinstance(report, dict):
+                reports.append(report)
+        return reports

@@ -48,7 +48,7 @@ import time
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, quarantine
 from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
@@ -107,12 +107,15 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             os.unlink(path)          # a socket left by a previous run
 
-    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve(), security=security)
+    ipam = IpamClient(ipam_addr, timeout=config.RPC_TIMEOUT.resolve(), security=security,
+                      wait_for_ready=True)      # rides out an IPAM (re)starting
     dataplane = kernel.KernelDataplane()
     kernel.enable_forwarding()
     manager = EndpointManager(store, ipam, dataplane, node,
                               ipv6=dataplane.ipv6 and not args["--no-ipv6"],
-                              policy_wait=policy_wait)
+                              policy_wait=policy_wait,
+                              quarantine=quarantine.for_node(log, config.node_paths(node),
+                                                             "endpoint"))
     deadline = time.monotonic() + STARTUP_WAIT
     try:
         counts = _retry_until_up("etcd and IPAM", lambda: manager.reconcile(startup=True),

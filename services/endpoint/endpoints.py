@@ -10,6 +10,9 @@ Invariants, and how each operation keeps them:
 - No address leaks. Every address this service claims carries the endpoint
   id as an IPAM attribute; reconciling releases the endpoint's addresses that
   its record does not list (a crash between claiming and recording).
+- A malformed record under the node's prefix is treated as absent (its
+  interface is an orphan; an add of its workload replaces it) and reported
+  (calicopy.quarantine), never fatal.
 - The record is the truth for the kernel: ``reconcile`` makes every live
   endpoint's interface, addresses and routes match it, tears down endpoints
   whose workload is gone, and deletes ``cali`` interfaces nobody owns.
@@ -32,19 +35,21 @@ import json
 import logging
 import re
 import threading
-import time
 from collections import defaultdict
 from typing import Protocol
 
 from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
+from calicopy.model.record import BadRecord, decode
+from calicopy.quarantine import Quarantine
 from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
 from calicopy import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
                                      InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
                                      OrchestratorOwned)
 from services.endpoint.kernel import InterfaceSpec
+from services.endpoint.progress import PolicyProgress
 from calicopy.model.endpoint import ACTIVE, PENDING, AddRequest, Endpoint, endpoint_id
 
 log = logging.getLogger(__name__)
@@ -161,8 +166,11 @@ class EndpointManager:
     """The endpoints of one node."""
 
     def __init__(self, store: Store, ipam: IpamApi, dataplane: Dataplane, node: str,
-                 ipv6: bool = True, policy_wait: float = 0.0):
+                 ipv6: bool = True, policy_wait: float = 0.0,
+                 quarantine: Quarantine | None = None):
         self.store = store
+        # Malformed records under this node's prefix: skipped as if absent, reported.
+        self.quarantine = quarantine or Quarantine(log)
         self.ipam = ipam
         self.dataplane = dataplane
         self.node = node
@@ -170,6 +178,7 @@ class EndpointManager:
         # With a policy agent on the node: how long an add waits for it to
         # program the endpoint before giving up (0: no agent, no wait).
         self.policy_wait = policy_wait
+        self._progress = PolicyProgress(store, node)    # its watch is made at the first wait
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._in_flight: set[str] = set()      # keys of pending records of adds running
 
@@ -188,8 +197,14 @@ class EndpointManager:
                  ) -> list[tuple[Endpoint, KV]]:
         prefix = (keys.workload_prefix(self.node, orchestrator, workload_id) if workload_id
                   else keys.node_endpoints_prefix(self.node))
-        found = [(Endpoint.from_json(kv.json()), kv) for kv in self.store.list(prefix)
-                 if keys.is_endpoint(kv.key)]
+        found, bad = [], {}
+        for kv in self.store.list(prefix):
+            if keys.is_endpoint(kv.key):
+                try:
+                    found.append((decode(kv, Endpoint.from_json), kv))
+                except BadRecord as exc:
+                    bad[exc.key] = exc.why
+        self.quarantine.update(prefix, bad)
         return sorted(found, key=lambda f: (f[0].orchestrator, f[0].workload_id,
                                             f[0].interface_name))
 
@@ -233,7 +248,8 @@ class EndpointManager:
             # The checks, in the order the original tool made them.
             fingerprint = _fingerprint(req, interface, path)
             existing = self.store.get(key)
-            if existing is not None:
+            malformed = existing is not None and self._malformed(existing)
+            if existing is not None and not malformed:
                 return self._repeat(existing, path, fingerprint, mtu)
             if path:
                 self.dataplane.check_workload(path, req.workload_id)
@@ -255,7 +271,8 @@ class EndpointManager:
                           labels=dict(req.labels), persistent=req.persistent,
                           request=fingerprint, mtu=mtu,
                           netns_id=self.dataplane.namespace_id(path) if path else "")
-            pending = Txn().create(key, ep.to_json())
+            # A malformed record in its place counts as absent: this add replaces it.
+            pending = Txn().put(key, existing if malformed else None, ep.to_json())
             created = self.store.commit(pending)
             if not created:
                 raise AlreadyNetworked(req.workload_id)
@@ -297,6 +314,14 @@ class EndpointManager:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
                               "add; retry.")
         self._await_policy(revision)
+
+    def _malformed(self, kv: KV) -> bool:
+        try:
+            decode(kv, Endpoint.from_json)
+        except BadRecord as exc:
+            self.quarantine.note(exc.key, exc.why)
+            return True
+        return False
 
     def _repeat(self, kv: KV, path: str, fingerprint: str, mtu: int) -> Endpoint:
         """An add for a workload that has the endpoint already. The same
@@ -345,17 +370,10 @@ class EndpointManager:
         ``revision`` (so a new workload never runs without its policy)."""
         if not self.policy_wait:
             return
-        key = keys.policy_applied(self.node)
-        deadline = time.monotonic() + self.policy_wait
-        while True:
-            kv = self.store.get(key)
-            if kv is not None and kv.json().get("revision", 0) >= revision:
-                return
-            if time.monotonic() > deadline:
-                raise Unavailable(f"The policy agent of node {self.node} did not program the "
-                                  f"endpoint within {self.policy_wait:g}s; is it running? "
-                                  "(see policy.log in the node's state folder)")
-            time.sleep(0.005)
+        if not self._progress.wait(revision, self.policy_wait):
+            raise Unavailable(f"The policy agent of node {self.node} did not program the "
+                              f"endpoint within {self.policy_wait:g}s; is it running? "
+                              "(see policy.log in the node's state folder)")
 
     # Remove ----------------------------------------------------------------------
 
@@ -478,7 +496,7 @@ class EndpointManager:
     def _reconcile_one(self, ep: Endpoint, kv: KV, startup: bool, counts: dict) -> None:
         with self._locks[(ep.orchestrator, ep.workload_id)]:
             current = self.store.get(kv.key)
-            if current is None:
+            if current is None or self._malformed(current):
                 return
             ep = Endpoint.from_json(current.json())
             abandoned = ep.state == PENDING and (startup or kv.key not in self._in_flight)

@@ -7,10 +7,16 @@ overlapping pools at the same moment cannot both pass the overlap check.
 
 from __future__ import annotations
 
+import logging
+
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
 from calicopy.model.ipam import Network, Pool
+from calicopy.model.record import BadRecord, decode
+from calicopy.quarantine import Quarantine
 from services.ipam.errors import PoolConflict, PoolExists, PoolNotFound
+
+log = logging.getLogger("calico-ipam")
 
 
 class PoolRegistry:
@@ -18,15 +24,24 @@ class PoolRegistry:
 
     def __init__(self, store: Store):
         self.store = store
+        # A malformed pool record is left out of listings, as if absent, and
+        # logged once; reading it by name says what is wrong with it.
+        self.quarantine = Quarantine(log)
 
     def list(self, version: int | None = None) -> list[tuple[Pool, KV]]:
-        found = [(Pool.from_json(kv.json()), kv)
-                 for kv in self.store.list(keys.pools_prefix(version))]
+        prefix = keys.pools_prefix(version)
+        found, bad = [], {}
+        for kv in self.store.list(prefix):
+            try:
+                found.append((decode(kv, Pool.from_json), kv))
+            except BadRecord as exc:
+                bad[exc.key] = exc.why
+        self.quarantine.update(prefix, bad)
         return sorted(found, key=lambda p: (p[0].version, p[0].cidr))
 
     def get(self, cidr: Network) -> tuple[Pool, KV] | None:
         kv = self.store.get(keys.pool(cidr))
-        return (Pool.from_json(kv.json()), kv) if kv else None
+        return (decode(kv, Pool.from_json), kv) if kv else None
 
     def require(self, cidr: Network) -> tuple[Pool, KV]:
         found = self.get(cidr)

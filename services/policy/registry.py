@@ -10,20 +10,27 @@ is one key under /calico/v1/config/, absent while it has its default.
 from __future__ import annotations
 
 import json
+import logging
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn, retry
 from calicopy.model.endpoint import Endpoint
+from calicopy.model.record import BadRecord, decode
+from calicopy.quarantine import Quarantine
 from services.policy.errors import (BadRule, EndpointNotFound, ProfileExists, ProfileInUse,
                                     ProfileNotFound)
 from calicopy.model.policy import (DEFAULT_ENDPOINT_TO_HOST_ACTION, Profile,
                                    check_endpoint_to_host_action, check_profile_name,
-                                   check_tag, parse_rules)
+                                   check_tag, parse_rules, tags_from_json)
+
+log = logging.getLogger("calico-policy")
 
 
 class PolicyRegistry:
     def __init__(self, store: Store):
         self.store = store
+        # Malformed records are skipped as if absent, and logged once.
+        self.quarantine = Quarantine(log)
 
     # Profiles ----------------------------------------------------------------
 
@@ -33,8 +40,9 @@ class PolicyRegistry:
         rules_kv = self.store.get(keys.profile_rules(name))
         if tags_kv is None or rules_kv is None:
             raise ProfileNotFound(name)
-        inbound, outbound = parse_rules(rules_kv.json(), name)
-        return Profile(name, list(tags_kv.json()), inbound, outbound), tags_kv, rules_kv
+        tags = decode(tags_kv, tags_from_json)
+        inbound, outbound = decode(rules_kv, lambda data: parse_rules(data, name))
+        return Profile(name, tags, inbound, outbound), tags_kv, rules_kv
 
     def get(self, name: str) -> Profile:
         return self._read(name)[0]
@@ -64,12 +72,15 @@ class PolicyRegistry:
 
     def list(self) -> list[Profile]:
         names = sorted({keys.parse_profile(kv.key)[0] for kv in self.store.list(keys.PROFILES)})
-        found = []
+        found, bad = [], {}
         for name in names:
             try:
                 found.append(self.get(name))
             except ProfileNotFound:     # half of a profile being created or deleted
                 continue
+            except BadRecord as exc:
+                bad[exc.key] = exc.why
+        self.quarantine.update(keys.PROFILES, bad)
         return found
 
     def set_tags(self, name: str, add: str | None = None, remove: str | None = None) -> Profile:
@@ -101,8 +112,16 @@ class PolicyRegistry:
     # Endpoints -------------------------------------------------------------------
 
     def endpoints(self) -> list[tuple[Endpoint, KV]]:
-        return [(Endpoint.from_json(kv.json()), kv) for kv in self.store.list(keys.HOSTS)
-                if keys.is_endpoint(kv.key)]
+        """Every endpoint of every node (a malformed record left out)."""
+        found, bad = [], {}
+        for kv in self.store.list(keys.HOSTS):
+            if keys.is_endpoint(kv.key):
+                try:
+                    found.append((decode(kv, Endpoint.from_json), kv))
+                except BadRecord as exc:
+                    bad[exc.key] = exc.why
+        self.quarantine.update(keys.HOSTS, bad)
+        return found
 
     def endpoint(self, endpoint_id: str) -> tuple[Endpoint, KV]:
         for ep, kv in self.endpoints():

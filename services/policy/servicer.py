@@ -86,7 +86,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         packet = Packet(str(src), str(dst), protocol, request.port or None, icmp_type=echo,
                         icmp_code=0 if echo is not None else None)
         revision, kvs = self.registry.store.snapshot(keys.PREFIX)
-        allowed, decisions, notes = explain(Snapshot.from_kvs(revision, kvs), packet)
+        snapshot = Snapshot.from_kvs(revision, kvs)
+        self.registry.quarantine.update(keys.PREFIX, snapshot.bad)
+        allowed, decisions, notes = explain(snapshot, packet)
         return policy_pb2.ExplainResponse(allowed=allowed, notes=notes, steps=[
             policy_pb2.Step(direction=d.direction, workload_id=d.endpoint.workload_id,
                             endpoint_id=d.endpoint.endpoint_id, allowed=d.allowed,

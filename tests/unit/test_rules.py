@@ -72,6 +72,7 @@ def snapshot(*profiles, endpoints=(), bad=None):
         kvs.append(kv(keys.endpoint(ep.node, "netns", ep.workload_id, ep.endpoint_id),
                       ep.to_json()))
     kvs.append(kv(keys.pools_prefix(4) + "10.20.0.0-16", {"cidr": "10.20.0.0/16",
+                                                          "block_size": 26,
                                                           "nat_outgoing": True}))
     return Snapshot.from_kvs(7, kvs)
 
