@@ -24,9 +24,10 @@ class Service:
         self.name = name
         self.param = param
         self.hint = hint
-        self.addr = addr or param.resolve()
+        addrs = addr or param.resolve()          # one address, or the replicas'
+        self.addr = rpc.describe_target(addrs)
         self.timeout = config.RPC_TIMEOUT.resolve()
-        self._client = rpc.Client(name, self.addr, stub_class, self.timeout)
+        self._client = rpc.Client(name, addrs, stub_class, self.timeout)
 
     def call(self, method: str, request):
         try:

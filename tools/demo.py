@@ -195,7 +195,7 @@ def security_story(lab, host) -> None:
     print(f"    certificates in {stack.pki_dir()}")
     ok = rpc.check_health(config.IPAM_ADDR.resolve(),
                           security=Security(None, insecure=True), timeout=2)
-    print(f"    a plaintext health check of {config.IPAM_ADDR.resolve()}: "
+    print(f"    a plaintext health check of {rpc.describe_target(config.IPAM_ADDR.resolve())}: "
           f"{'ANSWERED (wrong!)' if ok else 'refused'}")
     node = lab.identities.env(f"node:{host.name}")
     print(f"[{host.name}]$ calicoctl pool add 10.99.0.0/16   # with node:{host.name}'s "

@@ -84,11 +84,16 @@ class CallFailed(Exception):
 
 class _Context:
     """The part of ``grpc.ServicerContext`` the servicer uses: ``abort``,
-    which here raises instead of ending an RPC."""
+    which here raises instead of ending an RPC, and trailing metadata, which
+    JSON has no use for."""
 
     @staticmethod
     def abort(code: grpc.StatusCode, details: str):
         raise CallFailed(code, details)
+
+    @staticmethod
+    def set_trailing_metadata(metadata) -> None:
+        pass
 
 
 class JsonGateway:
