@@ -8,7 +8,8 @@ from calicopy.datastore.store import KV, Txn
 
 
 class MemoryStore:
-    """A dict-backed Store with etcd's revision semantics."""
+    """A dict-backed Store with etcd's revision semantics, and leases that
+    expire only when a test says so (``expire_lease``)."""
 
     endpoints = "memory"
 
@@ -17,6 +18,8 @@ class MemoryStore:
         self.revision = 0
         self.commits = 0
         self.lock = threading.Lock()
+        self.leases: dict[int, set[str]] = {}     # live lease -> its keys
+        self.keepalives = 0
 
     def get(self, key):
         return self.data.get(key)
@@ -34,13 +37,39 @@ class MemoryStore:
                 kv = self.data.get(c.key)
                 if (kv.mod_revision if kv else 0) != c.mod_revision:
                     return 0
+            if any(lease not in self.leases for lease in txn.leases.values() if lease):
+                raise KeyError("etcdserver: requested lease not found")
             self.revision += 1
             self.commits += 1
             for key, value in txn.puts.items():
                 self.data[key] = KV(key, value, self.revision)
+                for keys in self.leases.values():
+                    keys.discard(key)
+                if txn.leases.get(key):
+                    self.leases[txn.leases[key]].add(key)
             for key in txn.deletes:
                 self.data.pop(key, None)
             return self.revision
+
+    def grant_lease(self, ttl):
+        with self.lock:
+            self._granted = getattr(self, "_granted", 0) + 1
+            lease = 1000 + self._granted
+            self.leases[lease] = set()
+            return lease
+
+    def refresh_lease(self, lease):
+        self.keepalives += 1
+        return lease in self.leases
+
+    def expire_lease(self, lease):
+        """The lease ran out: its keys go, as one change."""
+        with self.lock:
+            keys = self.leases.pop(lease)
+            if keys:
+                self.revision += 1
+            for key in keys:
+                self.data.pop(key, None)
 
     def delete_prefix(self, prefix):
         with self.lock:

@@ -261,6 +261,24 @@ class EtcdCluster:
                 raise RuntimeError(f"the etcd members do not agree on a leader: {seen}")
             time.sleep(0.05)
 
+    def move_leader(self, to: EtcdMember) -> None:
+        """Hand the leadership to ``to`` (etcd's MoveLeader, as admin)."""
+        from pyetcd import etcdrpc
+        leader = self.leader()
+        if leader is to:
+            return
+        target = self.status(to)["member"]
+        store = EtcdStore([config.parse_endpoint(leader.client)], tls=self.admin or self.tls)
+        try:
+            store.call("Maintenance", "MoveLeader", etcdrpc.MoveLeaderRequest(targetID=target))
+        finally:
+            store.close()
+        deadline = time.monotonic() + 30
+        while self.leader() is not to:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd did not hand the leadership to {to.name}")
+            time.sleep(0.05)
+
     def kill(self, member: EtcdMember) -> None:
         """SIGKILL, as a crash would."""
         if member.running:

@@ -39,6 +39,16 @@ _FIRST_TRY = 1.0
 # (and to end watches when it loses it) instead of holding them.
 _REQUIRE_LEADER = (("hasleader", "true"),)
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# What a member says, with another status (UNKNOWN), when it could not take a
+# request just now (no leader to propose it to, too busy): not applied...
+_NOT_TAKEN = ("proposal dropped", "too many requests")
+# ... or when its leader was lost with the request under way: maybe applied.
+_LOST = ("context deadline exceeded", "leader changed", "request timed out")
+
+
+def _transient(exc: grpc.RpcError) -> bool:
+    return exc.code() in _FAILOVER_CODES or \
+        any(sign in (exc.details() or "") for sign in _NOT_TAKEN + _LOST)
 
 
 def _options(endpoint: EtcdEndpoint) -> list[tuple[str, object]]:
@@ -159,7 +169,7 @@ class EtcdStore:
                 why = _details(exc)
             except grpc.RpcError as exc:       # from pyetcd's calls it does not wrap
                 self._raise_refusal(exc)
-                if exc.code() not in _FAILOVER_CODES:
+                if not _transient(exc):
                     raise
                 self._fail(client)
                 why = exc.details() or exc.code().name
@@ -173,12 +183,14 @@ class EtcdStore:
                         metadata=_REQUIRE_LEADER)
         except grpc.RpcError as exc:
             self._raise_refusal(exc)
-            if exc.code() not in _FAILOVER_CODES:
+            if not _transient(exc):
                 raise
             self._fail(client)
-            # Refused before it was sent: certainly not applied.
-            sent = "failed to connect" not in (exc.details() or "")
-            raise _Failed(exc.details() or exc.code().name, sent) from None
+            # Refused before it was sent, or not taken: certainly not applied.
+            details = exc.details() or exc.code().name
+            taken = "failed to connect" not in details and \
+                not any(sign in details for sign in _NOT_TAKEN)
+            raise _Failed(details, taken) from None
 
     @staticmethod
     def _fail(client) -> None:
@@ -274,7 +286,7 @@ class EtcdStore:
                     credentials=client.call_credentials, metadata=_REQUIRE_LEADER))
             except grpc.RpcError as exc:
                 self._raise_refusal(exc)
-                if exc.code() not in _FAILOVER_CODES:
+                if not _transient(exc):
                     raise
                 self._fail(client)
                 raise _Failed(exc.details() or exc.code().name, False) from None
@@ -301,17 +313,21 @@ class EtcdStore:
             key=prefix.encode(), range_end=etcd_utils.prefix_range_end(prefix.encode()))
         return self._call(lambda c, t: self._try(c, "kvstub", "DeleteRange", request, t)).deleted
 
-    def auth(self, method: str, request):
-        """A call of etcd's Auth service (calicopy.datastore.etcd_auth)."""
-        return self._call(lambda c, t: self._try(c, "authstub", method, request, t))
+    def call(self, service: str, method: str, request):
+        """A call of one of etcd's own services, ``Auth``
+        (calicopy.datastore.etcd_auth) or ``Maintenance``, with fail-over."""
+        stub = {"Auth": "authstub", "Maintenance": "maintenancestub"}[service]
+        return self._call(lambda c, t: self._try(c, stub, method, request, t))
 
     def status(self) -> dict:
-        """The answering member's view: its id, its leader's, the revision
-        and the size of its database file (bytes)."""
+        """The answering member's view: its id, its leader's, the revision,
+        and its database's size: of the file, and in use (bytes; what
+        defragmentation would leave)."""
         resp = self._call(lambda c, t: self._try(c, "maintenancestub", "Status",
                                                  etcdrpc.StatusRequest(), t))
         return {"member": resp.header.member_id, "leader": resp.leader,
-                "revision": resp.header.revision, "db_size": resp.dbSize}
+                "revision": resp.header.revision, "db_size": resp.dbSize,
+                "db_size_in_use": _unknown_field(resp, _DB_SIZE_IN_USE)}
 
 
 def _read_back(txn: Txn) -> etcdrpc.TxnRequest:
@@ -326,6 +342,18 @@ def _read_back(txn: Txn) -> etcdrpc.TxnRequest:
     reads = [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=k.encode()))
              for k in list(txn.puts) + list(txn.deletes)]
     return etcdrpc.TxnRequest(compare=compares, success=reads, failure=reads)
+
+
+# StatusResponse.dbSizeInUse (etcd 3.4), newer than pyetcd's copy of the proto.
+_DB_SIZE_IN_USE = 9
+
+
+def _unknown_field(message, number: int) -> int:
+    from google.protobuf import unknown_fields
+    for field in unknown_fields.UnknownFieldSet(message):
+        if field.field_number == number:
+            return field.data
+    return 0
 
 
 def _details(exc: Exception) -> str:

@@ -56,7 +56,7 @@ def _tolerate(call, *exists):
 
 
 def _call(store: EtcdStore, method: str, request):
-    return store.auth(method, request)       # the admin connection
+    return store.call("Auth", method, request)       # the admin connection
 
 
 def ensure_user(store: EtcdStore, user: str, role: str,
