@@ -225,7 +225,7 @@ def _start_services(admin: Security) -> None:
     starting = []
     for name, module, param in SERVICES:
         for replica, addr in enumerate(replicas(param), 1):
-            label = f"{name} service".ljust(15) if replica == 1 else f"  replica {replica}".ljust(15)
+            label = (f"{name} service" if replica == 1 else f"  replica {replica}").ljust(15)
             proc_name = _name(name, replica)
             if _running(proc_name) and check_health(addr, security=admin):
                 print(f"{label} already running on {addr}")
