@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from calicopy.datastore.store import KV, Txn
+from calicopy.datastore.store import KV, LeaseExpired, Txn
 
 
 class MemoryStore:
@@ -37,8 +37,9 @@ class MemoryStore:
                 kv = self.data.get(c.key)
                 if (kv.mod_revision if kv else 0) != c.mod_revision:
                     return 0
-            if any(lease not in self.leases for lease in txn.leases.values() if lease):
-                raise KeyError("etcdserver: requested lease not found")
+            for lease in txn.leases.values():
+                if lease and lease not in self.leases:
+                    raise LeaseExpired(lease)
             self.revision += 1
             self.commits += 1
             for key, value in txn.puts.items():

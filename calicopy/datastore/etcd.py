@@ -24,7 +24,7 @@ from pyetcd import utils as etcd_utils
 
 from calicopy import config
 from calicopy.config import ConfigError, EtcdEndpoint
-from calicopy.datastore.store import KV, DatastoreUnavailable, Txn
+from calicopy.datastore.store import KV, DatastoreUnavailable, LeaseExpired, Txn
 from calicopy.errors import PermissionDenied
 
 # Seconds a failed member is skipped before it is tried again; pyetcd's own
@@ -254,7 +254,12 @@ class EtcdStore:
         request = etcdrpc.TxnRequest(compare=compares, success=ops, failure=[])
 
         def once(client, timeout):
-            response = self._try(client, "kvstub", "Txn", request, timeout)
+            try:
+                response = self._try(client, "kvstub", "Txn", request, timeout)
+            except grpc.RpcError as exc:
+                if "lease not found" in (exc.details() or ""):
+                    raise LeaseExpired(next(iter(txn.leases.values()))) from None
+                raise
             return response.header.revision if response.succeeded else 0
 
         def applied(client, timeout):

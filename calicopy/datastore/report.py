@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from calicopy.datastore.store import KV, ContentionError, Store, Txn
+from calicopy.datastore.store import KV, ContentionError, LeaseExpired, Store, Txn
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,16 @@ class LeasedReport:
             self._write(self._value, self._extra)
 
     def _write(self, value: Any, extra: dict) -> None:
-        if not self._lease:
-            self._lease, self._kv = self.store.grant_lease(self.ttl), None
-            self._refreshed = self._clock()
         for _ in range(3):      # the cached revision may be stale (another writer, a restart)
+            if not self._lease:
+                self._lease, self._kv = self.store.grant_lease(self.ttl), None
+                self._refreshed = self._clock()
             txn = Txn().put(self.key, self._kv, {**value, **extra}, lease=self._lease)
-            revision = self.store.commit(txn)
+            try:
+                revision = self.store.commit(txn)
+            except LeaseExpired:        # between two keep-alives: a new one, and again
+                self._lease = 0
+                continue
             if revision:
                 self._kv = KV(self.key, txn.puts[self.key], revision)
                 self._value, self._extra = value, extra

@@ -36,3 +36,17 @@ def test_sessions_are_written_when_they_change_and_kept_alive_in_between(tmp_pat
 
     store.expire_lease(lease)                       # the node stopped: the report goes
     assert BgpRegistry(store).status("h1") == []
+
+
+def test_a_report_written_after_its_lease_expired_gets_a_new_one(tmp_path, monkeypatch):
+    store = MemoryStore()
+    sock = tmp_path / "bird.ctl"
+    sock.touch()
+    sessions = [[]]
+    monkeypatch.setattr(renderer.ctl, "sessions", lambda path: sessions[-1])
+    r = Renderer(store, "h1", tmp_path / "bird.conf", str(sock))
+    r.report()
+    store.expire_lease(r.status._lease)      # the process stalled past the lease's time
+    sessions.append([ctl.Session("172.30.0.3", "mesh", "up", "06:20:48", "Established", 4)])
+    r.report()
+    assert BgpRegistry(store).status("h1")[0]["sessions"][0]["state"] == "up"
