@@ -235,18 +235,23 @@ def _split_hostport(addr: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _resolve(addrs: list[str]) -> list[tuple[str, str]]:
     """(IP, port) of every address; a name stands for each of its addresses,
     one that does not resolve (a replica not started yet) for none."""
     found: list[tuple[str, str]] = []
     for addr in addrs:
         host, port = _split_hostport(addr)
-        try:
-            ipaddress.ip_address(host)
+        if _is_ip(host):
             found.append((host, port))
             continue
-        except ValueError:
-            pass
         try:
             infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
         except OSError as exc:
@@ -344,8 +349,8 @@ class Client:
     replica to be ready; when none was, it fails UNAVAILABLE (``Unreachable``,
     saying why the last connection failed), as it would have at once without
     the wait. When the TLS files change (rotation), the next call opens a new
-    channel with them; so does the call after one that found no replica (the
-    names in ``target`` are resolved again)."""
+    channel with them; so does the call after one that found no replica,
+    when the replicas' addresses are names (they are resolved again)."""
 
     RECHECK = 2.0       # seconds between looks at the TLS files
 
@@ -359,6 +364,13 @@ class Client:
         self._stub_class = stub_class
         self._lock = threading.Lock()
         self._open()
+
+    @property
+    def _resolved_here(self) -> bool:
+        """Whether names in the addresses were resolved by us, once (several
+        addresses); gRPC resolves a lone name again by itself."""
+        return len(self.addresses) > 1 and not self.addresses[0].startswith("unix:") and \
+            any(not _is_ip(_split_hostport(a)[0]) for a in self.addresses)
 
     def _open(self) -> None:
         self._channel = channel(self.addresses, self.security)
@@ -386,10 +398,9 @@ class Client:
             why = self._unreachable()
             if why is None:
                 raise
-            with self._lock:                # resolve the names again next time
-                old = self._channel
-                self._open()
-                old.close()
+            if self._resolved_here:
+                with self._lock:            # resolve the names again next time; the
+                    self._open()            # old channel goes with its last call
             raise Unreachable(why) from None
 
     def _unreachable(self) -> str | None:

@@ -52,9 +52,10 @@ class Service:
 
 def _tls_failure(details: str) -> bool:
     """A refused handshake: ours (a server certificate we do not trust) or the
-    server's (it closes the connection on a client certificate it does not)."""
+    server's (it closes the connection on a client certificate it does not),
+    or one that does not name the host we asked for."""
     return any(sign in details for sign in ("handshake", "certificate", "Socket closed",
-                                             "SSL", "TSI_"))
+                                             "SSL", "TSI_", "Verification Check"))
 
 
 def ipam() -> Service:

@@ -8,6 +8,8 @@ import grpc
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy import rpc
+from services.ipam.allocator import Ipam
+from services.ipam.server import create_server
 from tests.cli import calicoctl
 from tests.conftest import identity_files
 from tools import launch
@@ -68,3 +70,28 @@ def test_calicoctl_uses_the_replica_that_answers(ipam_addr):
     added = calicoctl("pool", "add", "10.63.0.0/16", env=env)
     assert added.returncode == 0, added.stderr
     assert "10.63.0.0/16" in calicoctl("pool", "show", env=env).stdout
+
+
+def test_every_replica_s_certificate_is_checked_against_the_first_address_s_host(
+        store, service_security):
+    """The services' certificates name 127.0.0.1 (and not 127.0.0.2)."""
+    servers, addrs = [], []
+    try:
+        for host in ("127.0.0.1", "127.0.0.2"):
+            server, port = create_server(f"{host}:0", Ipam(store),
+                                         security=service_security("ipam"))
+            server.start()
+            servers.append(server)
+            addrs.append(f"{host}:{port}")
+        with rpc.Client("IPAM service", addrs, ipam_pb2_grpc.IpamServiceStub, 5) as client:
+            for _ in range(4):          # round robin: both replicas answer, both checked
+                client.call("ListPools", ipam_pb2.ListPoolsRequest())
+        wrong = f"{addrs[1]},{addrs[0]}"
+        result = calicoctl("pool", "show", env={"CALICO_IPAM_ADDR": wrong,
+                                                "CALICO_RPC_TIMEOUT": "2"})
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"The TLS handshake with the IPAM service at {wrong} "
+                                        "failed"), result.stderr
+    finally:
+        for server in servers:
+            server.stop(grace=None).wait()
