@@ -30,10 +30,11 @@ from calicopy.errors import PermissionDenied
 # Seconds a failed member is skipped before it is tried again; pyetcd's own
 # default (300 s) would make a service blind for minutes after etcd restarts.
 _ENDPOINT_RETRY = 0.5
-# Seconds of a call's first try; later tries double it. A request on a
-# follower whose leader has just died is lost with it and would hang until
-# its deadline: this bounds that wait, so the call moves on to a member with
-# the new leader (an etcd request takes milliseconds).
+# Seconds of a write's first try; later tries double it. A write that a
+# follower passed to a leader that has just died is lost with it and would
+# hang until its deadline: this bounds that wait, so the write moves on to a
+# member with the new leader (an etcd request takes milliseconds). A read
+# waits for the new leader by itself: its first try has the whole budget.
 _FIRST_TRY = 1.0
 # etcd's metadata asking a member to refuse requests while it has no leader
 # (and to end watches when it loses it) instead of holding them.
@@ -136,12 +137,12 @@ class EtcdStore:
 
     # Fail-over ------------------------------------------------------------------
 
-    def _call(self, fn, resolve=None):
+    def _call(self, fn, resolve=None, write: bool = False):
         """``fn(client, timeout)`` on a member that answers, within the budget.
 
-        ``resolve(client, timeout)``, for a write, says after a try whose
-        answer was lost whether that try was applied: its result, or None to
-        try again.
+        ``resolve(client, timeout)``, for a transaction, says after a try
+        whose answer was lost whether that try was applied: its result, or
+        None to try again.
         """
         deadline = time.monotonic() + self.timeout
         tries, why, maybe_applied = 0, "", False
@@ -149,7 +150,8 @@ class EtcdStore:
             left = deadline - time.monotonic()
             if tries and left <= 0.01:
                 raise DatastoreUnavailable(self.endpoints, why)
-            attempt = min(left, _FIRST_TRY * 2 ** max(0, tries - 1))
+            attempt = left if not (tries or write) else \
+                min(left, _FIRST_TRY * 2 ** max(0, tries - 1))
             tries += 1
             client = self._live
             try:
@@ -277,11 +279,11 @@ class EtcdStore:
                 return revisions.pop() if revisions else read.header.revision
             return 0
 
-        return self._call(once, resolve=applied)
+        return self._call(once, resolve=applied, write=True)
 
     def grant_lease(self, ttl: int) -> int:
         return self._call(lambda c, t: self._try(
-            c, "leasestub", "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl), t)).ID
+            c, "leasestub", "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl), t), write=True).ID
 
     def refresh_lease(self, lease: int) -> bool:
         def keepalive(client, timeout):
@@ -316,13 +318,15 @@ class EtcdStore:
     def delete_prefix(self, prefix: str) -> int:
         request = etcdrpc.DeleteRangeRequest(
             key=prefix.encode(), range_end=etcd_utils.prefix_range_end(prefix.encode()))
-        return self._call(lambda c, t: self._try(c, "kvstub", "DeleteRange", request, t)).deleted
+        return self._call(lambda c, t: self._try(c, "kvstub", "DeleteRange", request, t),
+                          write=True).deleted
 
     def call(self, service: str, method: str, request):
         """A call of one of etcd's own services, ``Auth``
         (calicopy.datastore.etcd_auth) or ``Maintenance``, with fail-over."""
         stub = {"Auth": "authstub", "Maintenance": "maintenancestub"}[service]
-        return self._call(lambda c, t: self._try(c, stub, method, request, t))
+        return self._call(lambda c, t: self._try(c, stub, method, request, t),
+                          write=service == "Auth")
 
     def status(self) -> dict:
         """The answering member's view: its id, its leader's, the revision,
