@@ -220,8 +220,10 @@ def main() -> int:
         times = [t for t, _ in fo[what]]
         print(f"{what:<14} {len(times):>6} {percentile(times, 50):>7.2f} {max(times):>7.2f} "
               f"{sum(f for _, f in fo[what]):>13}")
-    print(f"  (from the kill to the end of the next successful allocation; aim < 2 s) "
-          f"{fo['allocations']} allocations, each holding exactly one address: "
+    print("  (from the kill to the end of the next successful allocation; aim < 2 s; an "
+          "AutoAssign in flight on a killed replica fails: not being idempotent, it is not "
+          "retried)")
+    print(f"  {fo['allocations']} allocations, each holding exactly one address: "
           f"{fo['exactly one each']}; ipam check clean: {fo['consistent']}")
     print("etcd growth, two simulated hosts running the whole node")
     print(f"  idle (BGP established): {gr['idle revisions/hour']:.0f} revisions and "

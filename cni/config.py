@@ -195,7 +195,6 @@ def _services(sections: list[dict]) -> Services:
             found = _parsed(key, value, cc.parse_replicas) if value is not None \
                 else param.resolve()
             addrs[key] = ",".join(found)        # one address, or its replicas'
-
         timeout = next((s["timeout"] for s in sections if "timeout" in s), None)
         if timeout is None:
             timeout = cc.RPC_TIMEOUT.resolve()
