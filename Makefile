@@ -56,6 +56,8 @@ $(VENV)/.installed: pyproject.toml | $(GEN_STAMP)
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
+# etcd and two replicas of each service; `make up ETCD_MEMBERS=3` for a
+# 3-member etcd (tools/stack.py).
 up: install
 	$(PY) -m tools.stack up
 
@@ -101,6 +103,7 @@ bench: install
 	$(PY) bench/bgp.py
 	$(PY) bench/docker.py
 	$(PY) bench/cni.py
+	$(PY) bench/ha.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -43,12 +43,44 @@ class Plane:
                         insecure=self.pki is None)
 
 
-def _identity_env(folder: Path, identity: str) -> dict:
+def identity_files(folder: Path, identity: str) -> TlsFiles:
+    """The certificate of ``identity`` in ``folder`` (made, with the CA, if missing)."""
     pki.ensure(folder, {identity: list(CONTROL_HOSTS)})
-    ca, (cert, key) = pki.paths(folder, pki.CA_NAME)[0], pki.paths(folder, identity)
-    return {"CALICO_TLS_CA_FILE": str(ca), "CALICO_TLS_CERT_FILE": str(cert),
-            "CALICO_TLS_KEY_FILE": str(key), "ETCD_CA_CERT_FILE": str(ca),
-            "ETCD_CERT_FILE": str(cert), "ETCD_KEY_FILE": str(key)}
+    return TlsFiles(pki.paths(folder, pki.CA_NAME)[0], *pki.paths(folder, identity))
+
+
+def identity_env(folder: Path, identity: str) -> dict:
+    """What makes a process present ``identity`` (to the services and to etcd)."""
+    files = identity_files(folder, identity)
+    return {"CALICO_TLS_CA_FILE": str(files.ca), "CALICO_TLS_CERT_FILE": str(files.cert),
+            "CALICO_TLS_KEY_FILE": str(files.key), "ETCD_CA_CERT_FILE": str(files.ca),
+            "ETCD_CERT_FILE": str(files.cert), "ETCD_KEY_FILE": str(files.key)}
+
+
+_identity_env = identity_env
+
+
+@contextlib.contextmanager
+def private_pki(name: str):
+    """A temporary folder with a CA in ``<folder>/pki``; while it lasts this
+    process acts as admin (its environment says so). Yields (folder, pki
+    folder); both removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"calico-bench-{name}-"))
+    folder = tmp / "pki"
+    env = {**identity_env(folder, "admin"), "CALICO_PKI_DIR": str(folder)}
+    saved = {k: os.environ.get(k) for k in list(env) + list(TLS_VARS)}
+    for k in TLS_VARS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        yield tmp, folder
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

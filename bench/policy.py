@@ -8,14 +8,15 @@ written directly (no veths): what is measured is the agent and the kernel
 tables, which do not depend on the interfaces existing.
 
 Prints: the time for a rule update to be in the kernel (p50/p99 over 20
-updates, from the etcd write to the agent's confirmation, which it gives only
-after iptables-restore and ipset have returned); the agent's start plus full
-resync; and the iptables rule and ipset member counts as the node's endpoints
-grow from 100 to 1000.
+updates, from the etcd write until `iptables -S` in the node's namespace shows
+the new rule; the agent confirms progress in etcd only for its own
+endpoints' changes); the agent's start plus full resync; and the iptables
+rule and ipset member counts as the node's endpoints grow from 100 to 1000.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -24,6 +25,7 @@ from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import Txn
 from calicopy.model.endpoint import ACTIVE, Endpoint, endpoint_id
+from node.policy.dataplane import profile_chain
 from tools import launch
 from tools.lab import Lab, Namespace
 
@@ -68,6 +70,17 @@ def wait_applied(store, revision: int, timeout: float = 120) -> float:
         time.sleep(0.002)
 
 
+def wait_in_kernel(ns: Namespace, profile: str, port: int, timeout: float = 120) -> float:
+    """Seconds until the profile's inbound chain in the node's kernel allows ``port``."""
+    chain, start = profile_chain(profile, "inbound"), time.perf_counter()
+    rule = re.compile(rf"--dports (\S+,)?{port}(,|\s|$)", re.M)
+    while not rule.search(ns.run("iptables", "-w", "-S", chain, check=False).stdout):
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"the rule for port {port} of {profile} is not in the kernel "
+                               f"after {timeout}s")
+    return time.perf_counter() - start
+
+
 def counts(ns: Namespace) -> tuple[int, int]:
     rules = sum(ns.run(tool).stdout.count("\n-A ") for tool in ("iptables-save",
                                                                  "ip6tables-save"))
@@ -109,10 +122,10 @@ def main() -> int:
                     updates = []
                     for k in range(UPDATES):
                         name = f"P{k}"
-                        revision = store.commit(Txn().put(
+                        store.commit(Txn().put(
                             keys.profile_rules(name), store.get(keys.profile_rules(name)),
                             profile_rules(k, extra_port=8000 + k)))
-                        updates.append(wait_applied(store, revision))
+                        updates.append(wait_in_kernel(ns, name, 8000 + k))
                     launch.stop_pid(agent.pid)
                     store.commit(Txn().delete(store.get(keys.policy_applied(NODE))))
                     start = time.perf_counter()

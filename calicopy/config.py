@@ -105,6 +105,18 @@ def parse_addresses(text: str) -> list[str]:
     return [parse_address(t) for t in items]
 
 
+def parse_replicas(text: str) -> list[str]:
+    """A service's address, or its replicas' (comma-separated): all unix
+    sockets or all host:port, each once."""
+    addrs = parse_addresses(text)
+    if len({a.startswith("unix:") for a in addrs}) > 1:
+        raise ValueError("give unix sockets or host:port addresses, not both")
+    twice = sorted({a for a in addrs if addrs.count(a) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]} is given twice")
+    return addrs
+
+
 def parse_name(text: str) -> str:
     text = text.strip()
     if not text or len(text) > 253 or not all(c.isalnum() or c in "._-" for c in text):
@@ -214,24 +226,27 @@ INSECURE = Param(
     "(throw-away labs only)", "0", ("CALICO_INSECURE",), parse_flag)
 
 IPAM_ADDR = Param(
-    "IPAM service address", "host:port or unix:<path> of the IPAM service",
-    "127.0.0.1:50051", ("CALICO_IPAM_ADDR",), parse_address)
+    "IPAM service address", "host:port or unix:<path> of the IPAM service; its "
+    "replicas' addresses, comma-separated", "127.0.0.1:50051", ("CALICO_IPAM_ADDR",),
+    parse_replicas)
 
 IPAM_LISTEN = Param(
     "IPAM listen addresses", "comma-separated addresses the IPAM service serves on",
     "127.0.0.1:50051", ("CALICO_IPAM_LISTEN", "CALICO_IPAM_ADDR"), parse_addresses)
 
 BGP_ADDR = Param(
-    "BGP service address", "host:port or unix:<path> of the BGP service",
-    "127.0.0.1:50053", ("CALICO_BGP_ADDR",), parse_address)
+    "BGP service address", "host:port or unix:<path> of the BGP service; its "
+    "replicas' addresses, comma-separated", "127.0.0.1:50053", ("CALICO_BGP_ADDR",),
+    parse_replicas)
 
 BGP_LISTEN = Param(
     "BGP listen addresses", "comma-separated addresses the BGP service serves on",
     "127.0.0.1:50053", ("CALICO_BGP_LISTEN", "CALICO_BGP_ADDR"), parse_addresses)
 
 POLICY_ADDR = Param(
-    "policy service address", "host:port or unix:<path> of the policy service",
-    "127.0.0.1:50052", ("CALICO_POLICY_ADDR",), parse_address)
+    "policy service address", "host:port or unix:<path> of the policy service; its "
+    "replicas' addresses, comma-separated", "127.0.0.1:50052", ("CALICO_POLICY_ADDR",),
+    parse_replicas)
 
 POLICY_LISTEN = Param(
     "policy listen addresses", "comma-separated addresses the policy service serves on",

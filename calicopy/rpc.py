@@ -5,16 +5,28 @@ status codes in exactly one place (``status_for``) and back again in one
 place (``error_from_rpc``). Every Python client of a calico-py service goes
 through ``Client`` (its channel from ``channel``), so every call has a
 deadline and every connection is made the same way.
+
+A service may run as several replicas: a client is given all their
+addresses and gRPC spreads calls over those that answer (round robin), so a
+replica that dies or is still starting is passed over. ``Client`` calls wait
+for a replica to be ready, up to the call's deadline, instead of failing at
+once; calls that are safe to repeat (``IDEMPOTENT``) are retried on
+UNAVAILABLE, e.g. when the replica serving one dies with it in flight. A
+server that answers UNAVAILABLE itself (etcd or another dependency cannot be
+reached: it has tried already) tells clients not to retry.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
+import json
 import logging
+import socket
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import grpc
 
@@ -59,6 +71,12 @@ def error_from_rpc(exc: grpc.RpcError, service: str) -> errors.CalicoError:
     return errors.CalicoError(f"The {service} failed: {code.name}: {details}")
 
 
+# A server's answer that its client must not retry the call: gRPC's retry
+# pushback. Sent with UNAVAILABLE from the service itself, which has retried
+# its dependency (etcd) already; a client retries only a replica that died.
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
+
 def maps_errors(method: Callable) -> Callable:
     """Decorate a servicer method: domain errors abort the call with their
     status code and message; anything else is logged and reported INTERNAL."""
@@ -67,7 +85,10 @@ def maps_errors(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except errors.CalicoError as exc:
-            context.abort(status_for(exc), str(exc))
+            code = status_for(exc)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                context.set_trailing_metadata(NO_RETRY)
+            context.abort(code, str(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL,
@@ -166,24 +187,133 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
     return server, ports[0]
 
 
-def channel(target: str, security=None) -> grpc.Channel:
-    """The one way a calico-py process opens a channel to a service: a unix
-    socket as it is, a TCP address with mutual TLS (or plaintext only when
-    ``security.insecure``). ``security`` defaults to this process's
-    environment (calicopy.tls.Security.from_env)."""
+#: The calls a client may repeat after UNAVAILABLE without changing what
+#: they do: reads, and writes that set a value (documented idempotent in the
+#: protos). Creations, deletions, AutoAssign and AssignIP are not: a repeat
+#: of one that was applied fails or allocates again.
+IDEMPOTENT = {
+    "calico.ipam.v1.IpamService": (
+        "ListPools", "UpdatePool", "ReleaseByHandle", "GetAllocation",
+        "ListHandleAllocations", "GetUsage", "CheckConsistency"),
+    "calico.policy.v1.PolicyService": (
+        "GetProfile", "ListProfiles", "UpdateRules", "GetEndpointProfiles",
+        "SetEndpointProfiles", "Explain", "GetPolicySettings", "SetPolicySettings"),
+    "calico.bgp.v1.BgpService": (
+        "RegisterNode", "GetNode", "ListNodes", "GetBgpConfig", "SetBgpConfig", "ListPeers",
+        "GetNodeStatus"),
+    "calico.endpoint.v1.EndpointService": (
+        "AddEndpoint", "ListEndpoints", "GetEndpoint", "SetProfiles", "GetNodeInfo"),
+}
+
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": service, "method": method}
+                 for service, methods in IDEMPOTENT.items() for method in methods],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+
+# A replica that was down is reached again within seconds of its return, not
+# after gRPC's default back-off (up to two minutes).
+_OPTIONS = [("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def addresses(target: str | Sequence[str]) -> list[str]:
+    """A service's addresses: a list, or one string of comma-separated ones."""
+    items = target.split(",") if isinstance(target, str) else list(target)
+    return [a.strip() for a in items if a.strip()]
+
+
+def describe_target(target: str | Sequence[str]) -> str:
+    """How messages name a service's addresses: as CALICO_*_ADDR gives them."""
+    return ",".join(addresses(target))
+
+
+def _split_hostport(addr: str) -> tuple[str, str]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _resolve(addrs: list[str]) -> list[tuple[str, str]]:
+    """(IP, port) of every address; a name stands for each of its addresses,
+    one that does not resolve (a replica not started yet) for none."""
+    found: list[tuple[str, str]] = []
+    for addr in addrs:
+        host, port = _split_hostport(addr)
+        if _is_ip(host):
+            found.append((host, port))
+            continue
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.debug("%s does not resolve (%s); leaving it out for now", host, exc)
+            continue
+        for info in infos:
+            ip = info[4][0]
+            if (ip, port) not in found:
+                found.append((ip, port))
+    return found
+
+
+def grpc_target(target: str | Sequence[str]) -> str:
+    """The gRPC target for one address (as it is) or several: unix sockets
+    as one ``unix:`` target, TCP addresses resolved to one ``ipv4:`` or
+    ``ipv6:`` list (IPv4 as mapped IPv6 addresses when both are there)."""
+    addrs = addresses(target)
+    if len(addrs) == 1:
+        return addrs[0]
+    if all(a.startswith("unix:") for a in addrs):
+        return "unix:" + ",".join(a[len("unix:"):] for a in addrs)
+    resolved = _resolve(addrs)
+    if not resolved:
+        return addrs[0]          # gRPC then says why it cannot reach it
+    if all(ipaddress.ip_address(ip).version == 4 for ip, _ in resolved):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in resolved)
+    return "ipv6:" + ",".join(
+        f"[{ip if ':' in ip else '::ffff:' + ip}]:{port}" for ip, port in resolved)
+
+
+def channel(target: str | Sequence[str], security=None) -> grpc.Channel:
+    """The one way a calico-py process opens a channel to a service: unix
+    sockets as they are, TCP addresses with mutual TLS (or plaintext only
+    when ``security.insecure``). ``target`` is one address or several (a
+    list, or comma-separated): the replicas of a service, all unix sockets
+    or all ``host:port``. Every replica's certificate must then name the
+    first address's host, which is what TLS checks the server's name
+    against. ``security`` defaults to this process's environment
+    (calicopy.tls.Security.from_env)."""
     from calicopy.tls import Security, channel_credentials
-    if target.startswith("unix:"):
-        return grpc.insecure_channel(target)
+    addrs = addresses(target)
+    options = list(_OPTIONS)
+    if addrs[0].startswith("unix:"):
+        return grpc.insecure_channel(grpc_target(addrs), options=options)
     security = security or Security.from_env()
+    if len(addrs) > 1:
+        options.append(("grpc.ssl_target_name_override", _split_hostport(addrs[0])[0]))
     if security.tls is not None:
-        return grpc.secure_channel(target, channel_credentials(security.tls))
+        return grpc.secure_channel(grpc_target(addrs), channel_credentials(security.tls),
+                                   options=options)
     if security.insecure:
-        return grpc.insecure_channel(target)
-    raise security.refuse_plaintext(target, "call")
+        return grpc.insecure_channel(grpc_target(addrs), options=options)
+    raise security.refuse_plaintext(describe_target(addrs), "call")
 
 
-def check_health(addr: str, service: str = "", timeout: float = 2.0, security=None) -> bool:
-    """True when the server at ``addr`` reports SERVING for ``service``."""
+def check_health(addr: str | Sequence[str], service: str = "", timeout: float = 2.0,
+                 security=None) -> bool:
+    """True when the server at ``addr`` (or one of the replicas there)
+    reports SERVING for ``service``; at once, without waiting for one."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     with channel(addr, security) as ch:
         try:
@@ -194,34 +324,65 @@ def check_health(addr: str, service: str = "", timeout: float = 2.0, security=No
         return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-class Client:
-    """A stub for one service. ``call`` turns failures into domain errors (so a
-    caller that is itself a service passes status and message on);
-    ``invoke`` leaves them as ``grpc.RpcError`` for callers that word their
-    own messages per status code (calicoctl, the CNI plugin). When the TLS
-    files change (rotation), the next call opens a new channel with them.
+class Unreachable(grpc.RpcError):
+    """No replica of a service could be reached within a call's deadline:
+    UNAVAILABLE, with what gRPC said about the last connection attempt
+    (refused, no such socket, a TLS handshake that failed)."""
 
-    With ``wait_for_ready`` (the long-running node processes), a call to a
-    service that cannot be reached yet (a unix socket not there yet, a port
-    refusing) waits for it within the call's deadline instead of failing at
-    once, and gRPC's reconnection back-off never makes a call fail while the
-    service is already up; one-shot commands leave it off, to say at once
-    that a service is not running."""
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self):
+        return ()
+
+
+class Client:
+    """A stub for one service (at one address, or its replicas' addresses).
+    ``call`` turns failures into domain errors (so a caller that is itself a
+    service passes status and message on); ``invoke`` leaves them as
+    ``grpc.RpcError`` for callers that word their own messages per status
+    code (calicoctl, the CNI plugin). A call waits, up to its deadline, for a
+    replica to be ready; when none was, it fails UNAVAILABLE (``Unreachable``,
+    saying why the last connection failed), as it would have at once without
+    the wait. When the TLS files change (rotation), the next call opens a new
+    channel with them; so does the call after one that found no replica,
+    when the replicas' addresses are names (they are resolved again).
+
+    ``wait_for_ready`` (the default, for long-running processes) makes a call
+    to a service that cannot be reached yet wait for it within the call's
+    deadline; one-shot commands (calicoctl, the CNI plugin) turn it off, to
+    say at once that no replica runs."""
 
     RECHECK = 2.0       # seconds between looks at the TLS files
 
-    def __init__(self, name: str, target: str, stub_class, timeout: float, security=None,
-                 wait_for_ready: bool = False):
+    def __init__(self, name: str, target: str | Sequence[str], stub_class, timeout: float,
+                 security=None, wait_for_ready: bool = True):
         from calicopy.tls import Security
-        self.name, self.target, self.timeout = name, target, timeout
+        self.name, self.timeout = name, timeout
         self.wait_for_ready = wait_for_ready
+        self.addresses = addresses(target)
+        self.target = describe_target(self.addresses)
         self.security = security or Security.from_env()
         self._stub_class = stub_class
         self._lock = threading.Lock()
         self._open()
 
+    @property
+    def _resolved_here(self) -> bool:
+        """Whether names in the addresses were resolved by us, once (several
+        addresses); gRPC resolves a lone name again by itself."""
+        return len(self.addresses) > 1 and not self.addresses[0].startswith("unix:") and \
+            any(not _is_ip(_split_hostport(a)[0]) for a in self.addresses)
+
     def _open(self) -> None:
-        self._channel = channel(self.target, self.security)
+        self._channel = channel(self.addresses, self.security)
         self._stub = self._stub_class(self._channel)
         self._stamp = self.security.tls.stamp() if self.security.tls else None
         self._checked = time.monotonic()
@@ -237,8 +398,32 @@ class Client:
         return self._stub
 
     def invoke(self, method: str, request, timeout: float | None = None):
-        return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout,
-                                                    wait_for_ready=self.wait_for_ready)
+        try:
+            return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout,
+                                                      wait_for_ready=self.wait_for_ready)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not self.wait_for_ready:
+                raise
+            why = self._unreachable()
+            if why is None:
+                raise
+            if self._resolved_here:
+                with self._lock:            # resolve the names again next time; the
+                    self._open()            # old channel goes with its last call
+            raise Unreachable(why) from None
+
+    def _unreachable(self) -> str | None:
+        """After a deadline: None if a replica answers (the call was slow),
+        else what gRPC says when it tries to connect now without waiting."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        try:
+            health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2.0)
+            return None
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                return None
+            return exc.details() or "no replica is ready"
 
     def call(self, method: str, request, timeout: float | None = None):
         try:

@@ -24,9 +24,11 @@ class Service:
         self.name = name
         self.param = param
         self.hint = hint
-        self.addr = addr or param.resolve()
+        addrs = addr or param.resolve()          # one address, or the replicas'
+        self.addr = rpc.describe_target(addrs)
         self.timeout = config.RPC_TIMEOUT.resolve()
-        self._client = rpc.Client(name, self.addr, stub_class, self.timeout)
+        # One-shot: say at once that no replica runs, rather than wait for one.
+        self._client = rpc.Client(name, addrs, stub_class, self.timeout, wait_for_ready=False)
 
     def call(self, method: str, request):
         try:
@@ -51,9 +53,10 @@ class Service:
 
 def _tls_failure(details: str) -> bool:
     """A refused handshake: ours (a server certificate we do not trust) or the
-    server's (it closes the connection on a client certificate it does not)."""
+    server's (it closes the connection on a client certificate it does not),
+    or one that does not name the host we asked for."""
     return any(sign in details for sign in ("handshake", "certificate", "Socket closed",
-                                             "SSL", "TSI_"))
+                                             "SSL", "TSI_", "Verification Check"))
 
 
 def ipam() -> Service:

@@ -9,7 +9,9 @@
                     (calicopy.config.endpoint_json_socket: endpoint.json.sock)
     state_dir       the node's state folder   default: CALICO_STATE_DIR, /var/run/calico-py
     ipam_addr       the IPAM service          default: CALICO_IPAM_ADDR, 127.0.0.1:50051
+                    (its replicas: their addresses, comma-separated)
     policy_addr     the policy service        default: CALICO_POLICY_ADDR, 127.0.0.1:50052
+                    (likewise)
     timeout         seconds per service call  default: CALICO_RPC_TIMEOUT, 10
     tls_ca_file, tls_cert_file, tls_key_file
                     the CA, certificate and key presented to the IPAM and policy
@@ -50,9 +52,10 @@ MIN_MTU, MAX_MTU = 68, 65535
 
 
 class Services:
-    """Where the services are, for one invocation. ``endpoint_json``: the
-    endpoint service's JSON socket (a path), None if ``endpoint_addr`` is not
-    a unix socket."""
+    """Where the services are, for one invocation. ``ipam_addr`` and
+    ``policy_addr``: a service's address, or its replicas' comma-separated.
+    ``endpoint_json``: the endpoint service's JSON socket (a path), None if
+    ``endpoint_addr`` is not a unix socket."""
 
     def __init__(self, nodename: str, endpoint_addr: str, ipam_addr: str, policy_addr: str,
                  timeout: float, endpoint_json: str | None = None,
@@ -189,8 +192,9 @@ def _services(sections: list[dict]) -> Services:
         addrs = {}
         for key, param in (("ipam_addr", cc.IPAM_ADDR), ("policy_addr", cc.POLICY_ADDR)):
             value = _text(sections, key)
-            addrs[key] = _parsed(key, value, cc.parse_address) if value is not None \
+            found = _parsed(key, value, cc.parse_replicas) if value is not None \
                 else param.resolve()
+            addrs[key] = ",".join(found)        # one address, or its replicas'
         timeout = next((s["timeout"] for s in sections if "timeout" in s), None)
         if timeout is None:
             timeout = cc.RPC_TIMEOUT.resolve()

@@ -185,7 +185,8 @@ class Clients:
             try:
                 self._open[name] = Client(label, getattr(self.services, attr),
                                           getattr(importlib.import_module(module), stub),
-                                          self.services.timeout, self.services.security())
+                                          self.services.timeout, self.services.security(),
+                                          wait_for_ready=False)   # the runtime retries (11)
             except ConfigError as exc:          # no TLS for a TCP address, a bad file
                 raise CniError(spec.INVALID_CONFIG, str(exc), "tls_ca_file") from None
         return self._open[name]

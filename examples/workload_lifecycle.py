@@ -34,15 +34,22 @@ from calicopy import config
 DEADLINE = 10.0     # seconds; every call gets one
 
 
-def channel(target: str) -> grpc.Channel:
-    """A unix socket as it is; a TCP address with mutual TLS, presenting the
-    certificate CALICO_TLS_CERT_FILE names."""
-    if target.startswith("unix:"):
-        return grpc.insecure_channel(target)
+def channel(addrs: list[str]) -> grpc.Channel:
+    """A unix socket as it is; TCP with mutual TLS, presenting the certificate
+    CALICO_TLS_CERT_FILE names. Several addresses (a service's replicas, here
+    IPv4 ip:port) make one channel that spreads calls over the replicas that
+    answer; TLS then checks each against the first one's host."""
+    if addrs[0].startswith("unix:"):
+        return grpc.insecure_channel(addrs[0])
     ca, cert, key = (open(os.environ[f"CALICO_TLS_{part}_FILE"], "rb").read()
                      for part in ("CA", "CERT", "KEY"))
+    target, options = addrs[0], []
+    if len(addrs) > 1:
+        target = "ipv4:" + ",".join(addrs)
+        options = [("grpc.lb_policy_name", "round_robin"),
+                   ("grpc.ssl_target_name_override", addrs[0].rpartition(":")[0])]
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert))
+        root_certificates=ca, private_key=key, certificate_chain=cert), options=options)
 
 
 def ensure_profile(policy, name: str) -> None:
@@ -61,7 +68,7 @@ def main() -> int:
     parser.add_argument("--profile", default="example", help="profile to put it in")
     args = parser.parse_args()
 
-    with channel(config.endpoint_addr()) as ep_channel, \
+    with channel([config.endpoint_addr()]) as ep_channel, \
             channel(config.POLICY_ADDR.resolve()) as policy_channel:
         endpoints = endpoint_pb2_grpc.EndpointServiceStub(ep_channel)
         policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)

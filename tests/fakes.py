@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from calicopy.datastore.etcd_watch import WatchEnded
-from calicopy.datastore.store import KV, Txn
+from calicopy.datastore.store import KV, LeaseExpired, Txn
 
 
 class _Event:
@@ -19,7 +19,8 @@ class _Response:
 
 
 class MemoryStore:
-    """A dict-backed Store with etcd's revision semantics."""
+    """A dict-backed Store with etcd's revision semantics, and leases that
+    expire only when a test says so (``expire_lease``)."""
 
     endpoints = "memory"
 
@@ -30,6 +31,8 @@ class MemoryStore:
         self.reads: dict[str, int] = {}         # key -> how many times get() read it
         self.watches: dict[object, tuple] = {}  # handle -> (prefix, on_event)
         self.lock = threading.Lock()
+        self.leases: dict[int, set[str]] = {}     # live lease -> its keys
+        self.keepalives = 0
 
     def get(self, key):
         self.reads[key] = self.reads.get(key, 0) + 1
@@ -62,10 +65,17 @@ class MemoryStore:
                 kv = self.data.get(c.key)
                 if (kv.mod_revision if kv else 0) != c.mod_revision:
                     return 0
+            for lease in txn.leases.values():
+                if lease and lease not in self.leases:
+                    raise LeaseExpired(lease)
             self.revision += 1
             self.commits += 1
             for key, value in txn.puts.items():
                 self.data[key] = KV(key, value, self.revision)
+                for keys in self.leases.values():
+                    keys.discard(key)
+                if txn.leases.get(key):
+                    self.leases[txn.leases[key]].add(key)
             for key in txn.deletes:
                 self.data.pop(key, None)
             revision = self.revision
@@ -80,6 +90,26 @@ class MemoryStore:
             mine = [e for e in changed if e.key.decode().startswith(prefix)]
             if mine:
                 on_event(_Response(mine))
+
+    def grant_lease(self, ttl):
+        with self.lock:
+            self._granted = getattr(self, "_granted", 0) + 1
+            lease = 1000 + self._granted
+            self.leases[lease] = set()
+            return lease
+
+    def refresh_lease(self, lease):
+        self.keepalives += 1
+        return lease in self.leases
+
+    def expire_lease(self, lease):
+        """The lease ran out: its keys go, as one change."""
+        with self.lock:
+            keys = self.leases.pop(lease)
+            if keys:
+                self.revision += 1
+            for key in keys:
+                self.data.pop(key, None)
 
     def delete_prefix(self, prefix):
         with self.lock:

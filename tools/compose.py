@@ -172,10 +172,11 @@ PKI = ROOT / "build" / "pki"          # mounted at /etc/calico-py/pki (docker-co
 
 def make_certificates() -> None:
     """The stack's CA and certificates (made once, kept): each service's for
-    its name on the stack's network, the nodes', and the operator's."""
+    its replicas' names on the stack's network, the nodes', and the operator's."""
     from calicopy import pki           # the venv's: compose-up runs with it
-    hosts = {"service:etcd": ["etcd"], "service:ipam": ["ipam"], "service:policy": ["policy"],
-             "service:bgp": ["bgp"], "admin": []}
+    hosts = {"service:etcd": ["etcd"], "service:ipam": ["ipam", "ipam2"],
+             "service:policy": ["policy", "policy2"], "service:bgp": ["bgp", "bgp2"],
+             "admin": []}
     hosts.update({f"node:{node}": [node] for node in NODES})
     pki.ensure(PKI, hosts)
 

@@ -1,7 +1,9 @@
 """`make demo`: the main job, end to end, on this machine: Calico on Docker.
 
-1. The control plane: etcd, the IPAM, policy and BGP services (as `make up`),
-   with mutual TLS on every TCP port and etcd's authentication on.
+1. The control plane: etcd, two replicas of each of the IPAM, policy and BGP
+   services (as `make up`; `ETCD_MEMBERS=3 make demo` for a 3-member etcd),
+   with mutual TLS on every TCP port and etcd's authentication on; clients
+   are given every member and replica and fail over between them.
 2. IPAM: pools defined with calicoctl; addresses allocated for two hosts over
    gRPC, as a scheduler would; `calicoctl pool show` and `ipam show`.
 3. Two simulated hosts (network namespaces on an underlay), each with its own
@@ -12,8 +14,9 @@
    both hosts with plain `docker run --net <tier>`; BGP carries the routes;
    the connectivity matrix shows each tier reaching itself across hosts and
    denied elsewhere; `policy explain` says why; a rule update opens one TCP
-   port; then `calicoctl status` and `shownodes --detailed`; `docker rm`
-   gives the addresses back.
+   port; an IPAM replica is killed and `docker run` still gets an address
+   from the other; then `calicoctl status` and `shownodes --detailed`;
+   `docker rm` gives the addresses back.
 
 Safe to run again: it releases its own earlier allocations and removes its
 simulated hosts when it ends (`make demo-down` also removes what a killed run
@@ -112,7 +115,8 @@ def matrix(containers: dict[str, Container]) -> None:
 
 def docker_story() -> None:
     remove_leftovers()
-    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.pki_dir(), prefix=LAB_PREFIX)
+    lab = Lab(stack.STATE / "demo", stack.etcd_unix(), stack.pki_dir(), prefix=LAB_PREFIX,
+              replicas=2)
     try:
         step("Starting two simulated hosts (network namespaces on one underlay), each with "
              "its own Docker engine, then 'calicoctl node' on each: policy agent, endpoint "
@@ -172,6 +176,16 @@ def docker_story() -> None:
                     print(f"    {src.name}@{src.host.name} -> db1@host2 tcp {port}: {verdict}")
         show(hosts["host1"], "policy", "explain", fe1.ip, db1.ip, "--protocol=tcp",
              "--port=5432")
+        step("An IPAM replica dies: the next 'docker run' gets its address from the other")
+        first = lab.addrs["ipam"].split(",")[0]
+        lab.kill_service("ipam", 1)
+        print(f"    killed the IPAM replica at {first} (pid {lab.services['ipam', 1].pid})")
+        print("[host1]$ docker run -d --name fe3 --net frontend "
+              f"{docker_engine.IMAGE} sleep 86400", flush=True)
+        containers["fe3"] = Container(hosts["host1"], "fe3", "frontend")
+        print(f"    fe3 -> {containers['fe3'].ip}")
+        lab.start_service("ipam", 1)
+        print(f"    the replica at {first} is back")
         for host in hosts.values():
             step(f"calicoctl status on {host.name}")
             show(host, "status")
@@ -190,12 +204,12 @@ def docker_story() -> None:
 def security_story(lab, host) -> None:
     step("TLS and identities: every TCP port serves mutual TLS (etcd too, with its own "
          "users); calicoctl acts as admin, each node's processes as node:<name>")
-    print(f"    the hosts reach the services over the underlay: IPAM {lab.ipam}, policy "
-          f"{lab.policy}, BGP {lab.bgp}; etcd {lab.etcd}")
+    print(f"    the hosts reach two replicas of each service over the underlay: IPAM "
+          f"{lab.ipam}, policy {lab.policy}, BGP {lab.bgp}; etcd {lab.etcd}")
     print(f"    certificates in {stack.pki_dir()}")
     ok = rpc.check_health(config.IPAM_ADDR.resolve(),
                           security=Security(None, insecure=True), timeout=2)
-    print(f"    a plaintext health check of {config.IPAM_ADDR.resolve()}: "
+    print(f"    a plaintext health check of {rpc.describe_target(config.IPAM_ADDR.resolve())}: "
           f"{'ANSWERED (wrong!)' if ok else 'refused'}")
     node = lab.identities.env(f"node:{host.name}")
     print(f"[{host.name}]$ calicoctl pool add 10.99.0.0/16   # with node:{host.name}'s "
@@ -233,8 +247,9 @@ def wait_established(host, timeout: float = 30) -> None:
 
 
 def main() -> int:
-    step("Starting etcd and the cluster services (make up)")
+    step("Starting etcd and the cluster services, two replicas each (make up)")
     stack.up()
+    os.environ.update(stack.client_env())       # calicoctl fails over between them all
     ipam_story()
     docker_story()
     print("\nThe control plane is still running; 'make demo-down' stops it.")

@@ -49,6 +49,7 @@ UNDERLAY_V6 = "fd99::"
 CONTROL_INDEX = 254                 # the control plane's address on the underlay
 CONTROL_HOSTS = (f"{UNDERLAY_V4}.{CONTROL_INDEX}", f"{UNDERLAY_V6}{CONTROL_INDEX}")
 SERVICE_PORTS = {"ipam": 50051, "policy": 50052, "bgp": 50053}
+REPLICA_PORT_STEP = 10              # a second replica's port, from the first's
 _counter = itertools.count(1)
 
 
@@ -100,14 +101,18 @@ class Identities:
 
 class Lab:
     """Simulated hosts on an underlay, and a control plane of their own:
-    replicas of the IPAM, policy and BGP services in a namespace of the
-    underlay (``CONTROL_INDEX``), reached by the hosts over TCP (mutual TLS
-    with ``pki``, else plaintext) and by this process over unix sockets.
-    They share ``etcd`` (an ETCD_ENDPOINTS entry reachable from any
-    namespace: a unix socket) with whatever else uses it."""
+    the IPAM, policy and BGP services in a namespace of the underlay
+    (``CONTROL_INDEX``), reached by the hosts over TCP (mutual TLS with
+    ``pki``, else plaintext) and by this process over unix sockets. With
+    ``replicas=2``, each service runs twice (the second on its port plus
+    REPLICA_PORT_STEP), and the addresses the hosts are given name both;
+    ``kill_service`` and ``start_service`` stop and start one replica. They
+    share ``etcd`` (an ETCD_ENDPOINTS value reachable from any namespace:
+    unix sockets, one per member) with whatever else uses it."""
 
-    def __init__(self, tmp: Path, etcd: str, pki_dir: Path | None = None, prefix: str = ""):
-        self.tmp, self.etcd = tmp, etcd
+    def __init__(self, tmp: Path, etcd: str, pki_dir: Path | None = None, prefix: str = "",
+                 replicas: int = 1):
+        self.tmp, self.etcd, self.replicas = tmp, etcd, replicas
         self.identities = Identities(pki_dir)
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
@@ -128,26 +133,60 @@ class Lab:
 
     def _start_control_plane(self) -> None:
         self.control = Namespace(self, f"{self.prefix}-ctl")
-        ip, _ = self._underlay_link(self.control, CONTROL_INDEX)
-        folder = self.tmp / "control"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        self.control_ip, _ = self._underlay_link(self.control, CONTROL_INDEX)
+        self.control_dir = self.tmp / "control"
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.control_dir, 0o700)
+        self.services: dict[tuple[str, int], subprocess.Popen] = {}
         self.addrs, self.unix = {}, {}
-        starting = []
-        for name, port in SERVICE_PORTS.items():
-            self.addrs[name] = f"{ip}:{port}"
-            self.unix[name] = f"unix:{folder}/{name}.sock"
-            env = self.identities.env(f"service:{name}", CONTROL_HOSTS)
-            argv = ["ip", "netns", "exec", self.control.name, sys.executable, "-m",
-                    f"services.{name}", f"--listen={self.addrs[name]},{self.unix[name]}",
-                    f"--etcd-endpoints={self.etcd}"]
-            proc = launch.spawn(argv, folder / f"{name}.log", env=env, cwd=ROOT)
-            self.procs.append(proc)
-            starting.append((name, proc))
-        for name, proc in starting:
-            launch.wait_until(f"the lab's {name} service",
-                              lambda name=name: check_health(self.unix[name]), proc,
-                              folder / f"{name}.log")
+        for name in SERVICE_PORTS:
+            replicas = range(1, self.replicas + 1)
+            self.addrs[name] = ",".join(self._replica_addrs(name, r)[0] for r in replicas)
+            self.unix[name] = ",".join(self._replica_addrs(name, r)[1] for r in replicas)
+        starting = [(name, r, self._spawn_service(name, r))
+                    for name in SERVICE_PORTS for r in range(1, self.replicas + 1)]
+        for name, r, proc in starting:
+            self._wait_service(name, r, proc)
+
+    def _replica_addrs(self, name: str, replica: int) -> tuple[str, str]:
+        """(TCP address, unix socket) of one replica of a service."""
+        port = SERVICE_PORTS[name] + REPLICA_PORT_STEP * (replica - 1)
+        stem = name if replica == 1 else f"{name}-{replica}"
+        return f"{self.control_ip}:{port}", f"unix:{self.control_dir}/{stem}.sock"
+
+    def _spawn_service(self, name: str, replica: int) -> subprocess.Popen:
+        tcp, unix = self._replica_addrs(name, replica)
+        Path(unix[len("unix:"):]).unlink(missing_ok=True)     # left by a killed replica
+        env = self.identities.env(f"service:{name}", CONTROL_HOSTS)
+        argv = ["ip", "netns", "exec", self.control.name, sys.executable, "-m",
+                f"services.{name}", f"--listen={tcp},{unix}", f"--etcd-endpoints={self.etcd}"]
+        proc = launch.spawn(argv, self._service_log(name, replica), env=env, cwd=ROOT)
+        self.procs.append(proc)
+        self.services[name, replica] = proc
+        return proc
+
+    def _service_log(self, name: str, replica: int) -> Path:
+        return self.control_dir / (f"{name}.log" if replica == 1 else f"{name}-{replica}.log")
+
+    def _wait_service(self, name: str, replica: int, proc: subprocess.Popen) -> None:
+        unix = self._replica_addrs(name, replica)[1]
+        launch.wait_until(f"the lab's {name} service (replica {replica})",
+                          lambda: check_health(unix), proc, self._service_log(name, replica))
+
+    def kill_service(self, name: str, replica: int = 1) -> None:
+        """SIGKILL one replica of a service, as a crash would."""
+        proc = self.services[name, replica]
+        proc.kill()
+        proc.wait()
+
+    def start_service(self, name: str, replica: int = 1, wait: bool = True
+                      ) -> subprocess.Popen:
+        """Start a replica that was killed again; with ``wait``, return once it
+        answers."""
+        proc = self._spawn_service(name, replica)
+        if wait:
+            self._wait_service(name, replica, proc)
+        return proc
 
     @property
     def ipam(self) -> str:
@@ -165,7 +204,7 @@ class Lab:
     def admin_store(self) -> EtcdStore:
         """etcd as the operator (admin); close it after use."""
         files = self.identities.files("admin")
-        return EtcdStore([config.parse_endpoint(self.etcd)], tls=files)
+        return EtcdStore(config.parse_endpoints(self.etcd), tls=files)
 
     def ensure_etcd_user(self, node: str) -> None:
         """What `calicoctl node` does for a node: its own etcd user."""

@@ -55,14 +55,8 @@ def _tolerate(call, *exists):
         raise
 
 
-def _stub(store: EtcdStore):
-    client = store._live                 # the admin connection
-    return client.authstub, client.timeout, client.call_credentials, client.metadata
-
-
 def _call(store: EtcdStore, method: str, request):
-    stub, timeout, creds, metadata = _stub(store)
-    return getattr(stub, method)(request, timeout, credentials=creds, metadata=metadata)
+    return store.call("Auth", method, request)       # the admin connection
 
 
 def ensure_user(store: EtcdStore, user: str, role: str,

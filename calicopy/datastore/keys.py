@@ -18,7 +18,8 @@ Policy (as the original tool laid it out), and each node's progress::
     /calico/v1/policy/profile/<name>/tags          JSON list of tags
     /calico/v1/policy/profile/<name>/rules         {"inbound_rules": [...], "outbound_rules": [...]}
     /calico/v1/host/<node>/policy_applied          {"revision": N}: the agent's dataplane
-                                                   reflects etcd as of revision N
+                                                   reflects etcd as of revision N (written
+                                                   when the node's endpoints change; leased)
     /calico/v1/config/endpoint_to_host_action      "drop" (when absent), "return" or "accept":
                                                    what nodes do with their workloads'
                                                    traffic to themselves

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
-from calicopy.errors import Aborted, Unavailable
+from calicopy.errors import Aborted, CalicoError, Unavailable
 
 T = TypeVar("T")
 
@@ -28,6 +28,14 @@ class DatastoreUnavailable(Unavailable):
         detail = f": {cause}" if cause else ""
         super().__init__(f"Error accessing etcd ({endpoints}){detail}. Is etcd running?")
         self.endpoints = endpoints
+
+
+class LeaseExpired(CalicoError):
+    """A write named a lease that has expired (or never was)."""
+
+    def __init__(self, lease: int):
+        super().__init__(f"etcd lease {lease:x} has expired.")
+        self.lease = lease
 
 
 class ContentionError(Aborted):
@@ -125,6 +133,7 @@ class Store(Protocol):
 
         Returns the revision it was committed at (the new ``mod_revision`` of
         every key it wrote), or 0 when a compare failed and nothing changed.
+        Raises LeaseExpired if a lease it names has expired.
         """
 
     def delete_prefix(self, prefix: str) -> int:

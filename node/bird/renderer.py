@@ -7,8 +7,9 @@ configuration is written to a temporary file, checked with `bird -p`, moved
 into place atomically, and BIRD is told to `configure` only when the text
 changed. A malformed node, peer, pool or block record is left out, as if
 absent, and reported once (calicopy.quarantine). Every couple of seconds it
-writes the sessions BIRD reports to etcd under a lease, so the report
-vanishes if the node stops.
+reads the sessions BIRD reports and writes them to etcd when they changed,
+under a lease that keep-alives hold (calicopy.datastore.report): the report
+vanishes if the node stops, and an idle node adds nothing to etcd's history.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from calicopy import failpoints
 from calicopy.datastore import keys
-from calicopy.datastore.store import KV, Store, Txn
+from calicopy.datastore.report import LeasedReport
+from calicopy.datastore.store import Store
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model import bgp, ipam
 from calicopy.model.record import BadRecord, decode, decode_all
@@ -66,8 +68,7 @@ class Renderer:
         self.store, self.name, self.path, self.ctl = store, name, config_path, ctl
         self.quarantine = quarantine or Quarantine(log)
         self._configured: str | None = None    # the text BIRD last accepted
-        self._report_kv: KV | None = None
-        self._lease = 0
+        self.status = LeasedReport(store, keys.bgp_status(name), REPORT_TTL)
 
     def sync(self, full: bool = False, events=()) -> bool:
         """Render and, if the text differs from what BIRD last accepted,
@@ -96,21 +97,13 @@ class Renderer:
         return True
 
     def report(self) -> None:
-        """Write BIRD's view of the sessions to etcd, under a lease."""
-        if not os.path.exists(self.ctl):
-            return
-        sessions = [s.__dict__ for s in ctl.sessions(self.ctl)]
-        if not self._lease or not self.store.refresh_lease(self._lease):
-            self._lease, self._report_kv = self.store.grant_lease(REPORT_TTL), None
-        key = keys.bgp_status(self.name)
-        value = {"node": self.name, "sessions": sessions, "reported_at": time.time()}
-        for _ in range(2):   # the cached revision may be stale once
-            txn = Txn().put(key, self._report_kv, value, lease=self._lease)
-            revision = self.store.commit(txn)
-            if revision:
-                self._report_kv = KV(key, txn.puts[key], revision)
-                return
-            self._report_kv = self.store.get(key)
+        """Write BIRD's view of the sessions to etcd if it changed (with the
+        time it was written), and keep the report's lease alive."""
+        if os.path.exists(self.ctl):
+            sessions = [s.__dict__ for s in ctl.sessions(self.ctl)]
+            self.status.publish({"node": self.name, "sessions": sessions},
+                                extra={"reported_at": time.time()})
+        self.status.keepalive()
 
     def run(self, stop: threading.Event) -> None:
         WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=RESYNC,

@@ -4,11 +4,18 @@ Run by the shared watch loop (calicopy.datastore.watchloop): every change
 under /calico/v1/ (nodes' own status reports excluded) wakes it; it resyncs
 fully on start, after any end of its watch and every RESYNC seconds
 (rewriting every chain, which repairs anything edited by hand), and whenever
-the built-in chains no longer jump to ours. After each successful pass it
-records the etcd revision its dataplane reflects, which the endpoint service
-waits for before an add returns. A malformed record (an endpoint with a bogus
-address, a profile with a bad rule) is left out, as if absent, and reported
-once (calicopy.quarantine): it never stops the pass for everyone else.
+the built-in chains no longer jump to ours. A malformed record (an endpoint
+with a bogus address, a profile with a bad rule) is left out, as if absent,
+and reported once (calicopy.quarantine): it never stops the pass for
+everyone else.
+
+Its progress is the etcd revision its dataplane reflects, which the endpoint
+service waits for before an add returns (its endpoint record's revision). It
+is written after a successful pass only when one of this node's endpoint
+records changed since the last write: that is all anyone waits for, so
+changes elsewhere, and an idle node, cost etcd no writes. It is written under
+a lease that keep-alives hold (calicopy.datastore.report): it disappears
+within PROGRESS_TTL seconds of the agent's end.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import threading
 
 from calicopy import failpoints
 from calicopy.datastore import keys
-from calicopy.datastore.store import KV, Store, Txn
+from calicopy.datastore.report import LeasedReport
+from calicopy.datastore.store import Store
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model.policy import Snapshot
 from calicopy.quarantine import Quarantine
@@ -29,6 +37,7 @@ from node.policy.iptables import Tables
 log = logging.getLogger("calico-policy-agent")
 
 RESYNC = 60.0
+PROGRESS_TTL = 30
 
 
 class Agent:
@@ -43,8 +52,8 @@ class Agent:
         self.tables = {v: Tables(v, backend, run) for v in (4, 6)}
         self.ipsets = IpSets(run)
         self._sets: dict[str, set[str]] | None = None    # what we last wrote
-        self._applied_kv: KV | None = None
-        self.applied_revision = 0
+        self.progress = LeasedReport(store, keys.policy_applied(node), PROGRESS_TTL)
+        self._local_changed = 0          # newest revision of this node's endpoint records
 
     def hooks_in_place(self) -> bool:
         """Whether the built-in chains still jump to ours (someone may have
@@ -65,6 +74,9 @@ class Agent:
         """Make the dataplane match etcd now; returns the revision it reflects
         and how many sets and chains changed."""
         revision, kvs = self.store.snapshot(keys.PREFIX)
+        mine = keys.node_endpoints_prefix(self.node)
+        self._local_changed = max([kv.mod_revision for kv in kvs if kv.key.startswith(mine)],
+                                  default=0)
         snapshot = Snapshot.from_kvs(revision, kvs)
         self.quarantine.update(keys.PREFIX, snapshot.bad)
         desired = dataplane.compute(snapshot, self.node)
@@ -80,20 +92,18 @@ class Agent:
         failpoints.reached("policy-after-restore")      # programmed, progress not recorded
         return revision, stats
 
+    @property
+    def applied_revision(self) -> int:
+        """The revision last recorded as programmed (0: none yet)."""
+        return (self.progress.value or {}).get("revision", 0)
+
     def _record(self, revision: int) -> None:
-        """Say that the dataplane reflects etcd as of ``revision``."""
-        if revision <= self.applied_revision:
-            return
-        key = keys.policy_applied(self.node)
-        for _ in range(3):
-            txn = Txn().put(key, self._applied_kv, {"revision": revision})
-            committed = self.store.commit(txn)
-            if committed:
-                self._applied_kv = KV(key, txn.puts[key], committed)
-                self.applied_revision = revision
-                return
-            self._applied_kv = self.store.get(key)
+        """Say that the dataplane reflects etcd as of ``revision``, if one of
+        this node's endpoints changed since we last said so."""
+        if self._local_changed > self.applied_revision:
+            self.progress.publish({"revision": revision})
 
     def run(self, stop: threading.Event) -> None:
         WatchLoop(self.store, keys.PREFIX, self.step, log=log, resync=RESYNC, poll=5.0,
-                  report=self._record).run(stop)
+                  report=self._record, tick=self.progress.keepalive,
+                  tick_every=PROGRESS_TTL / 6).run(stop)

@@ -21,7 +21,8 @@ Options:
   --etcd-endpoints=<EPS>   etcd client URLs; else ETCD_ENDPOINTS or
                            ETCD_AUTHORITY, else 127.0.0.1:2379 (TLS files:
                            ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE).
-  --ipam=<ADDR>            The IPAM service; else CALICO_IPAM_ADDR, else
+  --ipam=<ADDR>            The IPAM service (its replicas' addresses,
+                           comma-separated); else CALICO_IPAM_ADDR, else
                            127.0.0.1:50051.
   --no-ipv6                Give workloads no IPv6 addresses even if the
                            kernel could route them.

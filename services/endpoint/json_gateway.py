@@ -88,7 +88,8 @@ class CallFailed(Exception):
 
 class _Context:
     """The part of ``grpc.ServicerContext`` the servicer uses: ``abort``,
-    which here raises instead of ending an RPC, and ``time_remaining``."""
+    which here raises instead of ending an RPC, ``time_remaining``, and trailing
+    metadata, which JSON has no use for."""
 
     def __init__(self, timeout: float | None = None):
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -99,6 +100,10 @@ class _Context:
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    @staticmethod
+    def set_trailing_metadata(metadata) -> None:
+        pass
 
 
 _TIMEOUT_RE = re.compile(r"(\d{1,8})([HMSmun])\Z")

@@ -186,7 +186,7 @@ def test_bad_certificates_and_plaintext_are_refused_at_the_handshake(ipam_server
     # calicoctl says what went wrong, in one line.
     result = calicoctl("pool", "show", env={
         "CALICO_IPAM_ADDR": addr, "CALICO_TLS_CERT_FILE": str(cases["other CA"].cert),
-        "CALICO_TLS_KEY_FILE": str(cases["other CA"].key)})
+        "CALICO_TLS_KEY_FILE": str(cases["other CA"].key), "CALICO_RPC_TIMEOUT": "2"})
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"The TLS handshake with the IPAM service at {addr} "
                                     "failed"), result.stderr

@@ -13,7 +13,7 @@ from tools import launch
 
 def test_service_not_running():
     addr = f"127.0.0.1:{launch.free_port()}"
-    result = calicoctl("pool", "show", env={"CALICO_IPAM_ADDR": addr})
+    result = calicoctl("pool", "show", env={"CALICO_IPAM_ADDR": addr, "CALICO_RPC_TIMEOUT": "1"})
     assert result.returncode == 1
     assert result.stderr == (f"Could not reach the IPAM service at {addr} (set CALICO_IPAM_ADDR "
                              "to change it). Is it running? 'make up' starts it.\n")

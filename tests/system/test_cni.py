@@ -449,7 +449,9 @@ def test_status_and_older_result_versions(cluster, attach):
     assert run_calico(cluster.h1, "STATUS", plugin_conf(conflist)).ok
     away = plugin_conf(conflist, endpoint_addr=f"unix:{cluster.lab.tmp}/nothing.sock")
     assert_error(run_calico(cluster.h1, "STATUS", away), 50, "cannot be reached")
-    no_ipam = plugin_conf(conflist, ipam_addr=f"unix:{cluster.lab.tmp}/nothing.sock")
+    # (a call waits for the service up to its deadline: a short one)
+    no_ipam = plugin_conf(conflist, ipam_addr=f"unix:{cluster.lab.tmp}/nothing.sock",
+                          timeout=2)
     assert_error(run_calico(cluster.h1, "STATUS", no_ipam), 50, "IPAM service")
     no_pool = plugin_conf(conflist, ipam={"type": "calico-ipam", "ipv4_pools": ["10.99.0.0/16"]})
     assert_error(run_calico(cluster.h1, "STATUS", no_pool), 50, "no enabled IPv4 pool")

@@ -104,3 +104,10 @@ def test_workloads_on_two_nodes_reach_each_other(stack):
     assert can_ping(stack, "node2", "w2", ips["w1"])
     route = stack.exec("node1", "ip", "route", "show", "proto", "bird", quick=True).stdout
     assert f"via {addresses['node2']}" in route, route
+
+    # Two replicas of each service: with one IPAM replica dead, a node's
+    # endpoint service and calicoctl carry on with the other.
+    stack.compose("kill", "ipam")
+    w3 = add_workload(stack, "node1", "w3")
+    assert w3 not in ips.values()
+    assert w3 in calicoctl(stack, "node1", "ipam", "show", f"--ip={w3}")

@@ -1,11 +1,13 @@
 """`make up`'s control plane (tools.stack) as an operator meets it: TLS on every
-TCP port, calicoctl working with the admin certificate it made."""
+TCP port, calicoctl working with the admin certificate it made; with
+ETCD_MEMBERS=3, a 3-member etcd, and two replicas of each service."""
 
 import os
 import subprocess
 import sys
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.cli import ROOT
@@ -23,19 +25,33 @@ def stack(command, env):
                           text=True, timeout=120, cwd=ROOT, env=env)
 
 
-def test_make_up_serves_tls_only_and_calicoctl_finds_its_certificates(tmp_path):
-    ports = {name: launch.free_port() for name in ("etcd", "ipam", "policy", "bgp")}
+@pytest.mark.parametrize("members", [1, 3])
+def test_make_up_serves_tls_only_and_calicoctl_finds_its_certificates(tmp_path, members):
+    ports = {f"{name}{n}": launch.free_port() for name, count in
+             (("etcd", members), ("ipam", 2), ("policy", 2), ("bgp", 2))
+             for n in range(count)}
+
+    def listed(name, scheme=""):
+        return ",".join(f"{scheme}127.0.0.1:{p}" for k, p in ports.items() if k[:-1] == name)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CALICO_TLS_", "ETCD_"))}
     env.update(STATE_DIR=str(tmp_path / "state"), CALICO_PKI_DIR=str(tmp_path / "pki"),
-               ETCD_ENDPOINTS=f"https://127.0.0.1:{ports['etcd']}",
-               CALICO_IPAM_ADDR=f"127.0.0.1:{ports['ipam']}",
-               CALICO_POLICY_ADDR=f"127.0.0.1:{ports['policy']}",
-               CALICO_BGP_ADDR=f"127.0.0.1:{ports['bgp']}")
+               ETCD_MEMBERS=str(members), ETCD_ENDPOINTS=listed("etcd", "https://"),
+               CALICO_IPAM_ADDR=listed("ipam"), CALICO_POLICY_ADDR=listed("policy"),
+               CALICO_BGP_ADDR=listed("bgp"))
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr
         assert "mutual TLS" in up.stdout and "TLS and authentication on" in up.stdout
+        assert ("etcd (3 members, peers TLS) started" if members == 3 else
+                "etcd            started") in up.stdout
+        assert up.stdout.count("replica 2     started") == 3
+        # What clients are told to use names every member and replica.
+        told = dict(line.split()[1].split("=", 1) for line in
+                    (tmp_path / "state" / "client.env").read_text().splitlines())
+        assert told == {k: env[k] for k in ("ETCD_ENDPOINTS", "CALICO_IPAM_ADDR",
+                                            "CALICO_POLICY_ADDR", "CALICO_BGP_ADDR")}
+        assert stack("up", env).stdout.count("already running") == 7      # idempotent
         for name, port in ports.items():        # plaintext, health check included: refused
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 try:
@@ -48,6 +64,11 @@ def test_make_up_serves_tls_only_and_calicoctl_finds_its_certificates(tmp_path):
         # calicoctl takes the admin certificate from the certificate folder.
         added = calicoctl_only(env, "pool", "add", "10.84.0.0/16")
         assert added.returncode == 0, added.stderr
+        assert "10.84.0.0/16" in calicoctl_only(env, "pool", "show").stdout
+        # A replica and a member die: calicoctl carries on with the others.
+        os.kill(int((tmp_path / "state" / "ipam.pid").read_text()), 9)
+        if members == 3:
+            os.kill(int((tmp_path / "state" / "etcd1.pid").read_text()), 9)
         assert "10.84.0.0/16" in calicoctl_only(env, "pool", "show").stdout
         assert "Removed" in calicoctl_only(env, "reset", "--yes").stdout     # etcd, with TLS
     finally:

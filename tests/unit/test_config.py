@@ -57,3 +57,19 @@ def test_the_certificate_folder_s_admin_is_the_default(tmp_path):
                                                  tmp_path / "admin-key.pem")
     etcd = config.etcd_tls_files(environ={"CALICO_PKI_DIR": str(tmp_path)})
     assert etcd == found                       # etcd: the same identity unless told
+
+
+def test_service_addresses_are_one_or_the_replicas():
+    resolve = config.POLICY_ADDR.resolve
+    assert resolve(environ={}) == ["127.0.0.1:50052"]
+    assert resolve(environ={"CALICO_POLICY_ADDR": "cp1:50052, 10.0.0.11:50052,[fd00::1]:5"}) \
+        == ["cp1:50052", "10.0.0.11:50052", "[fd00::1]:5"]
+    assert resolve("unix:/a.sock,unix:///b.sock") == ["unix:/a.sock", "unix:/b.sock"]
+    for bad, why in (("unix:/a.sock,10.0.0.1:1", "give unix sockets or host:port addresses, "
+                                                  "not both"),
+                     ("a:1,b:2,a:1", "a:1 is given twice"), ("a:1,nohost", "'nohost' is not "
+                                                                       "host:port")):
+        with pytest.raises(config.ConfigError) as err:
+            resolve(explicit=bad)
+        assert str(err.value) == f"Invalid policy service address '{bad}' (from command " \
+                                 f"line): {why}"

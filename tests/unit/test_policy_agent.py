@@ -14,7 +14,7 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.model.endpoint import ACTIVE, Endpoint, endpoint_id
 from calicopy.model.ipam import Pool
-from node.policy.agent import Agent
+from node.policy.agent import PROGRESS_TTL, Agent
 from node.policy.commands import CommandError
 from node.policy.dataplane import ACCEPT_MARK, profile_chain, tag_set
 from tests.fakes import MemoryStore
@@ -302,9 +302,11 @@ def test_a_failed_restore_changes_nothing_and_the_next_pass_recovers(world, tool
     first = store.revision - 1                  # the report itself is a commit
     assert applied(store) == first
     before = state(kernel)
-    # A change to sets and to both versions' chains.
+    # A change to sets and to both versions' chains, and a new local endpoint
+    # (progress is what its add waits for).
     profile(store, "DB", dict(DB, inbound_rules=[{"action": "allow", "src_tag": "DB"}]
                               + DB["inbound_rules"]))
+    endpoint(store, "db3", ["10.20.0.9", "fd00::9"], ["DB"])
     wanted = store.revision
     kernel.fail_restores(1, tool=tool)
     with pytest.raises(CommandError, match="injected"):
@@ -338,3 +340,45 @@ def test_sets_made_by_a_failed_pass_are_cleaned_up_when_no_longer_wanted(world):
     agent.sync(full=False)
     assert tag_set("DB", 4) not in kernel.sets()
     assert state(kernel) == full_sync_state(store)
+
+
+def test_progress_is_written_when_a_local_endpoint_changed_and_only_then(world):
+    """What an endpoint add waits for is written; changes elsewhere and idle
+    passes cost etcd nothing."""
+    store, kernel, agent, _ = world
+    loop_pass(agent, full=True)
+    first = applied(store)
+    assert first == store.revision - 1          # the report itself is a commit
+    commits = store.commits
+    for _ in range(3):                          # idle, and a full resync
+        loop_pass(agent)
+    loop_pass(agent, full=True)
+    profile(store, "DB", dict(DB, outbound_rules=[{"action": "deny"}]))       # rules
+    endpoint(store, "web3", ["10.20.0.7"], ["WEB"], node="h2")                # elsewhere
+    loop_pass(agent)
+    assert store.commits == commits + 3 and applied(store) == first     # theirs, not ours
+    assert "10.20.0.7" in kernel.sets()[tag_set("WEB", 4)]   # programmed all the same
+    ep = endpoint(store, "web4", ["10.20.0.8"], ["WEB"])       # as the endpoint service does
+    record = store.get(keys.endpoint(NODE, "netns", "web4", ep.endpoint_id)).mod_revision
+    loop_pass(agent)
+    assert applied(store) >= record
+    assert store.commits == commits + 5
+
+
+def test_progress_lives_under_a_lease_kept_alive_without_writes(world):
+    store, kernel, agent, _ = world
+    clock = [0.0]
+    agent.progress._clock = lambda: clock[0]
+    loop_pass(agent, full=True)
+    lease = agent.progress._lease
+    assert lease and keys.policy_applied(NODE) in store.leases[lease]
+    commits, written = store.commits, applied(store)
+    for _ in range(4):
+        clock[0] += PROGRESS_TTL / 3
+        agent.progress.keepalive()
+    assert store.keepalives == 4 and store.commits == commits
+    store.expire_lease(lease)                   # e.g. etcd was out of reach that long
+    assert applied(store) == 0
+    clock[0] += PROGRESS_TTL / 3
+    agent.progress.keepalive()                  # notices, writes it again
+    assert applied(store) == written and agent.progress._lease != lease
