@@ -66,6 +66,20 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+
+#: How a pool's addresses on other hosts are reached: natively (BGP routes
+#: through the underlay), always through IP-in-IP, or through IP-in-IP only
+#: towards hosts on another subnet. IP-in-IP is IPv4 only.
+IPIP_NEVER, IPIP_ALWAYS, IPIP_CROSS_SUBNET = "never", "always", "cross-subnet"
+IPIP_MODES = (IPIP_NEVER, IPIP_ALWAYS, IPIP_CROSS_SUBNET)
+
+
+def check_ipip_mode(mode: str, version: int) -> str:
+    if mode not in IPIP_MODES:
+        raise InvalidInput(f"Invalid IP-in-IP mode '{mode}': use always, cross-subnet or never.")
+    if mode != IPIP_NEVER and version == 6:
+        raise InvalidInput("IP-in-IP is IPv4 only: an IPv6 pool cannot use it.")
+    return mode
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 
 
@@ -74,7 +88,7 @@ class Pool:
     cidr: Network
     block_size: int
     nat_outgoing: bool = False
-    ipip: bool = False
+    ipip_mode: str = IPIP_NEVER
     disabled: bool = False
 
     @classmethod
@@ -89,7 +103,13 @@ class Pool:
         if block_size < cidr.prefixlen:
             raise InvalidInput(
                 f"Block size /{block_size} is larger than the pool {cidr} itself.")
+        check_ipip_mode(flags.get("ipip_mode", IPIP_NEVER), cidr.version)
         return cls(cidr, block_size, **flags)
+
+    @property
+    def ipip(self) -> bool:
+        """Whether the pool is reached through IP-in-IP towards some hosts."""
+        return self.ipip_mode != IPIP_NEVER
 
     @property
     def version(self) -> int:
@@ -115,15 +135,17 @@ class Pool:
             yield ipaddress.ip_network(f"{first}/{self.block_size}")
 
     def to_json(self) -> dict:
+        # "ipip" stays for readers of records made before modes existed.
         return {"cidr": str(self.cidr), "block_size": self.block_size,
                 "nat_outgoing": self.nat_outgoing, "ipip": self.ipip,
-                "disabled": self.disabled}
+                "ipip_mode": self.ipip_mode, "disabled": self.disabled}
 
     @classmethod
     def from_json(cls, data: dict) -> "Pool":
+        """Also a record made before modes existed: ``"ipip": true`` is always."""
+        mode = data.get("ipip_mode") or (IPIP_ALWAYS if data.get("ipip") else IPIP_NEVER)
         return cls(ipaddress.ip_network(data["cidr"]), int(data["block_size"]),
-                   bool(data.get("nat_outgoing")), bool(data.get("ipip")),
-                   bool(data.get("disabled")))
+                   bool(data.get("nat_outgoing")), mode, bool(data.get("disabled")))
 
 
 def read_pools(store: Store, version: int | None = None) -> list[Pool]:
