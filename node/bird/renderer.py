@@ -2,7 +2,8 @@
 etcd, and reports the node's BGP sessions back.
 
 Run by the shared watch loop (calicopy.datastore.watchloop): it re-renders on
-every change under /calico/v1/ and every few seconds regardless. A new
+every change under /calico/v1/ and every few seconds regardless (so a peer
+that becomes directly connected, or stops being so, is re-rendered). A new
 configuration is written to a temporary file, checked with `bird -p`, moved
 into place atomically, and BIRD is told to `configure` only when the text
 changed. Every couple of seconds it writes the sessions BIRD reports to etcd
@@ -17,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from calicopy import underlay
 from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.datastore.watchloop import WatchLoop
@@ -30,8 +32,10 @@ REPORT_EVERY = 2.0
 REPORT_TTL = 10
 
 
-def current_model(store: Store, name: str) -> conf.BirdModel | None:
-    """The BIRD model for node ``name`` from etcd; None until it is registered."""
+def current_model(store: Store, name: str, connected=underlay.on_link
+                  ) -> conf.BirdModel | None:
+    """The BIRD model for node ``name`` from etcd (and, for which peers are
+    directly connected, the host's routes); None until it is registered."""
     kv = store.get(keys.node(name))
     if kv is None:
         return None
@@ -43,7 +47,7 @@ def current_model(store: Store, name: str) -> conf.BirdModel | None:
     pools = [str(pool.cidr) for pool in ipam.read_pools(store)]
     return conf.build_model(node, bgp.read_nodes(store), bgp.read_config(store),
                             bgp.read_peers(store), bgp.read_peers(store, node=name), pools,
-                            blocks)
+                            blocks, connected)
 
 
 class Renderer:
