@@ -216,6 +216,8 @@ def stop(name: str, force: bool) -> None:
     if pid:
         _stop_process_group(pid)
     _flush_bird_routes()
+    from node.ipip.dataplane import IpipDataplane
+    IpipDataplane().teardown(mine.node.ipv4 if mine is not None else "")
     if mine is not None:
         client.call(bgp, "DeleteNode", bgp_pb2.DeleteNodeRequest(name=name, force=True))
     print("Node stopped and all configuration removed")
