@@ -11,7 +11,7 @@ Usage:
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
   calicoctl container show
-  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
+  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--mtu=<MTU>]
   calicoctl node stop [--force]
   calicoctl node bgp peer (add|remove) <PEER_IP> as <AS_NUM>
   calicoctl node bgp peer show [--ipv4 | --ipv6]

@@ -2,7 +2,7 @@
 
 Usage:
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
-                 [--node-cert=<FILE> --node-key=<FILE>]
+                 [--mtu=<MTU>] [--node-cert=<FILE> --node-key=<FILE>]
   calicoctl node stop [--force] [--name=<NAME>]
   calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
   calicoctl node bgp peer remove <PEER_IP> [as <AS_NUM>] [--name=<NAME>]
@@ -13,6 +13,10 @@ Options:
   --ip6=<IP6>      This host's IPv6 address, for IPv6 workloads and sessions.
   --as=<AS_NUM>    This node's AS number (default: the cluster's, see `calicoctl bgp`).
   --name=<NAME>    The node's name (default: CALICO_NODENAME, else the hostname).
+  --mtu=<MTU>      The MTU of this node's workloads when their add gives none
+                   (68-65535). Default: while an IPv4 pool uses IP-in-IP, the
+                   underlay's MTU minus 20; else the kernel's (1500). Taken
+                   when the node starts.
   --node-cert=<FILE>  The node's own certificate (identity node:<name>), which its
                    processes present to the services and to etcd; else
                    CALICO_NODE_TLS_CERT_FILE, else node-<name>.pem in the
@@ -74,7 +78,16 @@ def run(args: dict) -> None:
         stop(name, args["--force"])
     else:
         start(name, args["--ip"], args["--ip6"], args["--as"],
-              node_credentials(name, args["--node-cert"], args["--node-key"]))
+              node_credentials(name, args["--node-cert"], args["--node-key"]),
+              _mtu(args["--mtu"]))
+
+
+def _mtu(text: str | None) -> int:
+    if text is None:
+        return 0
+    if not text.isdigit() or not 68 <= int(text) <= 65535:
+        raise CliError(f"Invalid MTU '{text}': give 68 to 65535.")
+    return int(text)
 
 
 def supervisor_pid(name: str) -> int | None:
@@ -135,7 +148,7 @@ def _ensure_etcd_user(name: str) -> None:
 
 
 def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
-          credentials: dict[str, str]) -> None:
+          credentials: dict[str, str], mtu: int = 0) -> None:
     ip = validate.ip_of_version(ip_text, 4, "Invalid IPv4 address specified with --ip argument.")
     ip6 = validate.ip_of_version(ip6_text, 6, "Invalid IPv6 address specified with --ip6 "
                                  "argument.") if ip6_text else ""
@@ -174,7 +187,8 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
         return
     paths = config.node_paths(name)
     folder = private_dir(paths.dir)
-    argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
+    argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"]) \
+        + ([f"--mtu={mtu}"] if mtu else [])
     with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,

@@ -10,7 +10,7 @@ state folder (0700; its sockets 0600, BIRD's control socket made so once BIRD
 has created it).
 
 Usage:
-  calico-node --name=<NODE> [--no-ipv6]
+  calico-node --name=<NODE> [--no-ipv6] [--mtu=<MTU>]
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     env = {"CALICO_NODENAME": name}
     endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
                      f"--listen={p.endpoint_addr}", f"--policy-wait={POLICY_WAIT}"] + \
-        (["--no-ipv6"] if args["--no-ipv6"] else [])
+        (["--no-ipv6"] if args["--no-ipv6"] else []) + \
+        ([f"--mtu={args['--mtu']}"] if args["--mtu"] else [])
     bird_argv = ["bird", "-f", "-c", str(p.bird_conf), "-s", str(p.bird_ctl),
                  "-P", str(p.bird_pid)]
     children = [

@@ -59,7 +59,7 @@ import ipaddress
 import re
 
 from calicopy.model.endpoint import Endpoint
-from calicopy.model.ipam import Pool
+from calicopy.model.ipam import IPIP_ALWAYS, IPIP_NEVER
 from calicopy.model.policy import INBOUND, OUTBOUND, Rule, Snapshot
 
 MARK = "0x1000000"
@@ -97,8 +97,9 @@ HOSTS_SET = "cali4-hosts"
 
 
 def _ipip_in_use(snapshot: Snapshot) -> bool:
-    return any(pool.version == 4 and pool.ipip
-               for pool in (Pool.from_json(p) for p in snapshot.pools))
+    return any(ipaddress.ip_network(p["cidr"]).version == 4 and
+               (p.get("ipip_mode") or (IPIP_ALWAYS if p.get("ipip") else IPIP_NEVER)) !=
+               IPIP_NEVER for p in snapshot.pools)
 
 
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:;/()\[\]+=@-]")
