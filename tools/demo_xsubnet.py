@@ -72,12 +72,14 @@ def main() -> int:
               prefix=LAB_PREFIX, subnets=2)
     a = None
     try:
+        step(f"A pool routed natively, {POOL}, and a profile")
+        for args in (("pool", "add", POOL), ("profile", "add", "XDEMO")):
+            print(f"$ calicoctl {' '.join(args)}", flush=True)
+            subprocess.run([sys.executable, "-m", "cli.calicoctl", *args], check=True)
         step("Two hosts on two subnets (172.30.0.0/24 and 172.30.1.0/24), a plain router "
              "between them")
         a = lab.add_host("xa", ipv6=False, node=True)
         b = lab.add_host("xb", ipv6=False, node=True, subnet=1)
-        show(a, "pool", "add", POOL)
-        show(a, "profile", "add", "XDEMO")
         wa = a.add_workload("xwa", profiles=("XDEMO",))
         wb = b.add_workload("xwb", profiles=("XDEMO",))
         step("BGP between them is multi-hop (rendered from each host's routes)")
@@ -101,13 +103,13 @@ def main() -> int:
         print(f"    ping -M do -s 1452 (a 1480-byte packet): "
               f"{'ok' if big.returncode == 0 else 'failed'}")
     finally:
-        if a is not None:
-            for host in list(lab.hosts.values()):
-                for w in list(host.workloads):
-                    host.calicoctl("container", "remove", host.workloads[w].ref)
-            a.calicoctl("pool", "remove", POOL, "--force")
-            a.calicoctl("profile", "remove", "XDEMO")
+        for host in list(lab.hosts.values()):
+            for w in list(host.workloads):
+                host.calicoctl("container", "remove", host.workloads[w].ref)
         lab.close()
+        for args in (("pool", "remove", POOL, "--force"), ("profile", "remove", "XDEMO")):
+            subprocess.run([sys.executable, "-m", "cli.calicoctl", *args],
+                           capture_output=True)
     print("\nRemoved the demo's hosts and pool; the control plane is still running "
           "('make down' stops it).")
     return 0
