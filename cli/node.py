@@ -77,9 +77,9 @@ def run(args: dict) -> None:
     elif args["stop"]:
         stop(name, args["--force"])
     else:
+        mtu = _mtu(args["--mtu"])
         start(name, args["--ip"], args["--ip6"], args["--as"],
-              node_credentials(name, args["--node-cert"], args["--node-key"]),
-              _mtu(args["--mtu"]))
+              node_credentials(name, args["--node-cert"], args["--node-key"]), mtu)
 
 
 def _mtu(text: str | None) -> int:

@@ -20,9 +20,10 @@ Options:
   --ipv6              Show only IPv6 pools.
 
 `pool add` of an existing pool is not an error: its flags are set to the ones
-given (so a pool's IP-in-IP mode is changed with `pool add <CIDR> --ipip=<MODE>`,
-and running nodes follow at once). A CIDR with host bits set is normalised (10.0.0.1/8 -> 10.0.0.0/8) and
-a bare address becomes a /32 (or /128) pool.
+given (so a pool's IP-in-IP mode is changed by adding it again with another
+mode, and running nodes follow at once). A CIDR with host bits set is
+normalised (10.0.0.1/8 -> 10.0.0.0/8) and a bare address becomes a /32 (or
+/128) pool.
 """
 
 from __future__ import annotations

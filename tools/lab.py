@@ -203,12 +203,14 @@ class Lab:
             store.close()
 
     def add_host(self, name: str, ipv6: bool = True, node: bool = False,
-                 as_num: int = 0, docker: bool = False, subnet: int = 0) -> "Host":
-        """A host; with ``node`` it runs ``calicoctl node`` (BGP and all),
-        else only the endpoint service; with ``docker``, a Docker engine too;
-        on underlay ``subnet`` (0 or, in a two-subnet lab, 1)."""
+                 as_num: int = 0, docker: bool = False, subnet: int = 0,
+                 node_args: tuple[str, ...] = ()) -> "Host":
+        """A host; with ``node`` it runs ``calicoctl node`` (BGP and all; with
+        ``node_args`` added), else only the endpoint service; with ``docker``,
+        a Docker engine too; on underlay ``subnet`` (0 or, in a two-subnet
+        lab, 1)."""
         index = sum(1 for h in self.hosts.values() if h.subnet == subnet) + 2
-        host = Host(self, name, index, ipv6, node, as_num, docker, subnet)
+        host = Host(self, name, index, ipv6, node, as_num, docker, subnet, node_args)
         self.hosts[name] = host
         return host
 
@@ -267,9 +269,9 @@ class Host:
     (and, if asked, its own Docker engine)."""
 
     def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int,
-                 docker: bool = False, subnet: int = 0):
+                 docker: bool = False, subnet: int = 0, node_args: tuple[str, ...] = ()):
         self.lab, self.name, self.ipv6, self.as_num = lab, name, ipv6, as_num
-        self.subnet = subnet
+        self.subnet, self.node_args = subnet, tuple(node_args)
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
         self.state_dir = lab.tmp / "state"
         self.workloads: dict[str, Workload] = {}
@@ -336,7 +338,7 @@ class Host:
 
     def start_calico_node(self) -> subprocess.CompletedProcess:
         args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
-            ([f"--as={self.as_num}"] if self.as_num else [])
+            ([f"--as={self.as_num}"] if self.as_num else []) + list(self.node_args)
         result = self.calicoctl(*args)
         if result.returncode != 0:
             raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")

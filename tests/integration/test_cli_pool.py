@@ -119,3 +119,9 @@ def test_pool_ipip_modes(calicoctl, store):
     assert store.commit(Txn().create(keys.pool(ipaddress.ip_network("10.30.0.0/16")), old))
     row = next(line for line in ok(calicoctl("pool", "show")).splitlines() if "10.30." in line)
     assert "| always " in row
+
+
+def test_node_mtu_is_checked_first(calicoctl):
+    for bad in ("10", "70000", "big"):
+        fails(calicoctl("node", "--ip=172.30.0.2", f"--mtu={bad}"),
+              f"Invalid MTU '{bad}': give 68 to 65535.")

@@ -182,6 +182,12 @@ def test_mtu_is_the_underlay_s_minus_20_and_too_big_gets_fragmentation_needed(xl
     refused = big.run(*ping, "-s", "1492", w5.ip)
     assert refused.returncode != 0
     assert "Frag needed and DF set (mtu = 1500)" in refused.stdout
+    # A node started with --mtu gives its workloads that one.
+    h4 = xlab.add_host("h4", node=True, ipv6=False, subnet=1, node_args=("--mtu=1400",))
+    w7 = h4.add_workload("w7", profiles=("net",))
+    assert mtu_of(w7) == 1400
+    done = w7.run(*ping, "-s", "1372", w4.ip)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_upstream_router_two_hops_away_learns_the_blocks(xlab):
