@@ -61,24 +61,57 @@ class Asm:
         self._items.append(name)
         return self
 
-    def mov(self, dst, imm): return self._op(0xb7, dst, imm=imm)          # 64-bit
-    def movr(self, dst, src): return self._op(0xbf, dst, src)
-    def add(self, dst, imm): return self._op(0x07, dst, imm=imm)
-    def addr(self, dst, src): return self._op(0x0f, dst, src)
-    def and_(self, dst, imm): return self._op(0x57, dst, imm=imm)
-    def xor(self, dst, imm): return self._op(0xa7, dst, imm=imm)
-    def rsh(self, dst, imm): return self._op(0x77, dst, imm=imm)
-    def be16(self, dst): return self._op(0xdc, dst, imm=16)               # to network order
-    def ldx(self, size, dst, src, off): return self._op(0x61 | _SIZE[size], dst, src, off)
-    def stx(self, size, dst, src, off): return self._op(0x63 | _SIZE[size], dst, src, off)
-    def st(self, size, dst, off, imm): return self._op(0x62 | _SIZE[size], dst, off=off, imm=imm)
-    def call(self, helper): return self._op(0x85, imm=helper)
-    def exit(self): return self._op(0x95)
-    def ja(self, target): return self._op(0x05, target=target)
+    def mov(self, dst, imm):      # 64-bit
+        return self._op(0xb7, dst, imm=imm)
+
+    def movr(self, dst, src):
+        return self._op(0xbf, dst, src)
+
+    def add(self, dst, imm):
+        return self._op(0x07, dst, imm=imm)
+
+    def addr(self, dst, src):
+        return self._op(0x0f, dst, src)
+
+    def and_(self, dst, imm):
+        return self._op(0x57, dst, imm=imm)
+
+    def xor(self, dst, imm):
+        return self._op(0xa7, dst, imm=imm)
+
+    def rsh(self, dst, imm):
+        return self._op(0x77, dst, imm=imm)
+
+    def be16(self, dst):  # to network order
+        return self._op(0xdc, dst, imm=16)
+
+    def ldx(self, size, dst, src, off):
+        return self._op(0x61 | _SIZE[size], dst, src, off)
+
+    def stx(self, size, dst, src, off):
+        return self._op(0x63 | _SIZE[size], dst, src, off)
+
+    def st(self, size, dst, off, imm):
+        return self._op(0x62 | _SIZE[size], dst, off=off, imm=imm)
+
+    def call(self, helper):
+        return self._op(0x85, imm=helper)
+
+    def exit(self):
+        return self._op(0x95)
+
+    def ja(self, target):
+        return self._op(0x05, target=target)
+
     # Comparisons are 32-bit (JMP32), so an immediate is never sign-extended.
-    def jeq(self, dst, imm, target): return self._op(0x16, dst, imm=imm, target=target)
-    def jne(self, dst, imm, target): return self._op(0x56, dst, imm=imm, target=target)
-    def jgt(self, dst, imm, target): return self._op(0x26, dst, imm=imm, target=target)
+    def jeq(self, dst, imm, target):
+        return self._op(0x16, dst, imm=imm, target=target)
+
+    def jne(self, dst, imm, target):
+        return self._op(0x56, dst, imm=imm, target=target)
+
+    def jgt(self, dst, imm, target):
+        return self._op(0x26, dst, imm=imm, target=target)
 
     def ld_map(self, dst, fd):
         """A map's address (two slots: the kernel patches the fd into it)."""
