@@ -10,7 +10,7 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps venv protos up down demo demo-down test test-unit bench clean \
+.PHONY: install deps venv protos up down demo demo-down demo-xsubnet test test-unit bench clean \
 	base-image compose-up compose-down cni-install
 
 install: deps venv
@@ -67,6 +67,10 @@ down:
 demo: install
 	$(PY) -m tools.demo
 
+# Hosts on two subnets: multi-hop BGP, then IP-in-IP across a plain router.
+demo-xsubnet: install
+	$(PY) -m tools.demo_xsubnet
+
 demo-down: install
 	$(PY) -m tools.demo --down
 
@@ -104,6 +108,7 @@ bench: install
 	$(PY) bench/docker.py
 	$(PY) bench/cni.py
 	$(PY) bench/ha.py
+	$(PY) bench/xsubnet.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -1,7 +1,7 @@
 """calicoctl: manage calico-py.
 
 Usage:
-  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip] [--block-size=<N>]
+  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip[=<MODE>]] [--block-size=<N>]
   calicoctl pool remove <CIDR> [--force]
   calicoctl pool show [--ipv4 | --ipv6]
   calicoctl ipam show [--ip=<IP>]
@@ -12,7 +12,7 @@ Usage:
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
   calicoctl container show
-  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
+  calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--mtu=<MTU>]
   calicoctl node stop [--force]
   calicoctl node remove --name=<NAME>
   calicoctl node bgp peer (add|remove) <PEER_IP> as <AS_NUM>
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         print(f"Unknown command '{argv[0]}'.\n\n{usage()}", file=sys.stderr)
         return 1
+    argv = getattr(module, "normalise_argv", lambda a: a)(argv)
     doc = module.__doc__ + f"\nEnvironment:\n{config.describe()}\n"
     if "-h" in argv or "--help" in argv:
         print(doc)

@@ -2,7 +2,7 @@
 
 Usage:
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
-                 [--node-cert=<FILE> --node-key=<FILE>]
+                 [--mtu=<MTU>] [--node-cert=<FILE> --node-key=<FILE>]
   calicoctl node stop [--force] [--name=<NAME>]
   calicoctl node remove --name=<NAME>
   calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
@@ -14,6 +14,10 @@ Options:
   --ip6=<IP6>      This host's IPv6 address, for IPv6 workloads and sessions.
   --as=<AS_NUM>    This node's AS number (default: the cluster's, see `calicoctl bgp`).
   --name=<NAME>    The node's name (default: CALICO_NODENAME, else the hostname).
+  --mtu=<MTU>      The MTU of this node's workloads when their add gives none
+                   (68-65535). Default: while an IPv4 pool uses IP-in-IP, the
+                   underlay's MTU minus 20; else the kernel's (1500). Taken
+                   when the node starts.
   --node-cert=<FILE>  The node's own certificate (identity node:<name>), which its
                    processes present to the services and to etcd; else
                    CALICO_NODE_TLS_CERT_FILE, else node-<name>.pem in the
@@ -86,8 +90,17 @@ def run(args: dict) -> None:
     elif args["remove"]:
         remove(name)
     else:
+        mtu = _mtu(args["--mtu"])
         start(name, args["--ip"], args["--ip6"], args["--as"],
-              node_credentials(name, args["--node-cert"], args["--node-key"]))
+              node_credentials(name, args["--node-cert"], args["--node-key"]), mtu)
+
+
+def _mtu(text: str | None) -> int:
+    if text is None:
+        return 0
+    if not text.isdigit() or not 68 <= int(text) <= 65535:
+        raise CliError(f"Invalid MTU '{text}': give 68 to 65535.")
+    return int(text)
 
 
 def supervisor_pid(name: str) -> int | None:
@@ -148,7 +161,7 @@ def _ensure_etcd_user(name: str) -> None:
 
 
 def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
-          credentials: dict[str, str]) -> None:
+          credentials: dict[str, str], mtu: int = 0) -> None:
     ip = validate.ip_of_version(ip_text, 4, "Invalid IPv4 address specified with --ip argument.")
     ip6 = validate.ip_of_version(ip6_text, 6, "Invalid IPv6 address specified with --ip6 "
                                  "argument.") if ip6_text else ""
@@ -195,7 +208,8 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
     ready = [paths.ready(p) for p in ("docker-plugin", "docker-proxy")] if with_docker else []
     for stale in ready:
         stale.unlink(missing_ok=True)       # a killed node's
-    argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"])
+    argv = [sys.executable, "-m", "node", f"--name={name}"] + ([] if ip6 else ["--no-ipv6"]) \
+        + ([f"--mtu={mtu}"] if mtu else [])
     with open(paths.supervisor_log, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -236,6 +250,8 @@ def stop(name: str, force: bool) -> None:
     if pid:
         _stop_process_group(pid)
     _flush_bird_routes()
+    from node.ipip.dataplane import IpipDataplane
+    IpipDataplane().teardown(mine.node.ipv4 if mine is not None else "")
     if mine is not None:
         client.call(bgp, "DeleteNode", bgp_pb2.DeleteNodeRequest(name=name, force=True))
     print("Node stopped and all configuration removed")

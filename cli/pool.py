@@ -1,14 +1,17 @@
 """Manage the IP pools that workload addresses come from.
 
 Usage:
-  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip] [--block-size=<N>]
+  calicoctl pool add <CIDR> [--nat-outgoing] [--ipip=<MODE>] [--block-size=<N>]
   calicoctl pool remove <CIDR> [--force]
   calicoctl pool show [--ipv4 | --ipv6]
 
 Options:
   --nat-outgoing      Masquerade traffic from the pool to destinations outside
                       all pools.
-  --ipip              Reach the pool's addresses on other hosts through IP-in-IP.
+  --ipip=<MODE>       Reach the pool's addresses on other hosts through IP-in-IP
+                      (tunl0; IPv4 pools only): always, cross-subnet (only
+                      towards hosts on another subnet) or never. `--ipip`
+                      alone means always, as it always did.
   --block-size=<N>    Prefix length of the pool's allocation blocks: IPv4 20-32
                       (default 26), IPv6 116-128 (default 122).
   --force             Remove the pool even though addresses are allocated from
@@ -18,8 +21,10 @@ Options:
   --ipv6              Show only IPv6 pools.
 
 `pool add` of an existing pool is not an error: its flags are set to the ones
-given. A CIDR with host bits set is normalised (10.0.0.1/8 -> 10.0.0.0/8) and
-a bare address becomes a /32 (or /128) pool.
+given (so a pool's IP-in-IP mode is changed by adding it again with another
+mode, and running nodes follow at once). A CIDR with host bits set is
+normalised (10.0.0.1/8 -> 10.0.0.0/8) and a bare address becomes a /32 (or
+/128) pool.
 """
 
 from __future__ import annotations
@@ -33,10 +38,26 @@ from cli import client, validate
 from cli.errors import CliError
 from cli.output import table
 
+IPIP_MODES = {"always": ipam_pb2.IPIP_MODE_ALWAYS,
+              "cross-subnet": ipam_pb2.IPIP_MODE_CROSS_SUBNET,
+              "never": ipam_pb2.IPIP_MODE_NEVER}
+MODE_NAMES = {v: k for k, v in IPIP_MODES.items()}
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """``--ipip`` without a value is ``--ipip=always`` (docopt has no
+    optional option values)."""
+    return ["--ipip=always" if a == "--ipip" else a for a in argv]
+
+
+def _mode(pool) -> str:
+    return MODE_NAMES.get(pool.ipip_mode, "always" if pool.ipip else "never")
+
 
 def run(args: dict) -> None:
     if args["add"]:
-        add(args["<CIDR>"], args["--nat-outgoing"], args["--ipip"], args["--block-size"])
+        add(args["<CIDR>"], args["--nat-outgoing"], args["--ipip"] or "never",
+            args["--block-size"])
     elif args["remove"]:
         remove(args["<CIDR>"], args["--force"])
     else:
@@ -44,13 +65,18 @@ def run(args: dict) -> None:
 
 
 def _flags(pool) -> str:
-    flags = [f for f, on in (("nat-outgoing", pool.nat_outgoing), ("ipip", pool.ipip),
+    flags = [f for f, on in (("nat-outgoing", pool.nat_outgoing),
+                             (f"ipip={_mode(pool)}", pool.ipip),
                              ("disabled", pool.disabled)) if on]
     return ",".join(flags)
 
 
-def add(cidr_text: str, nat: bool, ipip: bool, block_size: str | None) -> None:
+def add(cidr_text: str, nat: bool, ipip: str, block_size: str | None) -> None:
     cidr, normalised = validate.cidr(cidr_text)
+    if ipip not in IPIP_MODES:
+        raise CliError(f"Invalid IP-in-IP mode '{ipip}': use always, cross-subnet or never.")
+    if ipip != "never" and ":" in cidr:
+        raise CliError("IP-in-IP is IPv4 only: an IPv6 pool cannot use --ipip.")
     size = 0
     if block_size is not None:
         if not block_size.isdigit():
@@ -60,7 +86,8 @@ def add(cidr_text: str, nat: bool, ipip: bool, block_size: str | None) -> None:
     ipam = client.ipam()
     if normalised:
         print(f"Normalised {cidr_text} to {cidr} (host bits cleared).")
-    request = ipam_pb2.Pool(cidr=cidr, block_size=size, nat_outgoing=nat, ipip=ipip)
+    mode = IPIP_MODES[ipip]
+    request = ipam_pb2.Pool(cidr=cidr, block_size=size, nat_outgoing=nat, ipip_mode=mode)
     try:
         pool = ipam.call("CreatePool", ipam_pb2.CreatePoolRequest(pool=request)).pool
         print(f"Added pool {pool.cidr} (block size /{pool.block_size}).")
@@ -73,11 +100,11 @@ def add(cidr_text: str, nat: bool, ipip: bool, block_size: str | None) -> None:
     if size and size != existing.block_size:
         raise CliError(f"Pool {cidr} already exists with block size /{existing.block_size}; "
                        "remove it first to change the block size.")
-    if (existing.nat_outgoing, existing.ipip) == (nat, ipip):
+    if (existing.nat_outgoing, _mode(existing)) == (nat, ipip):
         print(f"Pool {cidr} already exists.")
         return
     pool = ipam.call("UpdatePool", ipam_pb2.UpdatePoolRequest(
-        cidr=cidr, nat_outgoing=nat, ipip=ipip)).pool
+        cidr=cidr, nat_outgoing=nat, ipip_mode=mode)).pool
     print(f"Updated pool {cidr}: options now '{_flags(pool) or 'none'}'.")
 
 
@@ -106,6 +133,6 @@ def show(version: int | None) -> None:
     pools = client.ipam().call("ListPools", ipam_pb2.ListPoolsRequest(ip_version=enum)).pools
     for v, enum_v in ((4, ipam_pb2.IP_VERSION_V4), (6, ipam_pb2.IP_VERSION_V6)):
         if version in (None, v):
-            rows = [[p.cidr, f"/{p.block_size}", _flags(p)] for p in pools
+            rows = [[p.cidr, f"/{p.block_size}", _flags(p), _mode(p)] for p in pools
                     if p.ip_version == enum_v]
-            print(table([f"IPv{v} CIDR", "Block size", "Options"], rows))
+            print(table([f"IPv{v} CIDR", "Block size", "Options", "IP-in-IP"], rows))

@@ -8,7 +8,8 @@ Options:
 
 Prints the node's processes (from its supervisor), the malformed records
 they skip (treated as absent; `calicoctl check` lists every one in the
-cluster), and the BGP sessions as BIRD reports them, for IPv4 and IPv6.
+cluster), and the BGP sessions as BIRD reports them, for IPv4 and IPv6, with
+BIRD's last error for a session that is not established (why it is not up).
 Exits 1 when the node is not running.
 """
 
@@ -49,8 +50,8 @@ def run(args: dict) -> None:
     if sessions is None:
         raise CliError("BIRD is not running yet.")
     for v in (4, 6):
-        rows = [[s.peer, s.peer_type, s.state, s.since, s.info] for s in sessions
+        rows = [[s.peer, s.peer_type, s.state, s.since, s.info, s.last_error] for s in sessions
                 if s.ip_version == v]
         print(f"IPv{v} BGP status")
-        print(table(["Peer address", "Peer type", "State", "Since", "Info"], rows)
+        print(table(["Peer address", "Peer type", "State", "Since", "Info", "Last error"], rows)
               if rows else f"No IPv{v} peers found.")

@@ -2,14 +2,15 @@
 
 Started by `calicoctl node`, in the host's network namespace. It runs, and
 restarts when they die: the policy agent, the endpoint service, the BIRD
-config renderer and BIRD, and, when a Docker engine answers on DOCKER_HOST
+config renderer and BIRD, IP-in-IP (tunl0 and its routes, for pools that use
+it), and, when a Docker engine answers on DOCKER_HOST
 (or on its alternative socket), the Docker network and IPAM plugin and the
 CALICO_IP proxy. Sockets, configuration, pids and logs live in the node's
 state folder (0700; its sockets 0600, BIRD's control socket made so once BIRD
 has created it).
 
 Usage:
-  calico-node --name=<NODE> [--no-ipv6]
+  calico-node --name=<NODE> [--no-ipv6] [--mtu=<MTU>]
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
     env = {"CALICO_NODENAME": name}
     endpoint_argv = [python, "-m", "services.endpoint", f"--name={name}",
                      f"--listen={p.endpoint_addr}", f"--policy-wait={POLICY_WAIT}"] + \
-        (["--no-ipv6"] if args["--no-ipv6"] else [])
+        (["--no-ipv6"] if args["--no-ipv6"] else []) + \
+        ([f"--mtu={args['--mtu']}"] if args["--mtu"] else [])
     bird_argv = ["bird", "-f", "-c", str(p.bird_conf), "-s", str(p.bird_ctl),
                  "-P", str(p.bird_pid)]
     children = [
@@ -56,6 +58,7 @@ def main(argv=None) -> int:
               # After a crash: graceful-restart recovery, so BIRD keeps the routes
               # it left in the kernel until its peers have re-sent theirs.
               restart_argv=bird_argv[:2] + ["-R"] + bird_argv[2:]),
+        Child("ipip", [python, "-m", "node.ipip", f"--name={name}"], p.log("ipip"), env),
     ]
     docker_sock = config.DOCKER_HOST.resolve()
     # Wherever the engine's socket is, whether the engine answers yet or not

@@ -8,6 +8,14 @@ Topology: one "underlay" namespace holds a bridge with the router address
 (172.30.0.1, fd99::1); each host is a namespace with a veth on that bridge,
 its own address and a default route through the router (proxy ARP for
 169.254.1.1 only answers when the host has a route off the workload's link).
+
+With ``subnets=2`` there is a second underlay subnet (172.30.1.0/24,
+fd99:0:0:1::/64, a second bridge) and a router namespace joining the two
+(.253 on each; plain Linux forwarding, no BGP: it knows nothing of the
+pools). Hosts and routers say which subnet they are on; every host's default
+route then goes through the router's address on its own subnet, and the
+control plane (172.30.0.254) has routes to the second subnet through it, so
+it stays reachable from both. ``mtu`` sets every underlay link's MTU.
 Each host runs, inside its namespace, either the whole node (``calicoctl
 node``: endpoint service, BIRD, renderer under the node supervisor) or just
 the endpoint service. Nodes reach etcd and the cluster services over unix
@@ -46,6 +54,9 @@ from tools import docker_engine, launch
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 UNDERLAY_V4 = "172.30.0"
 UNDERLAY_V6 = "fd99::"
+# Each underlay subnet's prefixes (IPv4 /24, IPv6 /64), the first being the one above.
+SUBNETS = ((UNDERLAY_V4, UNDERLAY_V6), ("172.30.1", "fd99:0:0:1::"))
+ROUTER_INDEX = 253                  # the router between subnets, on each of them
 CONTROL_INDEX = 254                 # the control plane's address on the underlay
 CONTROL_HOSTS = (f"{UNDERLAY_V4}.{CONTROL_INDEX}", f"{UNDERLAY_V6}{CONTROL_INDEX}")
 SERVICE_PORTS = {"ipam": 50051, "policy": 50052, "bgp": 50053}
@@ -111,8 +122,9 @@ class Lab:
     unix sockets, one per member) with whatever else uses it."""
 
     def __init__(self, tmp: Path, etcd: str, pki_dir: Path | None = None, prefix: str = "",
-                 replicas: int = 1):
+                 replicas: int = 1, subnets: int = 1, mtu: int = 1500):
         self.tmp, self.etcd, self.replicas = tmp, etcd, replicas
+        self.subnets, self.mtu = subnets, mtu
         self.identities = Identities(pki_dir)
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[Namespace] = []
@@ -122,10 +134,17 @@ class Lab:
         try:
             self.underlay = Namespace(self, f"{self.prefix}-u")
             u = self.underlay
-            u.run("ip", "link", "add", "br0", "type", "bridge")
+            for n in range(subnets):
+                u.run("ip", "link", "add", f"br{n}", "mtu", str(mtu), "type", "bridge")
+                u.run("ip", "link", "set", f"br{n}", "up")
             u.run("ip", "addr", "add", f"{UNDERLAY_V4}.1/24", "dev", "br0")
             u.run("ip", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")
-            u.run("ip", "link", "set", "br0", "up")
+            if subnets > 1:
+                self.router = Namespace(self, f"{self.prefix}-rt")
+                for n in range(subnets):
+                    self._underlay_link(self.router, ROUTER_INDEX, n, f"eth{n}", gateway=False)
+                self.router.run("sysctl", "-qw", "net.ipv4.ip_forward=1",
+                                "net.ipv6.conf.all.forwarding=1")
             self._start_control_plane()
         except BaseException:
             self.close()
@@ -134,6 +153,11 @@ class Lab:
     def _start_control_plane(self) -> None:
         self.control = Namespace(self, f"{self.prefix}-ctl")
         self.control_ip, _ = self._underlay_link(self.control, CONTROL_INDEX)
+        for v4, v6 in SUBNETS[1:self.subnets]:       # the other subnets, through the router
+            self.control.run("ip", "route", "add", f"{v4}.0/24", "via",
+                             f"{UNDERLAY_V4}.{ROUTER_INDEX}")
+            self.control.run("ip", "-6", "route", "add", f"{v6}/64", "via",
+                             f"{UNDERLAY_V6}{ROUTER_INDEX}")
         self.control_dir = self.tmp / "control"
         self.control_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.control_dir, 0o700)
@@ -217,11 +241,15 @@ class Lab:
             store.close()
 
     def add_host(self, name: str, ipv6: bool = True, node: bool = False,
-                 as_num: int = 0, docker: bool = False, etcd: str = "") -> "Host":
-        """A host; with ``node`` it runs ``calicoctl node`` (BGP and all),
-        else only the endpoint service; with ``docker``, a Docker engine too;
-        ``etcd``: how it reaches etcd, if not as the lab does (``etcd_on_underlay``)."""
-        host = Host(self, name, len(self.hosts) + 2, ipv6, node, as_num, docker, etcd)
+                 as_num: int = 0, docker: bool = False, etcd: str = "", subnet: int = 0,
+                 node_args: tuple[str, ...] = ()) -> "Host":
+        """A host; with ``node`` it runs ``calicoctl node`` (BGP and all; with
+        ``node_args`` added), else only the endpoint service; with ``docker``,
+        a Docker engine too; on underlay ``subnet`` (0 or, in a two-subnet
+        lab, 1); ``etcd``: how it reaches etcd, if not as the lab does
+        (``etcd_on_underlay``)."""
+        index = sum(1 for h in self.hosts.values() if h.subnet == subnet) + 2
+        host = Host(self, name, index, ipv6, node, as_num, docker, etcd, subnet, node_args)
         self.hosts[name] = host
         return host
 
@@ -241,21 +269,25 @@ class Lab:
         scheme = "https" if self.etcd.startswith("unixs:") else "http"
         return f"{scheme}://{ip}:{port}"
 
-    def add_router(self, name: str, index: int, bird_conf: str) -> "Router":
-        return Router(self, name, index, bird_conf)
+    def add_router(self, name: str, index: int, bird_conf: str, subnet: int = 0) -> "Router":
+        return Router(self, name, index, bird_conf, subnet)
 
-    def _underlay_link(self, ns: "Namespace", index: int) -> tuple[str, str]:
-        """Put ``ns`` on the underlay as .<index>; returns its IPv4 and IPv6."""
-        ip, ip6 = f"{UNDERLAY_V4}.{index}", f"{UNDERLAY_V6}{index}"
-        peer = f"{self.prefix}{index}"[-15:]
-        sh("ip", "link", "add", "eth0", "netns", ns.name, "type", "veth", "peer", "name",
-           peer, "netns", self.underlay.name)
-        self.underlay.run("ip", "link", "set", peer, "master", "br0", "up")
-        ns.run("ip", "addr", "add", f"{ip}/24", "dev", "eth0")
-        ns.run("ip", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
-        ns.run("ip", "link", "set", "eth0", "up")
-        ns.run("ip", "route", "add", "default", "via", f"{UNDERLAY_V4}.1")
-        ns.run("ip", "-6", "route", "add", "default", "via", f"{UNDERLAY_V6}1")
+    def _underlay_link(self, ns: "Namespace", index: int, subnet: int = 0, dev: str = "eth0",
+                       gateway: bool = True) -> tuple[str, str]:
+        """Put ``ns`` on underlay ``subnet`` as .<index>; returns its IPv4 and IPv6."""
+        v4, v6 = SUBNETS[subnet]
+        ip, ip6 = f"{v4}.{index}", f"{v6}{index}"
+        peer = f"{self.prefix}{'' if subnet == 0 else f's{subnet}-'}{index}"[-15:]
+        sh("ip", "link", "add", dev, "mtu", str(self.mtu), "netns", ns.name, "type", "veth",
+           "peer", "name", peer, "mtu", str(self.mtu), "netns", self.underlay.name)
+        self.underlay.run("ip", "link", "set", peer, "master", f"br{subnet}", "up")
+        ns.run("ip", "addr", "add", f"{ip}/24", "dev", dev)
+        ns.run("ip", "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
+        ns.run("ip", "link", "set", dev, "up")
+        if gateway:     # through the router between subnets, when there is one
+            last = ROUTER_INDEX if self.subnets > 1 else 1
+            ns.run("ip", "route", "add", "default", "via", f"{v4}.{last}")
+            ns.run("ip", "-6", "route", "add", "default", "via", f"{v6}{last}")
         return ip, ip6
 
     @staticmethod
@@ -292,13 +324,15 @@ class Host:
     (and, if asked, its own Docker engine)."""
 
     def __init__(self, lab: Lab, name: str, index: int, ipv6: bool, node: bool, as_num: int,
-                 docker: bool = False, etcd: str = ""):
+                 docker: bool = False, etcd: str = "", subnet: int = 0,
+                 node_args: tuple[str, ...] = ()):
         self.lab, self.name, self.ipv6, self.as_num = lab, name, ipv6, as_num
         self.etcd = etcd or lab.etcd
+        self.subnet, self.node_args = subnet, tuple(node_args)
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
         self.state_dir = lab.tmp / "state"
         self.workloads: dict[str, Workload] = {}
-        self.ip, self.ip6 = lab._underlay_link(self.ns, index)
+        self.ip, self.ip6 = lab._underlay_link(self.ns, index, subnet)
         self.proc = None
         self.is_node = node
         self.engine: docker_engine.Engine | None = None
@@ -362,7 +396,7 @@ class Host:
     def start_calico_node(self, failpoints: str = "") -> subprocess.CompletedProcess:
         """`calicoctl node` on this host (its processes stop at ``failpoints``)."""
         args = ["node", f"--ip={self.ip}"] + ([f"--ip6={self.ip6}"] if self.ipv6 else []) + \
-            ([f"--as={self.as_num}"] if self.as_num else [])
+            ([f"--as={self.as_num}"] if self.as_num else []) + list(self.node_args)
         result = self.calicoctl(*args, env={"CALICO_FAILPOINTS": failpoints})
         if result.returncode != 0:
             raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")
@@ -448,10 +482,10 @@ class Router:
     """A plain BIRD on the underlay, configured by the test (not calico-py);
     ``$ip`` and ``$ip6`` in its configuration become its addresses."""
 
-    def __init__(self, lab: Lab, name: str, index: int, bird_conf: str):
+    def __init__(self, lab: Lab, name: str, index: int, bird_conf: str, subnet: int = 0):
         self.lab, self.name = lab, name
         self.ns = Namespace(lab, f"{lab.prefix}-{name}")
-        self.ip, self.ip6 = lab._underlay_link(self.ns, index)
+        self.ip, self.ip6 = lab._underlay_link(self.ns, index, subnet)
         folder = lab.tmp / name
         folder.mkdir(parents=True, exist_ok=True)
         self.conf, self.ctl = folder / "bird.conf", folder / "bird.ctl"

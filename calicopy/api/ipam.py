@@ -6,16 +6,30 @@ import time
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy.errors import DeadlineExceeded
-from calicopy.model.ipam import Pool
+from calicopy.model.ipam import IPIP_ALWAYS, IPIP_CROSS_SUBNET, IPIP_NEVER, Pool
 from calicopy.rpc import Client
 
 VERSIONS = {ipam_pb2.IP_VERSION_V4: 4, ipam_pb2.IP_VERSION_V6: 6}
 ENUMS = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}
+IPIP_MODES = {IPIP_NEVER: ipam_pb2.IPIP_MODE_NEVER, IPIP_ALWAYS: ipam_pb2.IPIP_MODE_ALWAYS,
+              IPIP_CROSS_SUBNET: ipam_pb2.IPIP_MODE_CROSS_SUBNET}
+IPIP_MODE_NAMES = {v: k for k, v in IPIP_MODES.items()}
+
+
+def ipip_mode_of(mode: int, ipip: bool | None) -> str | None:
+    """The mode a message asks for: ipip_mode, else the deprecated ipip flag
+    (None when neither is set)."""
+    if mode != ipam_pb2.IPIP_MODE_UNSPECIFIED:
+        return IPIP_MODE_NAMES.get(mode, f"unknown ({mode})")
+    if ipip is None:
+        return None
+    return IPIP_ALWAYS if ipip else IPIP_NEVER
 
 
 def pool_to_msg(pool: Pool) -> ipam_pb2.Pool:
     return ipam_pb2.Pool(cidr=str(pool.cidr), block_size=pool.block_size,
                          nat_outgoing=pool.nat_outgoing, ipip=pool.ipip,
+                         ipip_mode=IPIP_MODES[pool.ipip_mode],
                          disabled=pool.disabled, ip_version=ENUMS[pool.version])
 
 

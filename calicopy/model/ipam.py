@@ -70,6 +70,20 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+
+#: How a pool's addresses on other hosts are reached: natively (BGP routes
+#: through the underlay), always through IP-in-IP, or through IP-in-IP only
+#: towards hosts on another subnet. IP-in-IP is IPv4 only.
+IPIP_NEVER, IPIP_ALWAYS, IPIP_CROSS_SUBNET = "never", "always", "cross-subnet"
+IPIP_MODES = (IPIP_NEVER, IPIP_ALWAYS, IPIP_CROSS_SUBNET)
+
+
+def check_ipip_mode(mode: str, version: int) -> str:
+    if mode not in IPIP_MODES:
+        raise InvalidInput(f"Invalid IP-in-IP mode '{mode}': use always, cross-subnet or never.")
+    if mode != IPIP_NEVER and version == 6:
+        raise InvalidInput("IP-in-IP is IPv4 only: an IPv6 pool cannot use it.")
+    return mode
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 
 
@@ -78,7 +92,7 @@ class Pool:
     cidr: Network
     block_size: int
     nat_outgoing: bool = False
-    ipip: bool = False
+    ipip_mode: str = IPIP_NEVER
     disabled: bool = False
 
     @classmethod
@@ -93,7 +107,13 @@ class Pool:
         if block_size < cidr.prefixlen:
             raise InvalidInput(
                 f"Block size /{block_size} is larger than the pool {cidr} itself.")
+        check_ipip_mode(flags.get("ipip_mode", IPIP_NEVER), cidr.version)
         return cls(cidr, block_size, **flags)
+
+    @property
+    def ipip(self) -> bool:
+        """Whether the pool is reached through IP-in-IP towards some hosts."""
+        return self.ipip_mode != IPIP_NEVER
 
     @property
     def version(self) -> int:
@@ -119,21 +139,29 @@ class Pool:
             yield ipaddress.ip_network(f"{first}/{self.block_size}")
 
     def to_json(self) -> dict:
+        # "ipip" stays for readers of records made before modes existed.
         return {"cidr": str(self.cidr), "block_size": self.block_size,
                 "nat_outgoing": self.nat_outgoing, "ipip": self.ipip,
-                "disabled": self.disabled}
+                "ipip_mode": self.ipip_mode, "disabled": self.disabled}
 
     @classmethod
     def from_json(cls, data: dict) -> "Pool":
-        """The record as stored; RecordError says what is wrong with a malformed one."""
+        """The record as stored (also one made before IP-in-IP modes existed:
+        ``"ipip": true`` is always); RecordError says what is wrong with a
+        malformed one."""
         cidr = _network(data, "cidr")
         block_size = field(data, "block_size", int)
         low, high = BLOCK_SIZE_RANGE[cidr.version]
         if not max(low, cidr.prefixlen) <= block_size <= high:
             raise RecordError(f"field 'block_size' holds {block_size}, not a block size of "
                               f"pool {cidr}")
-        return cls(cidr, block_size, field(data, "nat_outgoing", bool, False),
-                   field(data, "ipip", bool, False), field(data, "disabled", bool, False))
+        mode = field(data, "ipip_mode", str, "") or \
+            (IPIP_ALWAYS if field(data, "ipip", bool, False) else IPIP_NEVER)
+        if mode not in IPIP_MODES:
+            raise RecordError(f"field 'ipip_mode' holds {mode!r}, not one of "
+                              f"{', '.join(IPIP_MODES)}")
+        return cls(cidr, block_size, field(data, "nat_outgoing", bool, False), mode,
+                   field(data, "disabled", bool, False))
 
 
 def _network(data: dict, name: str) -> Network:

@@ -4,6 +4,13 @@
 only fills the template. Protocol names are derived from the peer's kind and
 address (``Mesh_172_30_0_3``, ``RR6_fd99__250``), so a config that did not
 change renders byte-for-byte the same and a reload is only done when needed.
+
+A peer on a subnet this node is directly connected to is rendered ``direct``;
+any other (a route reflector, a mesh peer or an upstream router one or more
+routers away) ``multihop``, with its routes' next hops resolved recursively
+through the node's own routes (which BIRD learns from the kernel for that,
+pools excepted). Which is which the caller decides (``connected``), from the
+node's routes.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 from string import Template
+from typing import Callable
 
 from calicopy.model.endpoint import ROUTE_PROTOCOL
 
@@ -28,6 +36,7 @@ class BgpPeer:
     ip: str
     as_num: int
     kind: str
+    multihop: bool = False      # not on a directly connected subnet
 
     @property
     def version(self) -> int:
@@ -70,9 +79,11 @@ def parse_protocol_name(name: str) -> tuple[str, str, int] | None:
         return None
 
 
-def build_model(node, nodes, config, global_peers, node_peers, pools, blocks) -> BirdModel:
+def build_model(node, nodes, config, global_peers, node_peers, pools, blocks,
+                connected: Callable[[str], bool] = lambda ip: True) -> BirdModel:
     """The BIRD model for ``node`` given the cluster state (plain values from
-    calicopy.model.bgp and the IPAM records)."""
+    calicopy.model.bgp and the IPAM records); ``connected(ip)`` says whether
+    a peer's address is on a subnet the node is directly connected to."""
     local_as = node.as_num or config.default_as
     peers: list[BgpPeer] = []
     reflectors = [p for p in global_peers if p.route_reflector]
@@ -92,7 +103,8 @@ def build_model(node, nodes, config, global_peers, node_peers, pools, blocks) ->
     own = {node.ipv4, node.ipv6}
     usable = [p for p in peers if p.ip not in own and
               (node.ipv6 if p.version == 6 else node.ipv4)]
-    unique = {p.name: p for p in usable}          # a later kind of the same address wins
+    unique = {p.name: dataclasses.replace(p, multihop=not connected(p.ip))
+              for p in usable}                    # a later kind of the same address wins
     return BirdModel(node.name, node.ipv4, local_as, node.ipv4, node.ipv6,
                      sorted(pools, key=_net_key), sorted(blocks, key=_net_key),
                      sorted(unique.values(), key=lambda p: (p.version, _ip_key(p.ip), p.kind)))
@@ -138,17 +150,27 @@ def _export_filter(model: BirdModel, version: int) -> str:
 def _peer(model: BirdModel, peer: BgpPeer) -> str:
     v = peer.version
     source = model.ipv4 if v == 4 else model.ipv6
-    return (f"\n# {peer.kind} peer {peer.ip}\n"
+    where = "one or more routers away" if peer.multihop else "on a connected subnet"
+    return (f"\n# {peer.kind} peer {peer.ip}, {where}\n"
             f"protocol bgp {peer.name} from calico_peer {{\n"
             f"  local {source} as {model.local_as};\n"
             f"  neighbor {peer.ip} as {peer.as_num};\n"
-            f"  direct;\n"
+            f"  {'multihop' if peer.multihop else 'direct'};\n"
             f"  ipv{v} {{\n"
             f"    import filter calico_import{v};\n"
             f"    export filter calico_export{v};\n"
             f"    next hop self;\n"
-            f"  }};\n"
-            f"}}\n")
+            + ("    gateway recursive;\n" if peer.multihop else "") +
+            "  };\n"
+            "}\n")
+
+
+def _kernel_import(model: BirdModel, version: int) -> str:
+    """The endpoint service's routes, and the node's own routes outside the
+    pools (so multi-hop peers' next hops resolve through them)."""
+    pools = _family(model.pools, version)
+    skip = f" if net ~ {_prefix_set(pools)} then reject;" if pools else ""
+    return f"if krt_source = {ROUTE_PROTOCOL} then accept;{skip} accept;"
 
 
 def render(model: BirdModel) -> str:
@@ -159,6 +181,7 @@ def render(model: BirdModel) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         node=model.node, router_id=model.router_id, route_protocol=ROUTE_PROTOCOL,
         static_routes_v4=statics(4), static_routes_v6=statics(6),
+        kernel_import_v4=_kernel_import(model, 4), kernel_import_v6=_kernel_import(model, 6),
         import_filter_v4=_import_filter(model, 4), import_filter_v6=_import_filter(model, 6),
         export_filter_v4=_export_filter(model, 4), export_filter_v6=_export_filter(model, 6),
         peers="".join(_peer(model, p) for p in model.peers))

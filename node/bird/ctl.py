@@ -51,15 +51,29 @@ class Session:
     peer_type: str
     state: str
     since: str
-    info: str
+    info: str           # BIRD's BGP state: Established, Active, Connect, Idle...
     ip_version: int
+    last_error: str = ""    # why it is not up, as BIRD says (empty once established)
 
 
 def sessions(ctl: str) -> list[Session]:
-    """The BGP protocols BIRD runs for calico peers, from `show protocols`."""
-    out = _run([BIRDC, "-s", ctl, "show", "protocols"])
-    found = []
+    """The BGP protocols BIRD runs for calico peers, from `show protocols
+    all`: a protocol's line, then its indented details (BGP state, last error)."""
+    return parse_sessions(_run([BIRDC, "-s", ctl, "show", "protocols", "all"]))
+
+
+def parse_sessions(out: str) -> list[Session]:
+    found: list[Session] = []
+    current: Session | None = None
     for line in out.splitlines():
+        if line[:1].isspace():
+            key, _, value = line.strip().partition(":")
+            if current is not None and key == "BGP state":
+                current.info = value.strip()
+            elif current is not None and key == "Last error":
+                current.last_error = value.strip()
+            continue
+        current = None
         parts = line.split()
         if len(parts) < 5 or parts[1] != "BGP":
             continue
@@ -70,6 +84,10 @@ def sessions(ctl: str) -> list[Session]:
         # Name Proto Table State Since [Since2] Info...; Since may be "date time".
         rest = parts[4:]
         since = " ".join(rest[:2]) if len(rest) > 1 and ":" in rest[1] else rest[0]
-        info = " ".join(rest[len(since.split()):])
-        found.append(Session(ip, kind, parts[3], since, info, version))
+        info = (rest[len(since.split()):] or [""])[0]
+        current = Session(ip, kind, parts[3], since, info, version)
+        found.append(current)
+    for session in found:
+        if session.info == "Established":
+            session.last_error = ""       # an old error no longer says anything
     return found

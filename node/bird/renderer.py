@@ -2,7 +2,8 @@
 etcd, and reports the node's BGP sessions back.
 
 Run by the shared watch loop (calicopy.datastore.watchloop): it re-renders on
-every change under /calico/v1/ and every few seconds regardless. A new
+every change under /calico/v1/ and every few seconds regardless (so a peer
+that becomes directly connected, or stops being so, is re-rendered). A new
 configuration is written to a temporary file, checked with `bird -p`, moved
 into place atomically, and BIRD is told to `configure` only when the text
 changed. A malformed node, peer, pool or block record is left out, as if
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from calicopy import failpoints
+from calicopy import failpoints, underlay
 from calicopy.datastore import keys
 from calicopy.datastore.report import LeasedReport
 from calicopy.datastore.store import Store
@@ -37,11 +38,12 @@ REPORT_EVERY = 2.0
 REPORT_TTL = 10
 
 
-def current_model(store: Store, name: str, bad: dict[str, str] | None = None
-                  ) -> conf.BirdModel | None:
-    """The BIRD model for node ``name`` from etcd; None until it is registered
-    (or while its own record is malformed). Malformed records are left out,
-    as if absent, and listed in ``bad`` (key -> what is wrong) when given."""
+def current_model(store: Store, name: str, bad: dict[str, str] | None = None,
+                  connected=underlay.on_link) -> conf.BirdModel | None:
+    """The BIRD model for node ``name`` from etcd (and, for which peers are
+    directly connected, the host's routes); None until it is registered (or
+    while its own record is malformed). Malformed records are left out, as if
+    absent, and listed in ``bad`` (key -> what is wrong) when given."""
     bad = {} if bad is None else bad
     kv = store.get(keys.node(name))
     if kv is None:
@@ -59,7 +61,7 @@ def current_model(store: Store, name: str, bad: dict[str, str] | None = None
     pools = [str(pool.cidr) for pool in ipam.read_pools(store, bad=bad)]
     return conf.build_model(node, bgp.read_nodes(store, bad), bgp.read_config(store, bad),
                             bgp.read_peers(store, bad=bad),
-                            bgp.read_peers(store, node=name, bad=bad), pools, blocks)
+                            bgp.read_peers(store, node=name, bad=bad), pools, blocks, connected)
 
 
 class Renderer:

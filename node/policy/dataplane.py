@@ -31,6 +31,11 @@ Pure: no commands are run here. The layout (per IP version, filter table):
   packet counters say which rule decided. ``allow`` is two rules (mark, then
   return to the endpoint chain, which returns at once: allowed); ``deny`` is
   one DROP, final whatever later profiles say (calicopy.model.policy).
+- IP-in-IP (protocol 4), while an IPv4 pool uses it: ``cali-INPUT`` ends by
+  accepting it from the cluster's nodes (``cali4-hosts``, every node's IPv4
+  address) and dropping it from anywhere else. (The node's decapsulator, see
+  node.ipip, only takes it from the same nodes; the decapsulated packets then
+  meet the endpoints' policy like any other: ``-o cali+``.)
 - Tags are ipsets (``cali4-t-<hash>``, hash:ip), so a tag rule is one rule
   whatever the member count. In the nat table, ``cali-POSTROUTING``
   masquerades traffic from nat-outgoing pools to anywhere outside all pools.
@@ -54,6 +59,7 @@ import ipaddress
 import re
 
 from calicopy.model.endpoint import Endpoint
+from calicopy.model.ipam import IPIP_ALWAYS, IPIP_NEVER
 from calicopy.model.policy import INBOUND, OUTBOUND, Rule, Snapshot
 
 MARK = "0x1000000"
@@ -85,6 +91,15 @@ def tag_set(tag: str, version: int) -> str:
 
 def pool_set(kind: str, version: int) -> str:
     return f"cali{version}-pools-{kind}"
+
+
+HOSTS_SET = "cali4-hosts"
+
+
+def _ipip_in_use(snapshot: Snapshot) -> bool:
+    return any(ipaddress.ip_network(p["cidr"]).version == 4 and
+               (p.get("ipip_mode") or (IPIP_ALWAYS if p.get("ipip") else IPIP_NEVER)) !=
+               IPIP_NEVER for p in snapshot.pools)
 
 
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:;/()\[\]+=@-]")
@@ -210,6 +225,13 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
             f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
             for t in (ICMPV6_TO_HOST if version == 6 else ())]
         chains[f"{PREFIX}INPUT"].append(f"-i cali+ -j {PREFIX}wl-to-host")
+        if version == 4 and _ipip_in_use(snapshot):
+            ipsets[HOSTS_SET] = IpSet(HOSTS_SET, "hash:ip", 4, frozenset(
+                ip for ips in snapshot.nodes.values() for ip in ips if "." in ip))
+            chains[f"{PREFIX}INPUT"] += [
+                f"-p 4 -m set --match-set {HOSTS_SET} src "
+                f"{_comment('IP-in-IP from the cluster nodes')} -j ACCEPT",
+                f"-p 4 {_comment('IP-in-IP from anywhere else')} -j DROP"]
         action = snapshot.endpoint_to_host_action
         chains[f"{PREFIX}wl-to-host"] = [
             f"-j {PREFIX}from-wl",

@@ -10,7 +10,7 @@ root-only (0600), and so is the node's state folder they are in (0700).
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
                   [--ipam=<ADDR>] [--no-ipv6] [--resync=<SECONDS>]
-                  [--policy-wait=<SECONDS>] [--insecure]
+                  [--policy-wait=<SECONDS>] [--mtu=<MTU>] [--insecure]
 
 Options:
   --name=<NODE>            This node's name; else CALICO_NODENAME, else the
@@ -30,6 +30,9 @@ Options:
   --policy-wait=<SECONDS>  A policy agent runs on this node: an add returns
                            only once it has programmed the endpoint, and fails
                            if that takes longer than this. Default: no agent.
+  --mtu=<MTU>              The MTU of workloads added without one. Default:
+                           while an IPv4 pool uses IP-in-IP, the underlay's
+                           MTU minus 20; else the kernel's (1500).
   --insecure               Allow a TCP --listen address (and TCP calls to IPAM)
                            in plaintext, every caller acting as admin: for
                            throw-away labs only (logged at start).
@@ -60,6 +63,7 @@ from calicopy.tls import Security
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.json_gateway import JsonGateway
+from services.endpoint.mtu import DefaultMtu
 from services.endpoint.server import create_server
 
 log = logging.getLogger("calico-endpoint")
@@ -91,10 +95,12 @@ def main(argv=None) -> int:
         resync = config.parse_seconds(args["--resync"] or "60")
         policy_wait = config.parse_seconds(args["--policy-wait"]) if args["--policy-wait"] \
             else 0.0
+        mtu = int(args["--mtu"]) if args["--mtu"] else 0
         if not listen.startswith("unix:") and security.tls is None and not security.insecure:
             raise security.refuse_plaintext(listen, "serve")
     except (config.ConfigError, ValueError) as exc:
-        print(exc, file=sys.stderr)
+        print(f"Invalid --mtu '{args['--mtu']}': give a number of bytes." if "int()" in str(exc)
+              else exc, file=sys.stderr)
         return 1
 
     if listen.startswith("unix:"):
@@ -116,7 +122,8 @@ def main(argv=None) -> int:
                               ipv6=dataplane.ipv6 and not args["--no-ipv6"],
                               policy_wait=policy_wait,
                               quarantine=quarantine.for_node(log, config.node_paths(node),
-                                                             "endpoint"))
+                                                             "endpoint"),
+                              default_mtu=DefaultMtu(store, node, mtu))
     deadline = time.monotonic() + STARTUP_WAIT
     try:
         counts = _retry_until_up("etcd and IPAM", lambda: manager.reconcile(startup=True),

@@ -167,7 +167,7 @@ class EndpointManager:
 
     def __init__(self, store: Store, ipam: IpamApi, dataplane: Dataplane, node: str,
                  ipv6: bool = True, policy_wait: float = 0.0,
-                 quarantine: Quarantine | None = None):
+                 quarantine: Quarantine | None = None, default_mtu=None):
         self.store = store
         # Malformed records under this node's prefix: skipped as if absent, reported.
         self.quarantine = quarantine or Quarantine(log)
@@ -179,6 +179,8 @@ class EndpointManager:
         # program the endpoint before giving up (0: no agent, no wait).
         self.policy_wait = policy_wait
         self._progress = PolicyProgress(store, node)    # its watch is made at the first wait
+        # The MTU of an endpoint added without one (services.endpoint.mtu); 0: the kernel's.
+        self.default_mtu = default_mtu or (lambda: 0)
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._in_flight: set[str] = set()      # keys of pending records of adds running
 
@@ -232,7 +234,8 @@ class EndpointManager:
         if req.ips_preassigned and (req.auto_ipv4 or req.auto_ipv6 or not explicit):
             raise BadRequest("Pre-assigned addresses are given in ips; do not ask for "
                              "auto-assignment too.")
-        mtu = _mtu(req.mtu, bool(req.auto_ipv6) or any(":" in ip for ip in explicit))
+        mtu = _mtu(req.mtu or self.default_mtu(),
+                   bool(req.auto_ipv6) or any(":" in ip for ip in explicit))
         path = netns.path_for(req.netns_path, req.pid)
         if req.peer_name:
             _interface(req.peer_name)

@@ -64,8 +64,9 @@ from typing import Callable
 from calicopy import failpoints
 from calicopy.datastore import keys
 from calicopy.datastore.store import DEFAULT_ATTEMPTS, KV, ContentionError, Store, Txn, retry
-from calicopy.model.ipam import (CONFIRMED, PENDING, Block, Handle, InvalidInput, Pool,
-                                 Request, block_host, parse_cidr, parse_ip, within)
+from calicopy.model.ipam import (CONFIRMED, IPIP_NEVER, PENDING, Block, Handle, InvalidInput,
+                                 Pool, Request, block_host, check_ipip_mode, parse_cidr,
+                                 parse_ip, within)
 from services.ipam import checks, owners
 from services.ipam.errors import (AddressInUse, AddressTaken, GaveUp, NoPool, OutsidePools,
                                   PoolConflict, PoolExhausted, PoolNotFound, RequestConflict)
@@ -202,13 +203,16 @@ class Ipam:
     # Pools -----------------------------------------------------------------
 
     def create_pool(self, cidr: str, block_size: int = 0, nat_outgoing=False,
-                    ipip=False, disabled=False) -> Pool:
+                    ipip_mode=None, disabled=False) -> Pool:
         net, _ = parse_cidr(cidr)
         return self.pools.create(Pool.new(net, block_size, nat_outgoing=nat_outgoing,
-                                          ipip=ipip, disabled=disabled))
+                                          ipip_mode=ipip_mode or IPIP_NEVER,
+                                          disabled=disabled))
 
     def update_pool(self, cidr: str, **flags) -> Pool:
         net, _ = parse_cidr(cidr)
+        if flags.get("ipip_mode") is not None:
+            check_ipip_mode(flags["ipip_mode"], net.version)
         return self.pools.update(net, **flags)[0]
 
     def list_pools(self, version: int | None = None) -> list[Pool]:

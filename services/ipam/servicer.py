@@ -6,6 +6,7 @@ import time
 
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy.api.ipam import VERSIONS as _VERSIONS
+from calicopy.api.ipam import ipip_mode_of
 from calicopy.api.ipam import pool_to_msg as _pool_msg
 from calicopy.rpc import maps_errors
 from services.ipam.allocator import Ipam
@@ -44,14 +45,16 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
     def CreatePool(self, request, context):
         p = request.pool
         pool = self.ipam.create_pool(p.cidr, p.block_size, nat_outgoing=p.nat_outgoing,
-                                     ipip=p.ipip, disabled=p.disabled)
+                                     ipip_mode=ipip_mode_of(p.ipip_mode, p.ipip),
+                                     disabled=p.disabled)
         return ipam_pb2.CreatePoolResponse(pool=_pool_msg(pool))
 
     @maps_errors
     def UpdatePool(self, request, context):
         pool = self.ipam.update_pool(
             request.cidr, nat_outgoing=_flag(request, "nat_outgoing"),
-            ipip=_flag(request, "ipip"), disabled=_flag(request, "disabled"))
+            ipip_mode=ipip_mode_of(request.ipip_mode, _flag(request, "ipip")),
+            disabled=_flag(request, "disabled"))
         return ipam_pb2.UpdatePoolResponse(pool=_pool_msg(pool))
 
     @maps_errors

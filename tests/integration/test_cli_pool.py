@@ -91,3 +91,37 @@ def test_help_names_the_environment_variables(calicoctl):
     for var in ("CALICO_IPAM_ADDR", "ETCD_ENDPOINTS", "ETCD_AUTHORITY"):
         assert var in out
     assert "CALICO_IPAM_ADDR" in ok(calicoctl("pool", "--help"))
+
+
+def test_pool_ipip_modes(calicoctl, store):
+    """--ipip alone is always (as before modes); a mode can be changed in place;
+    IPv6 pools cannot use it; a record written before modes still reads."""
+    ok(calicoctl("pool", "add", "10.20.0.0/16", "--ipip"))
+    shown = ok(calicoctl("pool", "show", "--ipv4"))
+    assert "| ipip=always " in shown and "| always " in shown and "IP-in-IP" in shown
+    assert ok(calicoctl("pool", "add", "10.20.0.0/16", "--ipip=cross-subnet")) == \
+        "Updated pool 10.20.0.0/16: options now 'ipip=cross-subnet'.\n"
+    assert "| cross-subnet " in ok(calicoctl("pool", "show"))
+    assert ok(calicoctl("pool", "add", "10.20.0.0/16", "--ipip=cross-subnet")) == \
+        "Pool 10.20.0.0/16 already exists.\n"
+    assert ok(calicoctl("pool", "add", "10.20.0.0/16")) == \
+        "Updated pool 10.20.0.0/16: options now 'none'.\n"
+    assert "| never " in ok(calicoctl("pool", "show"))
+    fails(calicoctl("pool", "add", "10.20.0.0/16", "--ipip=sometimes"),
+          "Invalid IP-in-IP mode 'sometimes': use always, cross-subnet or never.")
+    fails(calicoctl("pool", "add", "fd80::/64", "--ipip"),
+          "IP-in-IP is IPv4 only: an IPv6 pool cannot use --ipip.")
+    assert "fd80" not in ok(calicoctl("pool", "show"))
+    from calicopy.datastore import keys
+    from calicopy.datastore.store import Txn
+    import ipaddress
+    old = {"cidr": "10.30.0.0/16", "block_size": 26, "ipip": True}   # no ipip_mode
+    assert store.commit(Txn().create(keys.pool(ipaddress.ip_network("10.30.0.0/16")), old))
+    row = next(line for line in ok(calicoctl("pool", "show")).splitlines() if "10.30." in line)
+    assert "| always " in row
+
+
+def test_node_mtu_is_checked_first(calicoctl):
+    for bad in ("10", "70000", "big"):
+        fails(calicoctl("node", "--ip=172.30.0.2", f"--mtu={bad}"),
+              f"Invalid MTU '{bad}': give 68 to 65535.")

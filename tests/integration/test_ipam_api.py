@@ -90,3 +90,21 @@ def test_health_and_reflection(ipam_addr):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for a in answers for s in a.list_services_response.service}
     assert {"calico.ipam.v1.IpamService", "grpc.health.v1.Health"} <= names
+
+
+def test_ipip_mode_and_the_deprecated_flag(ipam_client, pool):
+    assert (pool.ipip_mode, pool.ipip) == (ipam_pb2.IPIP_MODE_NEVER, False)
+    old = ipam_client.update_pool(cidr=pool.cidr, ipip=True).pool       # the old flag: always
+    assert (old.ipip_mode, old.ipip) == (ipam_pb2.IPIP_MODE_ALWAYS, True)
+    cross = ipam_client.update_pool(cidr=pool.cidr,
+                                    ipip_mode=ipam_pb2.IPIP_MODE_CROSS_SUBNET).pool
+    assert (cross.ipip_mode, cross.ipip) == (ipam_pb2.IPIP_MODE_CROSS_SUBNET, True)
+    assert ipam_client.update_pool(cidr=pool.cidr, disabled=False).pool.ipip_mode == \
+        ipam_pb2.IPIP_MODE_CROSS_SUBNET                                 # unset: unchanged
+    six = ipam_pb2.Pool(cidr="fd80::/64", ipip_mode=ipam_pb2.IPIP_MODE_ALWAYS)
+    assert status(lambda: ipam_client.create_pool(pool=six)) == (
+        Code.INVALID_ARGUMENT, "IP-in-IP is IPv4 only: an IPv6 pool cannot use it.")
+    assert status(lambda: ipam_client.update_pool(cidr=pool.cidr, ipip_mode=9))[0] == \
+        Code.INVALID_ARGUMENT
+    assert ipam_client.create_pool(pool=ipam_pb2.Pool(cidr="10.31.0.0/24", ipip=True)) \
+        .pool.ipip_mode == ipam_pb2.IPIP_MODE_ALWAYS

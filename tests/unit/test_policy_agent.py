@@ -382,3 +382,24 @@ def test_progress_lives_under_a_lease_kept_alive_without_writes(world):
     clock[0] += PROGRESS_TTL / 3
     agent.progress.keepalive()                  # notices, writes it again
     assert applied(store) == written and agent.progress._lease != lease
+
+
+def test_ip_in_ip_only_from_the_cluster_nodes_while_a_pool_uses_it(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    assert not any("-p 4" in r for r in kernel.rules(4, "filter", "cali-INPUT"))
+    assert "cali4-hosts" not in kernel.sets()
+    for name, ip in (("h1", "172.30.0.2"), ("h2", "172.30.1.2")):
+        put(store, keys.node(name), {"name": name, "ipv4": ip, "ipv6": "fd99::9"})
+    net = ipaddress.ip_network("10.30.0.0/16")
+    put(store, keys.pool(net), Pool.new(net, ipip_mode="cross-subnet").to_json())
+    agent.sync()
+    assert kernel.sets()["cali4-hosts"] == {"172.30.0.2", "172.30.1.2"}
+    rules = kernel.rules(4, "filter", "cali-INPUT")
+    assert rules[-2].startswith("-p 4 -m set --match-set cali4-hosts src")
+    assert rules[-2].endswith("-j ACCEPT") and rules[-1].endswith("-j DROP")
+    assert rules[-1].startswith("-p 4 ")
+    assert not any("-p 4" in r for r in kernel.rules(6, "filter", "cali-INPUT"))
+    put(store, keys.pool(net), Pool.new(net).to_json())           # back to never
+    agent.sync()
+    assert not any("-p 4" in r for r in kernel.rules(4, "filter", "cali-INPUT"))

@@ -1,0 +1,106 @@
+"""The node's IP-in-IP: keeps tunl0, the decapsulator and the routes through
+tunl0 in step with etcd (node.ipip.plan decides, node.ipip.dataplane does).
+
+Run by the shared watch loop (calicopy.datastore.watchloop): a changed pool
+(its mode), block, allocation or node record takes effect at once, with no
+restart; a full pass every RESYNC seconds repairs the kernel and re-decides
+which hosts are on a connected subnet. The tunnel's address comes from IPAM
+(an IP-in-IP pool, this host's block, handle ``<node>/ipip-tunnel-addr``) and
+is given back when no pool uses IP-in-IP any more.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+from calicopy import underlay
+from calicopy.datastore import keys
+from calicopy.datastore.store import Store
+from calicopy.datastore.watchloop import WatchLoop
+from calicopy.errors import CalicoError, Unavailable
+from calicopy.model import bgp, ipam
+from node.ipip import programs
+from node.ipip.dataplane import IpipDataplane
+from node.ipip.plan import plan
+
+log = logging.getLogger("calico-ipip")
+
+RESYNC = 10.0
+
+
+def tunnel_handle(node: str) -> str:
+    return f"{node}/ipip-tunnel-addr"
+
+
+class IpipAgent:
+    """``ipam`` is the IPAM service's client (calicopy.api.ipam.IpamClient)."""
+
+    def __init__(self, store: Store, node: str, ipam_client, dataplane=None,
+                 on_link=underlay.on_link, mtu_of=underlay.mtu_of):
+        self.store, self.node, self.ipam = store, node, ipam_client
+        self.dataplane = dataplane or IpipDataplane()
+        self.on_link, self.mtu_of = on_link, mtu_of
+        self._address: str | None = None      # the tunnel's, once known
+        self._active = None                   # unknown at start: tear down if not wanted
+
+    def sync(self, full: bool = False, events=()) -> None:
+        nodes = {n.name: n.ipv4 for n in bgp.read_nodes(self.store)}
+        pools = ipam.read_pools(self.store)
+        blocks = [kv.json() for kv in self.store.list(keys.blocks_prefix(4))]
+        wanted = plan(self.node, nodes, pools, blocks, self.on_link)
+        local = nodes.get(self.node, "")
+        if not wanted.tunnel:
+            if self._active is not False:
+                if self.dataplane.teardown(local):
+                    log.info("no pool uses IP-in-IP: tunl0 and its routes removed")
+                self._release()
+                self._active = False
+            return
+        address = self._tunnel_address(wanted.pools, full)
+        stats = self.dataplane.apply(wanted, local, address,
+                                     self.mtu_of(local) - programs.OVERHEAD)
+        if any(stats.values()) or not self._active:
+            log.info("IP-in-IP: tunl0 %s, %d route(s) through it: %s", address or "(none)",
+                     len(wanted.routes), stats)
+        self._active = True
+
+    def _tunnel_address(self, pools: list[str], full: bool) -> str:
+        """The tunnel's address: the one this node holds in an IP-in-IP pool,
+        else a new one; other addresses under the handle go back."""
+        if self._address and not full and self._in(self._address, pools):
+            return self._address
+        handle = tunnel_handle(self.node)
+        held = [a["ip"] for a in self.ipam.handle_allocations(handle)]
+        keep = next((ip for ip in held if self._in(ip, pools)), None)
+        stale = [ip for ip in held if ip != keep]
+        if stale:
+            self.ipam.release_ips(stale, handle)
+        if keep is None:
+            try:
+                v4, _ = self.ipam.auto_assign(1, 0, handle, self.node,
+                                              {"node": self.node, "purpose": "ipip-tunnel"},
+                                              pools, [])
+                keep = v4[0] if v4 else None
+            except Unavailable:
+                raise
+            except CalicoError as exc:     # e.g. every IP-in-IP pool disabled or full
+                log.warning("tunl0 gets no address (%s); the host's own traffic to remote "
+                            "workloads leaves with its underlay address", exc)
+        self._address = keep
+        return keep or ""
+
+    @staticmethod
+    def _in(ip: str, pools: list[str]) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return any(addr in ipaddress.ip_network(p) for p in pools)
+
+    def _release(self) -> None:
+        if self._address is not None or self._active is None:
+            self.ipam.release_by_handle(tunnel_handle(self.node))
+        self._address = None
+
+    def run(self, stop: threading.Event) -> None:
+        WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=RESYNC,
+                  settle=0.05).run(stop)
