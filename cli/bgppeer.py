@@ -3,11 +3,13 @@ with each other.
 
 Usage:
   calicoctl bgppeer rr (add|remove) <IP>
-  calicoctl bgppeer rr show [--ipv4 | --ipv6]
+  calicoctl bgppeer rr show [--ipv4 | --ipv6] [-o <FORMAT>]
 
 Options:
-  --ipv4    Show only IPv4 route reflectors.
-  --ipv6    Show only IPv6 route reflectors.
+  --ipv4        Show only IPv4 route reflectors.
+  --ipv6        Show only IPv6 route reflectors.
+  -o <FORMAT>   Output format: table (the default) or json (its shape is in
+                docs/cli-json.md).
 
 A route reflector is an iBGP peer in the cluster's default AS (see
 `calicoctl bgp default-node-as`); configure it to treat the nodes as clients.
@@ -23,7 +25,8 @@ from cli.bgp import show_peers
 def run(args: dict) -> None:
     bgp = client.bgp()
     if args["show"]:
-        show_peers(bgp, args, route_reflector=True, title="IPv{v} Route Reflector")
+        show_peers(bgp, args, route_reflector=True, kind="RouteReflectorList",
+                   title="IPv{v} Route Reflector")
         return
     ip = validate.peer_ip(args["<IP>"])
     if args["add"]:

@@ -3,42 +3,46 @@
 Usage:
   calicoctl pool add <CIDR> [--nat-outgoing] [--ipip[=<MODE>]] [--block-size=<N>]
   calicoctl pool remove <CIDR> [--force]
-  calicoctl pool show [--ipv4 | --ipv6]
-  calicoctl ipam show [--ip=<IP>]
-  calicoctl ipam check
+  calicoctl pool show [--ipv4 | --ipv6] [-o <FORMAT>]
+  calicoctl ipam show [--ip=<IP>] [-o <FORMAT>]
+  calicoctl ipam check [-o <FORMAT>]
   calicoctl ipam release --ip=<IP> [--force]
-  calicoctl check
+  calicoctl check [-o <FORMAT>]
   calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
-  calicoctl container show
+  calicoctl container show [-o <FORMAT>]
   calicoctl node --ip=<IP> [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--mtu=<MTU>]
   calicoctl node stop [--force]
   calicoctl node remove --name=<NAME>
   calicoctl node bgp peer (add|remove) <PEER_IP> as <AS_NUM>
-  calicoctl node bgp peer show [--ipv4 | --ipv6]
-  calicoctl status
-  calicoctl shownodes [--detailed]
+  calicoctl node bgp peer show [--ipv4 | --ipv6] [--name=<NAME>] [-o <FORMAT>]
+  calicoctl status [--name=<NAME>] [-o <FORMAT>]
+  calicoctl shownodes [--detailed] [-o <FORMAT>]
   calicoctl bgppeer rr (add|remove) <IP>
-  calicoctl bgppeer rr show [--ipv4 | --ipv6]
-  calicoctl bgp default-node-as [<AS_NUM>]
-  calicoctl bgp node-mesh [on|off]
+  calicoctl bgppeer rr show [--ipv4 | --ipv6] [-o <FORMAT>]
+  calicoctl bgp default-node-as [-o <FORMAT>]
+  calicoctl bgp default-node-as <AS_NUM>
+  calicoctl bgp node-mesh [-o <FORMAT>]
+  calicoctl bgp node-mesh (on|off)
   calicoctl bgp peer (add|remove) <PEER_IP> as <AS_NUM>
-  calicoctl bgp peer show [--ipv4 | --ipv6]
-  calicoctl profile show [--detailed]
+  calicoctl bgp peer show [--ipv4 | --ipv6] [-o <FORMAT>]
+  calicoctl profile show [--detailed] [-o <FORMAT>]
   calicoctl profile (add|remove) <PROFILE> [--force]
-  calicoctl profile <PROFILE> tag show
+  calicoctl profile <PROFILE> tag show [-o <FORMAT>]
   calicoctl profile <PROFILE> tag (add|remove) <TAG>
-  calicoctl profile <PROFILE> rule (show|json|update)
+  calicoctl profile <PROFILE> rule show [-o <FORMAT>]
+  calicoctl profile <PROFILE> rule (json|update)
   calicoctl profile <PROFILE> member add <CONTAINER>
-  calicoctl endpoint <ENDPOINT_ID> profile show
+  calicoctl endpoint <ENDPOINT_ID> profile show [-o <FORMAT>]
   calicoctl endpoint <ENDPOINT_ID> profile (set|append|remove) [<PROFILES>...]
-  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
+  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>] [-o <FORMAT>]
   calicoctl certs ca [--dir=<DIR>] [--days=<N>]
   calicoctl certs issue <IDENTITY> [--dir=<DIR>] [--host=<HOST>...] [--days=<N>]
-  calicoctl certs show <CERT>
+  calicoctl certs show <CERT> [-o <FORMAT>]
   calicoctl etcd-auth enable
-  calicoctl policy endpoint-to-host [<ACTION>]
+  calicoctl policy endpoint-to-host [-o <FORMAT>]
+  calicoctl policy endpoint-to-host <ACTION>
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]
@@ -47,6 +51,8 @@ Usage:
   calicoctl --help
 
 Each command group explains itself: calicoctl <command> --help.
+Commands that show state take -o json for a stable machine-readable shape
+(docs/cli-json.md); tables are the default.
 
 Where the services are (environment variables):
 {env}
@@ -60,7 +66,8 @@ from docopt import DocoptExit, docopt
 
 from calicopy import config
 from cli import (bgp, bgppeer, certs, check, container, diags, docker_socket, endpoint,
-                 etcd_auth, ipam, node, policy, pool, profile, reset, shownodes, status)
+                 etcd_auth, ipam, node, output, policy, pool, profile, reset, shownodes,
+                 status)
 from cli.client import RpcFailure
 from cli.errors import CliError
 
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Invalid arguments.\n{usage_lines}", file=sys.stderr)
         return 1
     try:
+        output.format_of(args)          # a bad -o fails before anything is done
         module.run(args)
     except CliError as exc:
         print(exc, file=sys.stderr)

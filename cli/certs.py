@@ -3,7 +3,7 @@
 Usage:
   calicoctl certs ca [--dir=<DIR>] [--days=<N>]
   calicoctl certs issue <IDENTITY> [--dir=<DIR>] [--host=<HOST>...] [--days=<N>]
-  calicoctl certs show <CERT>
+  calicoctl certs show <CERT> [-o <FORMAT>]
 
 Options:
   --dir=<DIR>     Where the CA and the certificates are kept; else CALICO_PKI_DIR,
@@ -11,6 +11,8 @@ Options:
   --host=<HOST>   A name or address the holder serves on (repeat for several);
                   localhost and the loopback addresses are always included.
   --days=<N>      How long the certificate is valid [default: 365]; the CA's: 3650.
+  -o <FORMAT>     Output format of `certs show`: table (the default) or json (its
+                  shape is in docs/cli-json.md).
 
 `certs ca` creates the CA (ca.pem, ca-key.pem) unless one is there. `certs
 issue` signs a certificate for an identity: admin (the operator's calicoctl),
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from calicopy import config, pki
 from calicopy.errors import CalicoError
+from cli import output
 from cli.errors import CliError
 
 
@@ -73,9 +76,12 @@ def run(args: dict) -> None:
                 info = pki.describe(data)
             except ValueError:
                 raise CliError(f"{args['<CERT>']} is not a PEM certificate.") from None
-            print(f"Identity:  {info['identity']}")
-            print(f"Issuer:    {info['issuer']}")
-            print(f"Valid:     {info['not_before']} to {info['not_after']}")
-            print(f"Hosts:     {', '.join(info['hosts']) or '-'}")
+            output.emit(args, "Certificate", {"path": args["<CERT>"], **info}, _render)
     except CalicoError as exc:
         raise CliError(str(exc)) from None
+
+
+def _render(info: dict) -> str:
+    return "\n".join([f"Identity:  {info['identity']}", f"Issuer:    {info['issuer']}",
+                      f"Valid:     {info['not_before']} to {info['not_after']}",
+                      f"Hosts:     {', '.join(info['hosts']) or '-'}"])

@@ -1,7 +1,11 @@
 """Find the malformed records in etcd.
 
 Usage:
-  calicoctl check
+  calicoctl check [-o <FORMAT>]
+
+Options:
+  -o <FORMAT>   Output format: table (the default) or json (its shape is in
+                docs/cli-json.md; it exits 1 on malformed records either way).
 
 Reads every calico-py record from etcd (ETCD_ENDPOINTS, as the operator) and
 lists each one its readers cannot read, with its key and what is wrong.
@@ -18,6 +22,7 @@ from __future__ import annotations
 from calicopy.datastore import keys
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.model import families
+from cli import output
 from cli.errors import CliError
 
 
@@ -28,11 +33,17 @@ def run(args: dict) -> None:
     finally:
         store.close()
     found = families.check(kvs)
-    summary = f"Checked {len(kvs)} record(s) in etcd at {store.endpoints}"
-    if not found:
-        print(f"{summary}: no malformed records.")
-        return
-    print(f"{summary}: {len(found)} malformed record(s), each treated as absent:")
-    for key, why in found:
-        print(f"  {key}: {why}")
-    raise CliError("Fix or delete the malformed records above.")
+    doc = {"etcd_endpoints": store.endpoints.split(","), "records_checked": len(kvs),
+           "malformed": [{"key": key, "problem": why} for key, why in found]}
+
+    def render(doc):
+        summary = (f"Checked {doc['records_checked']} record(s) in etcd at "
+                   f"{','.join(doc['etcd_endpoints'])}")
+        if not doc["malformed"]:
+            return f"{summary}: no malformed records."
+        return "\n".join([f"{summary}: {len(doc['malformed'])} malformed record(s), each "
+                          "treated as absent:"] +
+                         [f"  {m['key']}: {m['problem']}" for m in doc["malformed"]])
+    output.emit(args, "RecordCheck", doc, render)
+    if found:
+        raise CliError("Fix or delete the malformed records above.")

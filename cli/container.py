@@ -4,12 +4,14 @@ Usage:
   calicoctl container add <CONTAINER> <IP> [--interface=<IF>]
   calicoctl container remove <CONTAINER> [--force]
   calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<IF>]
-  calicoctl container show
+  calicoctl container show [-o <FORMAT>]
 
 Options:
   --interface=<IF>  The interface inside the container [default: eth0].
   --force           Remove the container's endpoints even if the container
                     itself is gone.
+  -o <FORMAT>       Output format: table (the default) or json (its shape is
+                    in docs/cli-json.md).
 
 <CONTAINER> is netns:<name|path> for a network namespace (a name under
 /var/run/netns, or a path), pid:<N> for the namespace of a process, or a
@@ -27,7 +29,7 @@ These commands talk to this node's endpoint service and must run as root.
 from __future__ import annotations
 
 from calico.endpoint.v1 import endpoint_pb2
-from cli import client, validate, workloads
+from cli import client, output, validate, workloads
 from cli.errors import CliError
 from cli.output import table
 
@@ -35,7 +37,7 @@ from cli.output import table
 def run(args: dict) -> None:
     validate.root()
     if args["show"]:
-        show()
+        show(args)
     elif args["add"] and not args["ip"]:
         add(args["<CONTAINER>"], args["<IP>"], args["--interface"])
     elif args["remove"] and not args["ip"]:
@@ -157,10 +159,19 @@ def address(container: str, spec: str, interface: str, add: bool) -> None:
         print(f"IP {net.split('/')[0]} added to {container}")
 
 
-def show() -> None:
+def show(args: dict) -> None:
     eps = _call("ListEndpoints", endpoint_pb2.ListEndpointsRequest()).endpoints
-    rows = [[ep.workload_id, ep.interface_name, ep.host_interface,
-             ", ".join(list(ep.ipv4_nets) + list(ep.ipv6_nets)), ep.mac, ep.state,
-             ",".join(ep.profile_ids), ep.endpoint_id] for ep in eps]
-    print(table(["Container", "Interface", "Host interface", "Addresses", "MAC", "State",
-                 "Profiles", "Endpoint ID"], rows))
+    doc = {"endpoints": [{"orchestrator": ep.orchestrator, "workload_id": ep.workload_id,
+                          "interface_name": ep.interface_name,
+                          "host_interface": ep.host_interface,
+                          "ipv4_nets": list(ep.ipv4_nets), "ipv6_nets": list(ep.ipv6_nets),
+                          "mac": ep.mac, "state": ep.state, "profile_ids": list(ep.profile_ids),
+                          "endpoint_id": ep.endpoint_id} for ep in eps]}
+
+    def render(doc):
+        return table(["Container", "Interface", "Host interface", "Addresses", "MAC", "State",
+                      "Profiles", "Endpoint ID"],
+                     [[e["workload_id"], e["interface_name"], e["host_interface"],
+                       ", ".join(e["ipv4_nets"] + e["ipv6_nets"]), e["mac"], e["state"],
+                       ",".join(e["profile_ids"]), e["endpoint_id"]] for e in doc["endpoints"]])
+    output.emit(args, "ContainerList", doc, render)

@@ -1,8 +1,12 @@
 """The profiles of one endpoint (on any node), by endpoint id.
 
 Usage:
-  calicoctl endpoint <ENDPOINT_ID> profile show
+  calicoctl endpoint <ENDPOINT_ID> profile show [-o <FORMAT>]
   calicoctl endpoint <ENDPOINT_ID> profile (set|append|remove) [<PROFILES>...]
+
+Options:
+  -o <FORMAT>   Output format: table (the default), one profile a line, or
+                json (its shape is in docs/cli-json.md).
 
 `set` replaces the list (none isolates the endpoint), `append` adds to its
 end, `remove` takes profiles off. Order matters only for which rule `policy
@@ -13,18 +17,18 @@ shown by `calicoctl shownodes --detailed` and `calicoctl container show`.
 from __future__ import annotations
 
 from calico.policy.v1 import policy_pb2
-from cli import client
+from cli import client, output
 from cli.errors import CliError
 
 
 def run(args: dict) -> None:
     policy = client.policy()
     ep_id = args["<ENDPOINT_ID>"]
-    current = list(client.call(policy, "GetEndpointProfiles",
-                               policy_pb2.GetEndpointProfilesRequest(endpoint_id=ep_id)).profile_ids)
+    current = list(client.call(policy, "GetEndpointProfiles", policy_pb2.GetEndpointProfilesRequest(
+        endpoint_id=ep_id)).profile_ids)
     if args["show"]:
-        for name in current:
-            print(name)
+        output.emit(args, "EndpointProfiles", {"endpoint_id": ep_id, "profile_ids": current},
+                    lambda doc: "\n".join(doc["profile_ids"]))
         return
     given = args["<PROFILES>"]
     if args["set"]:

@@ -7,7 +7,7 @@ Usage:
   calicoctl node remove --name=<NAME>
   calicoctl node bgp peer add <PEER_IP> as <AS_NUM> [--name=<NAME>]
   calicoctl node bgp peer remove <PEER_IP> [as <AS_NUM>] [--name=<NAME>]
-  calicoctl node bgp peer show [--ipv4 | --ipv6] [--name=<NAME>]
+  calicoctl node bgp peer show [--ipv4 | --ipv6] [--name=<NAME>] [-o <FORMAT>]
 
 Options:
   --ip=<IP>        This host's IPv4 address: its BGP router id and session address.
@@ -28,6 +28,8 @@ Options:
                    removed and their addresses released.
   --ipv4           Show only IPv4 peers.
   --ipv6           Show only IPv6 peers.
+  -o <FORMAT>      Output format of `node bgp peer show`: table (the default) or
+                   json (its shape is in docs/cli-json.md).
 
 `calicoctl node` checks the kernel, creates the default pools if there are
 none, registers the node and starts its processes (endpoint service, BIRD and
@@ -71,7 +73,8 @@ from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.localfiles import private_dir
 from calicopy.rpc import check_health
 from calicopy.tls import Security, TlsFiles
-from cli import client, validate
+from cli import client, output, validate
+from cli.bgp import peer_list
 from cli.errors import CliError
 from cli.output import table
 
@@ -348,11 +351,17 @@ def peers(args: dict, name: str) -> None:
         version = 4 if args["--ipv4"] else 6 if args["--ipv6"] else 0
         found = client.call(bgp, "ListPeers", bgp_pb2.ListPeersRequest(
             node=name, ip_version=version)).peers
-        for v in (4, 6):
-            if version in (0, v):
-                rows = [[p.ip, p.as_num] for p in found if (":" in p.ip) == (v == 6)]
-                print(table([f"Node specific IPv{v} BGP Peer", "AS Num"], rows) if rows
-                      else f"No IPv{v} BGP Peers defined for node {name}.")
+        versions = [v for v in (4, 6) if version in (0, v)]
+
+        def render(doc):
+            parts = []
+            for v in versions:
+                rows = [[p["ip"], p["as_num"]] for p in doc["peers"] if p["ip_version"] == v]
+                parts.append(table([f"Node specific IPv{v} BGP Peer", "AS Num"], rows) if rows
+                             else f"No IPv{v} BGP Peers defined for node {doc['node']}.")
+            return "\n".join(parts)
+        output.emit(args, "NodeBgpPeerList",
+                    {"node": name, "peers": peer_list(found, versions)}, render)
         return
     ip = validate.peer_ip(args["<PEER_IP>"])
     if args["add"]:

@@ -2,12 +2,15 @@
 may send their own host.
 
 Usage:
-  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>]
-  calicoctl policy endpoint-to-host [<ACTION>]
+  calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>] [-o <FORMAT>]
+  calicoctl policy endpoint-to-host [-o <FORMAT>]
+  calicoctl policy endpoint-to-host <ACTION>
 
 Options:
   --protocol=<P>   tcp, udp, icmp or icmpv6 (default: a ping).
   --port=<N>       The destination port, for tcp and udp.
+  -o <FORMAT>      Output format: table (the default) or json (its shape is in
+                   docs/cli-json.md).
 
 explain: <SRC> and <DST> are addresses, or containers on this node
 (netns:<name>, pid:<N>), which stand for their first address. The verdict is
@@ -32,14 +35,15 @@ from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
 from calicopy.api.policy import action_from_msg, action_to_msg
 from calicopy.model.policy import BadRule, check_endpoint_to_host_action
-from cli import client, workloads
+from cli import client, output, workloads
 from cli.errors import CliError
 
 
-def _address(text: str, want_version: int | None = None) -> tuple[str, str]:
-    """(address, label) for an address or a container reference."""
+def _address(text: str, want_version: int | None = None) -> dict:
+    """An end of the packet: its address, and the container given for it
+    (None when an address was given)."""
     try:
-        return str(ipaddress.ip_address(text)), text
+        return {"ip": str(ipaddress.ip_address(text)), "container": None}
     except ValueError:
         pass
     workload = workloads.identify(text)
@@ -50,22 +54,28 @@ def _address(text: str, want_version: int | None = None) -> tuple[str, str]:
         ips = [ip for ip in ips if ipaddress.ip_address(ip).version == want_version]
     if not ips:
         raise CliError(f"{text} has no Calico address on this node.")
-    return ips[0], f"{ips[0]} ({text})"
+    return {"ip": ips[0], "container": text}
+
+
+def _label(end: dict) -> str:
+    return f"{end['ip']} ({end['container']})" if end["container"] else end["ip"]
 
 
 def run(args: dict) -> None:
     if args["endpoint-to-host"]:
-        endpoint_to_host(args["<ACTION>"])
+        endpoint_to_host(args, args["<ACTION>"])
     else:
         explain(args)
 
 
-def endpoint_to_host(action: str | None) -> None:
+def endpoint_to_host(args: dict, action: str | None) -> None:
     policy = client.policy()
     if action is None:
         settings = client.call(policy, "GetPolicySettings",
                                policy_pb2.GetPolicySettingsRequest()).settings
-        print(action_from_msg(settings.endpoint_to_host_action))
+        output.emit(args, "EndpointToHost",
+                    {"action": action_from_msg(settings.endpoint_to_host_action)},
+                    lambda doc: doc["action"])
         return
     try:
         check_endpoint_to_host_action(action)
@@ -80,15 +90,25 @@ def explain(args: dict) -> None:
     port = args["--port"]
     if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
         raise CliError(f"Invalid port '{port}'.")
-    src, src_label = _address(args["<SRC>"])
-    dst, dst_label = _address(args["<DST>"], ipaddress.ip_address(src).version)
+    src = _address(args["<SRC>"])
+    dst = _address(args["<DST>"], ipaddress.ip_address(src["ip"]).version)
     resp = client.call(client.policy(), "Explain", policy_pb2.ExplainRequest(
-        src=src, dst=dst, protocol=args["--protocol"] or "", port=int(port or 0)))
-    what = args["--protocol"] or "ping"
-    if port:
-        what += f" port {port}"
-    print(f"{'ALLOWED' if resp.allowed else 'DENIED'}: {what} from {src_label} to {dst_label}")
-    for step in resp.steps:
-        print(f"  {step.direction:<8} {step.text}")
-    for note in resp.notes:
-        print(f"  note: {note}")
+        src=src["ip"], dst=dst["ip"], protocol=args["--protocol"] or "", port=int(port or 0)))
+    doc = {"allowed": resp.allowed, "protocol": args["--protocol"],
+           "port": int(port) if port else None, "src": src, "dst": dst,
+           "steps": [{"direction": step.direction, "workload_id": step.workload_id,
+                      "endpoint_id": step.endpoint_id, "allowed": step.allowed,
+                      "profile": step.profile or None, "rule_number": step.rule_index or None,
+                      "rule": step.rule or None, "text": step.text} for step in resp.steps],
+           "notes": list(resp.notes)}
+
+    def render(doc):
+        what = doc["protocol"] or "ping"
+        if doc["port"]:
+            what += f" port {doc['port']}"
+        return "\n".join(
+            [f"{'ALLOWED' if doc['allowed'] else 'DENIED'}: {what} from {_label(doc['src'])} "
+             f"to {_label(doc['dst'])}"] +
+            [f"  {step['direction']:<8} {step['text']}" for step in doc["steps"]] +
+            [f"  note: {note}" for note in doc["notes"]])
+    output.emit(args, "PolicyExplanation", doc, render)

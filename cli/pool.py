@@ -3,7 +3,7 @@
 Usage:
   calicoctl pool add <CIDR> [--nat-outgoing] [--ipip=<MODE>] [--block-size=<N>]
   calicoctl pool remove <CIDR> [--force]
-  calicoctl pool show [--ipv4 | --ipv6]
+  calicoctl pool show [--ipv4 | --ipv6] [-o <FORMAT>]
 
 Options:
   --nat-outgoing      Masquerade traffic from the pool to destinations outside
@@ -19,6 +19,8 @@ Options:
                       still use them are named (remove their workloads).
   --ipv4              Show only IPv4 pools.
   --ipv6              Show only IPv6 pools.
+  -o <FORMAT>         Output format: table (the default) or json (its shape is
+                      in docs/cli-json.md).
 
 `pool add` of an existing pool is not an error: its flags are set to the ones
 given (so a pool's IP-in-IP mode is changed by adding it again with another
@@ -34,7 +36,7 @@ import sys
 import grpc
 
 from calico.ipam.v1 import ipam_pb2
-from cli import client, validate
+from cli import client, output, validate
 from cli.errors import CliError
 from cli.output import table
 
@@ -42,6 +44,7 @@ IPIP_MODES = {"always": ipam_pb2.IPIP_MODE_ALWAYS,
               "cross-subnet": ipam_pb2.IPIP_MODE_CROSS_SUBNET,
               "never": ipam_pb2.IPIP_MODE_NEVER}
 MODE_NAMES = {v: k for k, v in IPIP_MODES.items()}
+VERSIONS = {ipam_pb2.IP_VERSION_V4: 4, ipam_pb2.IP_VERSION_V6: 6}
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -61,14 +64,20 @@ def run(args: dict) -> None:
     elif args["remove"]:
         remove(args["<CIDR>"], args["--force"])
     else:
-        show(4 if args["--ipv4"] else 6 if args["--ipv6"] else None)
+        show(args, 4 if args["--ipv4"] else 6 if args["--ipv6"] else None)
+
+
+def _options(pool: dict) -> str:
+    """The Options column: the pool's flags that are on."""
+    flags = [f for f, on in (("nat-outgoing", pool["nat_outgoing"]),
+                             (f"ipip={pool['ipip_mode']}", pool["ipip_mode"] != "never"),
+                             ("disabled", pool["disabled"])) if on]
+    return ",".join(flags)
 
 
 def _flags(pool) -> str:
-    flags = [f for f, on in (("nat-outgoing", pool.nat_outgoing),
-                             (f"ipip={_mode(pool)}", pool.ipip),
-                             ("disabled", pool.disabled)) if on]
-    return ",".join(flags)
+    return _options({"nat_outgoing": pool.nat_outgoing, "ipip_mode": _mode(pool),
+                     "disabled": pool.disabled})
 
 
 def add(cidr_text: str, nat: bool, ipip: str, block_size: str | None) -> None:
@@ -127,12 +136,18 @@ def remove(cidr_text: str, force: bool) -> None:
               "remove its workload.", file=sys.stderr)
 
 
-def show(version: int | None) -> None:
+def show(args: dict, version: int | None) -> None:
     enum = {4: ipam_pb2.IP_VERSION_V4, 6: ipam_pb2.IP_VERSION_V6}.get(
         version, ipam_pb2.IP_VERSION_UNSPECIFIED)
     pools = client.ipam().call("ListPools", ipam_pb2.ListPoolsRequest(ip_version=enum)).pools
-    for v, enum_v in ((4, ipam_pb2.IP_VERSION_V4), (6, ipam_pb2.IP_VERSION_V6)):
-        if version in (None, v):
-            rows = [[p.cidr, f"/{p.block_size}", _flags(p), _mode(p)] for p in pools
-                    if p.ip_version == enum_v]
-            print(table([f"IPv{v} CIDR", "Block size", "Options", "IP-in-IP"], rows))
+    versions = [v for v in (4, 6) if version in (None, v)]
+    shown = [{"cidr": p.cidr, "ip_version": v, "block_size": p.block_size,
+              "nat_outgoing": p.nat_outgoing, "ipip_mode": _mode(p), "disabled": p.disabled}
+             for v in versions for p in pools if VERSIONS.get(p.ip_version) == v]
+
+    def render(doc):
+        return "\n".join(table([f"IPv{v} CIDR", "Block size", "Options", "IP-in-IP"],
+                               [[p["cidr"], f"/{p['block_size']}", _options(p), p["ipip_mode"]]
+                                for p in doc["pools"] if p["ip_version"] == v])
+                         for v in versions)
+    output.emit(args, "PoolList", {"pools": shown}, render)

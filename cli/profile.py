@@ -1,11 +1,11 @@
 """Profiles: groups of workloads with tags and allow/deny rules.
 
 Usage:
-  calicoctl profile show [--detailed]
+  calicoctl profile show [--detailed] [-o <FORMAT>]
   calicoctl profile (add|remove) <PROFILE> [--force]
-  calicoctl profile <PROFILE> tag show
+  calicoctl profile <PROFILE> tag show [-o <FORMAT>]
   calicoctl profile <PROFILE> tag (add|remove) <TAG>
-  calicoctl profile <PROFILE> rule show
+  calicoctl profile <PROFILE> rule show [-o <FORMAT>]
   calicoctl profile <PROFILE> rule json
   calicoctl profile <PROFILE> rule update
   calicoctl profile <PROFILE> member add <CONTAINER>
@@ -14,6 +14,9 @@ Options:
   --detailed   Also list each profile's member endpoints.
   --force      Remove the profile even though endpoints carry it (it is
                taken off them).
+  -o <FORMAT>  Output format: table (the default) or json (its shape is in
+               docs/cli-json.md). `rule json` prints the rules in the format
+               `rule update` reads instead.
 
 A new profile is tagged with its own name; its members accept traffic from
 members (inbound: allow from tag <PROFILE>, then deny) and may send anything.
@@ -33,7 +36,7 @@ import sys
 import grpc
 
 from calico.policy.v1 import policy_pb2
-from cli import client, workloads
+from cli import client, output, workloads
 from cli.errors import CliError
 from cli.output import table
 from calicopy.model.policy import NAME_RE, TAG_RE, parse_rules
@@ -50,7 +53,7 @@ def run(args: dict) -> None:
         raise CliError("Tag names can only contain letters, numbers and underscores.")
     policy = client.policy()
     if args["show"] and not args["tag"] and not args["rule"]:
-        show(policy, args["--detailed"])
+        show(policy, args)
     elif args["tag"]:
         tags(policy, name, args)
     elif args["rule"]:
@@ -75,22 +78,29 @@ def run(args: dict) -> None:
         print(f"Deleted profile {name}")
 
 
-def show(policy, detailed: bool) -> None:
+def show(policy, args: dict) -> None:
+    detailed = args["--detailed"]
     profiles = client.call(policy, "ListProfiles", policy_pb2.ListProfilesRequest(
         with_members=detailed)).profiles
-    if not detailed:
-        print(table(["Name"], [[p.name] for p in profiles]))
-        return
-    print(table(["Name", "Tags", "Member endpoints"],
-                [[p.name, ",".join(p.tags), ", ".join(p.member_endpoint_ids) or "-"]
-                 for p in profiles]))
+    doc = {"profiles": [{"name": p.name, **({"tags": list(p.tags), "member_endpoint_ids":
+                                             list(p.member_endpoint_ids)} if detailed else {})}
+                        for p in profiles]}
+
+    def render(doc):
+        if not detailed:
+            return table(["Name"], [[p["name"]] for p in doc["profiles"]])
+        return table(["Name", "Tags", "Member endpoints"],
+                     [[p["name"], ",".join(p["tags"]), ", ".join(p["member_endpoint_ids"]) or "-"]
+                      for p in doc["profiles"]])
+    output.emit(args, "ProfileList", doc, render)
 
 
 def tags(policy, name: str, args: dict) -> None:
     if args["show"]:
-        for tag in client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(
-                name=name)).profile.tags:
-            print(tag)
+        shown = client.call(policy, "GetProfile", policy_pb2.GetProfileRequest(
+            name=name)).profile.tags
+        output.emit(args, "ProfileTags", {"profile": name, "tags": list(shown)},
+                    lambda doc: "\n".join(doc["tags"]))
         return
     tag = args["<TAG>"]
     if args["add"]:
@@ -120,10 +130,25 @@ def rules(policy, name: str, args: dict) -> None:
         print(profile.rules_json)
         return
     inbound, outbound = parse_rules(json.loads(profile.rules_json), name)
-    for title, rules_ in (("Inbound rules:", inbound), ("Outbound rules:", outbound)):
-        print(title)
-        for i, rule in enumerate(rules_, 1):
-            print(f"  {i:>2} {rule.describe()}")
+    doc = {"profile": name,
+           "inbound_rules": [_rule(i, r) for i, r in enumerate(inbound, 1)],
+           "outbound_rules": [_rule(i, r) for i, r in enumerate(outbound, 1)]}
+
+    def render(doc):
+        lines = []
+        for title, key in (("Inbound rules:", "inbound_rules"),
+                           ("Outbound rules:", "outbound_rules")):
+            lines.append(title)
+            lines += [f"  {r['number']:>2} {r['description']}" for r in doc[key]]
+        return "\n".join(lines)
+    output.emit(args, "ProfileRules", doc, render)
+
+
+def _rule(number: int, rule) -> dict:
+    """A rule as `rule show -o json` gives it: its number in its list, its
+    fields as in the rules format (`rule json`), and the line `rule show`
+    prints."""
+    return {"number": number, **rule.to_json(), "description": rule.describe()}
 
 
 def member_add(policy, name: str, container: str) -> None:
