@@ -94,7 +94,7 @@ cni-install: install
 	ln -sfn $(CURDIR)/cni/bin/calico $(CURDIR)/cni/bin/calico-ipam $(CNI_BIN_DIR)/
 
 test: install
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=20 tests
 
 # The fast tier: no root, no etcd, BIRD, Docker or kernel changes.
 test-unit: venv
