@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from typing import Protocol
 
@@ -43,7 +44,8 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.model.record import BadRecord, decode
 from calicopy.quarantine import Quarantine
-from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
+from calicopy.errors import (AlreadyExists, CalicoError, DeadlineExceeded, NotFound,
+                             Unavailable)
 from calicopy import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
                                      InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
@@ -61,6 +63,10 @@ MIN_MTU_IPV6 = 1280             # below it the kernel turns IPv6 off on the link
 # Seconds of a caller's deadline kept for what an add does after IPAM (the
 # kernel, the record, a teardown on failure).
 IPAM_RESERVE = 1.0
+# Seconds before the caller's deadline by which an add stops waiting for its
+# policy: past it the add is undone, not finished, so that an add whose caller
+# gave up (and saw it fail) never becomes a workload.
+REPLY_RESERVE = 0.2
 _ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -297,7 +303,7 @@ class EndpointManager:
                 ep.set_ips(ips)
                 ep.mac = self.dataplane.ensure(self._spec(ep, req.peer_name))
                 failpoints.reached("endpoint-add-after-kernel")
-                self._activate(ep, KV(key, pending.puts[key], created))
+                self._activate(ep, KV(key, pending.puts[key], created), deadline)
             except BaseException:
                 self._teardown(ep, key)
                 raise
@@ -307,16 +313,16 @@ class EndpointManager:
                      ep.workload_id, ", ".join(ep.ips))
             return ep
 
-    def _activate(self, ep: Endpoint, kv: KV) -> None:
+    def _activate(self, ep: Endpoint, kv: KV, deadline: float | None = None) -> None:
         """Mark ``ep`` active, conditional on the record we last wrote (if anyone
         changed or removed it meanwhile, this operation has lost), and wait for
-        its policy."""
+        its policy (no later than the caller's ``deadline``)."""
         ep.state = ACTIVE
         revision = self.store.commit(Txn().update(kv, ep.to_json()))
         if not revision:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
                               "add; retry.")
-        self._await_policy(revision)
+        self._await_policy(revision, deadline)
 
     def _malformed(self, kv: KV) -> bool:
         try:
@@ -368,12 +374,22 @@ class EndpointManager:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id, peer_name, ep.mtu)
 
-    def _await_policy(self, revision: int) -> None:
+    def _await_policy(self, revision: int, deadline: float | None = None) -> None:
         """Return once the node's policy agent has programmed etcd as of
-        ``revision`` (so a new workload never runs without its policy)."""
+        ``revision`` (so a new workload never runs without its policy). With
+        the caller's ``deadline``, wait no longer than REPLY_RESERVE before it:
+        the caller would see a failure, so the add must fail (and be undone)."""
         if not self.policy_wait:
             return
-        if not self._progress.wait(revision, self.policy_wait):
+        wait = self.policy_wait
+        if deadline is not None and deadline - REPLY_RESERVE - time.monotonic() < wait:
+            wait = deadline - REPLY_RESERVE - time.monotonic()
+            if not self._progress.wait(revision, max(0.0, wait)):
+                raise DeadlineExceeded(
+                    f"The policy agent of node {self.node} had not programmed the endpoint "
+                    "by the caller's deadline; the add was undone.")
+            return
+        if not self._progress.wait(revision, wait):
             raise Unavailable(f"The policy agent of node {self.node} did not program the "
                               f"endpoint within {self.policy_wait:g}s; is it running? "
                               "(see policy.log in the node's state folder)")

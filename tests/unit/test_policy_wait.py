@@ -3,14 +3,15 @@ progress, not by polling etcd every few milliseconds while it holds a worker
 and the workload's lock; and it still sees the progress if the watch ends."""
 
 import threading
+import time
 
 import pytest
 
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
-from calicopy.errors import Unavailable
+from calicopy.errors import DeadlineExceeded, Unavailable
 from calicopy.model.endpoint import ACTIVE
-from services.endpoint.endpoints import AddRequest, EndpointManager
+from services.endpoint.endpoints import IPAM_RESERVE, AddRequest, EndpointManager
 from services.ipam.allocator import Ipam
 from tests.fakes import FakeDataplane, MemoryStore
 
@@ -77,3 +78,27 @@ def test_an_add_fails_when_the_agent_never_reports(world):
     with pytest.raises(Unavailable, match="policy agent of node node-1 did not program"):
         add(manager, "wl1")
     assert store.list(keys.node_endpoints_prefix(NODE)) == []     # torn down
+
+
+def test_an_add_whose_caller_gave_up_is_undone_not_finished(world):
+    """The policy wait ends with the caller's deadline (less what undoing
+    takes), not the node's longer limit: an agent that reports only after the
+    caller gave up must not turn an add the caller saw fail into a workload
+    (found by the chaos test: the node waits up to 10 s, as long as calicoctl's
+    and the CNI plugin's own deadline)."""
+    store, manager = world
+    deadline = time.monotonic() + IPAM_RESERVE + 1.0    # IPAM's share ends before it
+    late = threading.Event()
+
+    def after_the_deadline():
+        while time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        late.set()
+    agent = slow_agent(store, before_reporting=after_the_deadline)
+    with pytest.raises(DeadlineExceeded, match="caller's deadline"):
+        manager.add(AddRequest("netns", "wl1", netns_path="/ns/wl1", auto_ipv4=1), deadline)
+    agent.join(30)
+    assert late.is_set()
+    assert store.list(keys.node_endpoints_prefix(NODE)) == []     # torn down
+    assert not [k for k in store.data if k.startswith(keys.blocks_prefix())
+                and store.json(k)["allocations"]]
