@@ -66,7 +66,7 @@ IPAM_RESERVE = 1.0
 # Seconds before the caller's deadline by which an add stops waiting for its
 # policy: past it the add is undone, not finished, so that an add whose caller
 # gave up (and saw it fail) never becomes a workload.
-REPLY_RESERVE = 0.2
+REPLY_RESERVE = 0.5
 _ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
