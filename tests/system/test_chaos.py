@@ -633,7 +633,9 @@ def test_chaos(chaos_lab):
 
     def converged():
         nonlocal found
-        found = problems(Observed(lab, tracked), ipam_check(hosts[0]))
+        before, found = found, problems(Observed(lab, tracked), ipam_check(hosts[0]))
+        if found and found != before:       # what is left, as it changes: slow repairs show
+            ledger.say("not converged yet:\n  " + "\n  ".join(found))
         return not found
     deadline = time.monotonic() + CONVERGE
     while not converged():
