@@ -10,7 +10,7 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps venv protos up down demo demo-down demo-xsubnet test test-unit bench clean \
+.PHONY: install deps venv protos up down demo demo-down demo-xsubnet test test-unit chaos bench clean \
 	base-image compose-up compose-down cni-install
 
 install: deps venv
@@ -95,6 +95,13 @@ cni-install: install
 
 test: install
 	$(VENV)/bin/pytest -q --durations=20 tests
+
+# The chaos test for longer than make test's short run (tests/system/test_chaos.py).
+CHAOS_SECONDS ?= 300
+CHAOS_SEED ?= 1313
+chaos: install
+	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) \
+		$(VENV)/bin/pytest -q -s -p no:cacheprovider tests/system/test_chaos.py
 
 # The fast tier: no root, no etcd, BIRD, Docker or kernel changes.
 test-unit: venv

@@ -117,13 +117,16 @@ class Lab:
     ``pki``, else plaintext) and by this process over unix sockets. With
     ``replicas=2``, each service runs twice (the second on its port plus
     REPLICA_PORT_STEP), and the addresses the hosts are given name both;
-    ``kill_service`` and ``start_service`` stop and start one replica. They
-    share ``etcd`` (an ETCD_ENDPOINTS value reachable from any namespace:
+    ``kill_service`` and ``start_service`` stop and start one replica;
+    ``service_args`` gives a service's replicas more arguments (e.g. IPAM's
+    ``--gc-grace``). They share ``etcd`` (an ETCD_ENDPOINTS value reachable from any namespace:
     unix sockets, one per member) with whatever else uses it."""
 
     def __init__(self, tmp: Path, etcd: str, pki_dir: Path | None = None, prefix: str = "",
-                 replicas: int = 1, subnets: int = 1, mtu: int = 1500):
+                 replicas: int = 1, subnets: int = 1, mtu: int = 1500,
+                 service_args: dict[str, list[str]] | None = None):
         self.tmp, self.etcd, self.replicas = tmp, etcd, replicas
+        self.service_args = dict(service_args or {})
         self.subnets, self.mtu = subnets, mtu
         self.identities = Identities(pki_dir)
         self.prefix = prefix or f"cp{os.getpid() % 100000}x{next(_counter)}"
@@ -183,7 +186,8 @@ class Lab:
         Path(unix[len("unix:"):]).unlink(missing_ok=True)     # left by a killed replica
         env = self.identities.env(f"service:{name}", CONTROL_HOSTS)
         argv = ["ip", "netns", "exec", self.control.name, sys.executable, "-m",
-                f"services.{name}", f"--listen={tcp},{unix}", f"--etcd-endpoints={self.etcd}"]
+                f"services.{name}", f"--listen={tcp},{unix}", f"--etcd-endpoints={self.etcd}",
+                *self.service_args.get(name, ())]
         proc = launch.spawn(argv, self._service_log(name, replica), env=env, cwd=ROOT)
         self.procs.append(proc)
         self.services[name, replica] = proc

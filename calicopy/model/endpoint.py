@@ -71,6 +71,9 @@ class Endpoint:
     netns_id: str = ""      # the namespace's identity (device:inode), against path reuse
     request: str = ""       # fingerprint of the add that made it (retries match it)
     mtu: int = 0            # of both veth ends; 0: the kernel's default, not enforced
+    # Active (programmed by the agent) but its add has not finished: it waits for
+    # its policy. An add that died then is torn down, as a pending one is.
+    awaiting_policy: bool = False
 
     @property
     def detached(self) -> bool:
@@ -117,6 +120,7 @@ class Endpoint:
             "profile_ids": self.profile_ids, "labels": self.labels,
             "persistent": self.persistent, "request": self.request,
             "netns_id": self.netns_id, "mtu": self.mtu,
+            **({"awaiting_policy": True} if self.awaiting_policy else {}),
         }
 
     @classmethod
@@ -136,7 +140,8 @@ class Endpoint:
             strings(data, "profile_ids"), dict(labels),
             persistent=field(data, "persistent", bool, False),
             netns_id=field(data, "netns_id", str, ""), request=field(data, "request", str, ""),
-            mtu=field(data, "mtu", int, 0))
+            mtu=field(data, "mtu", int, 0),
+            awaiting_policy=field(data, "awaiting_policy", bool, False))
 
 
 @dataclasses.dataclass

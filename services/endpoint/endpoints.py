@@ -4,9 +4,12 @@ Invariants, and how each operation keeps them:
 
 - Nothing is half made. ``add`` first records its intent in etcd (state
   ``pending``), then claims addresses (each tagged with the endpoint id),
-  programs the kernel and finally marks the record ``active``. Any failure
-  undoes what was done; a crash leaves a pending record that the next start
-  tears down (interface removed, tagged addresses released, record deleted).
+  programs the kernel, marks the record ``active`` (with ``awaiting_policy``
+  when the node has an agent to wait for) and, once the agent has programmed
+  it, clears that flag. Any failure undoes what was done; a crash leaves a
+  pending or awaiting record that the next start tears down (interface
+  removed, tagged addresses released, record deleted): an add whose caller
+  could not have seen it succeed never becomes a workload.
 - No address leaks. Every address this service claims carries the endpoint
   id as an IPAM attribute; reconciling releases the endpoint's addresses that
   its record does not list (a crash between claiming and recording).
@@ -35,6 +38,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from typing import Protocol
 
@@ -43,7 +47,8 @@ from calicopy.datastore import keys
 from calicopy.datastore.store import KV, Store, Txn
 from calicopy.model.record import BadRecord, decode
 from calicopy.quarantine import Quarantine
-from calicopy.errors import AlreadyExists, CalicoError, NotFound, Unavailable
+from calicopy.errors import (AlreadyExists, CalicoError, DeadlineExceeded, NotFound,
+                             Unavailable)
 from calicopy import netns
 from services.endpoint.errors import (AlreadyNetworked, BadRequest, EndpointNotFound,
                                      InterfaceInUse, NoEndpoints, NoIpv6, NotPreassigned,
@@ -61,6 +66,10 @@ MIN_MTU_IPV6 = 1280             # below it the kernel turns IPv6 off on the link
 # Seconds of a caller's deadline kept for what an add does after IPAM (the
 # kernel, the record, a teardown on failure).
 IPAM_RESERVE = 1.0
+# Seconds before the caller's deadline by which an add stops waiting for its
+# policy: past it the add is undone, not finished, so that an add whose caller
+# gave up (and saw it fail) never becomes a workload.
+REPLY_RESERVE = 0.5
 _ORCHESTRATOR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -297,7 +306,8 @@ class EndpointManager:
                 ep.set_ips(ips)
                 ep.mac = self.dataplane.ensure(self._spec(ep, req.peer_name))
                 failpoints.reached("endpoint-add-after-kernel")
-                self._activate(ep, KV(key, pending.puts[key], created))
+                self._activate(ep, KV(key, pending.puts[key], created), deadline,
+                               confirm=True)
             except BaseException:
                 self._teardown(ep, key)
                 raise
@@ -307,16 +317,39 @@ class EndpointManager:
                      ep.workload_id, ", ".join(ep.ips))
             return ep
 
-    def _activate(self, ep: Endpoint, kv: KV) -> None:
+    def _activate(self, ep: Endpoint, kv: KV, deadline: float | None = None,
+                  confirm: bool = False) -> None:
         """Mark ``ep`` active, conditional on the record we last wrote (if anyone
         changed or removed it meanwhile, this operation has lost), and wait for
-        its policy."""
+        its policy (no later than the caller's ``deadline``). With ``confirm``
+        (a new endpoint), the record says it awaits its policy until then."""
         ep.state = ACTIVE
-        revision = self.store.commit(Txn().update(kv, ep.to_json()))
+        ep.awaiting_policy = confirm and bool(self.policy_wait)
+        txn = Txn().update(kv, ep.to_json())
+        revision = self.store.commit(txn)
         if not revision:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
                               "add; retry.")
-        self._await_policy(revision)
+        self._await_policy(revision, deadline)
+        if ep.awaiting_policy:
+            self._confirm(ep, KV(kv.key, txn.puts[kv.key], revision))
+
+    def _confirm(self, ep: Endpoint, kv: KV) -> None:
+        """Clear the record's ``awaiting_policy``: the add is done. Only the
+        flag changes (the policy service may have set its profiles meanwhile)."""
+        for _ in range(5):
+            current = Endpoint.from_json(kv.json())
+            if current.endpoint_id != ep.endpoint_id or current.state != ACTIVE:
+                break
+            current.awaiting_policy = False
+            if self.store.commit(Txn().update(kv, current.to_json())):
+                ep.awaiting_policy = False
+                return
+            kv = self.store.get(kv.key)
+            if kv is None:
+                break
+        raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
+                          "add; retry.")
 
     def _malformed(self, kv: KV) -> bool:
         try:
@@ -368,12 +401,22 @@ class EndpointManager:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id, peer_name, ep.mtu)
 
-    def _await_policy(self, revision: int) -> None:
+    def _await_policy(self, revision: int, deadline: float | None = None) -> None:
         """Return once the node's policy agent has programmed etcd as of
-        ``revision`` (so a new workload never runs without its policy)."""
+        ``revision`` (so a new workload never runs without its policy). With
+        the caller's ``deadline``, wait no longer than REPLY_RESERVE before it:
+        the caller would see a failure, so the add must fail (and be undone)."""
         if not self.policy_wait:
             return
-        if not self._progress.wait(revision, self.policy_wait):
+        wait = self.policy_wait
+        if deadline is not None and deadline - REPLY_RESERVE - time.monotonic() < wait:
+            wait = deadline - REPLY_RESERVE - time.monotonic()
+            if not self._progress.wait(revision, max(0.0, wait)):
+                raise DeadlineExceeded(
+                    f"The policy agent of node {self.node} had not programmed the endpoint "
+                    "by the caller's deadline; the add was undone.")
+            return
+        if not self._progress.wait(revision, wait):
             raise Unavailable(f"The policy agent of node {self.node} did not program the "
                               f"endpoint within {self.policy_wait:g}s; is it running? "
                               "(see policy.log in the node's state folder)")
@@ -502,7 +545,8 @@ class EndpointManager:
             if current is None or self._malformed(current):
                 return
             ep = Endpoint.from_json(current.json())
-            abandoned = ep.state == PENDING and (startup or kv.key not in self._in_flight)
+            abandoned = (ep.state == PENDING or ep.awaiting_policy) and \
+                (startup or kv.key not in self._in_flight)
             # A detached endpoint's orchestrator removes it; a persistent one
             # waits, dormant, for its workload to start again.
             gone = ep.state == ACTIVE and not ep.detached and not self._alive(ep)
