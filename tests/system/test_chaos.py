@@ -61,7 +61,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
