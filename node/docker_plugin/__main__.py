@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     engine = LocalEngine(docker_sock, real_socket(docker_sock))
     ipam_driver = IpamDriver(ipam, node)
     network = NetworkDriver(endpoints, policy, engine, handles=ipam_driver.handle_of)
+    ipam_driver.before_release = network.remove_holders
     methods.update(network.methods())
     methods.update(ipam_driver.methods())
 

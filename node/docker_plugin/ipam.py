@@ -52,6 +52,9 @@ class IpamDriver:
     def __init__(self, ipam, node: str):
         self.ipam = ipam            # a calicopy.rpc.Client of the IPAM service
         self.node = node
+        # Called with an address before it is released: the network driver
+        # removes an endpoint Docker gave up that still holds it.
+        self.before_release = lambda ip: None
         self._handles: dict[str, str] = {}      # address -> handle, newest last
         self._lock = threading.Lock()
 
@@ -142,6 +145,7 @@ class IpamDriver:
         found = self.ipam.call("GetAllocation", ipam_pb2.GetAllocationRequest(ip=ip))
         prefix = f"{self.node}/{HANDLE_ORCHESTRATOR}/"
         if found.allocated and found.handle_id.startswith(prefix):
+            self.before_release(ip)
             self.ipam.call("ReleaseByHandle",
                            ipam_pb2.ReleaseByHandleRequest(handle_id=found.handle_id))
         return {}

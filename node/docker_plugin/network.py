@@ -126,6 +126,22 @@ class NetworkDriver:
             pass        # already gone: deleting twice is fine
         return {}
 
+    def remove_holders(self, ip: str) -> None:
+        """Remove the endpoints this driver made that hold ``ip``. Docker
+        releases an address only once it has no endpoint with it (after
+        DeleteEndpoint, or after a CreateEndpoint it saw fail, e.g. the plugin
+        died before answering): an endpoint still holding it is one Docker
+        gave up, and freeing the address under it would let IPAM give it to
+        a second workload."""
+        found = self.endpoints.call("ListEndpoints", endpoint_pb2.ListEndpointsRequest(
+            orchestrator=ORCHESTRATOR)).endpoints
+        for ep in found:
+            nets = [n.split("/")[0] for n in (*ep.ipv4_nets, *ep.ipv6_nets)]
+            if ep.labels.get(NETWORK_LABEL) and ip in nets:
+                log.info("removing endpoint %s, which Docker gave up with %s",
+                         ep.workload_id[:12], ip)
+                self.delete_endpoint({"EndpointID": ep.workload_id})
+
     def join(self, req: dict) -> dict:
         found = self.endpoints.call("ListEndpoints", endpoint_pb2.ListEndpointsRequest(
             orchestrator=ORCHESTRATOR, workload_id=req["EndpointID"])).endpoints

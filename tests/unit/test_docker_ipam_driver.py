@@ -42,6 +42,13 @@ class Endpoints:
         self.added = {}
 
     def call(self, method, request):
+        if method == "ListEndpoints":
+            return SimpleNamespace(endpoints=[
+                endpoint_pb2.Endpoint(workload_id=w, ipv4_nets=[f"{ip}/32" for ip in r.ips],
+                                      labels=r.labels) for w, r in self.added.items()])
+        if method == "RemoveEndpoint":
+            del self.added[request.workload_id]
+            return SimpleNamespace(removed=[])
         assert method == "AddEndpoint"
         self.added[request.workload_id] = request
         return SimpleNamespace(endpoint=endpoint_pb2.Endpoint(mac="02:00:00:00:00:01"))
@@ -74,3 +81,25 @@ def test_addresses_are_claimed_under_a_request_and_tied_to_their_endpoint():
     # A plugin restarted in between finds the handle through IPAM.
     restarted = IpamDriver(client, "node-1")
     assert restarted.handle_of(ip) == handle
+
+
+def test_releasing_an_address_removes_the_endpoint_docker_gave_up_with_it():
+    """The plugin died after making an endpoint, before answering Docker:
+    Docker releases the address. The endpoint still holding it goes first,
+    so the address is never free while a workload has it."""
+    ipam = Ipam(MemoryStore())
+    ipam.create_pool("10.0.0.0/24")
+    driver = IpamDriver(InProcessIpam(ipam), "node-1")
+    endpoints = Endpoints()
+    network = NetworkDriver(endpoints, Policy(), Engine({"n1": []}), handles=driver.handle_of)
+    driver.before_release = network.remove_holders
+    given = [driver.request_address({"PoolID": "calico:0.0.0.0/0"})["Address"]
+             for _ in range(2)]
+    for n, address in enumerate(given):
+        network.create_endpoint({"NetworkID": "n1", "EndpointID": f"dep{n}",
+                                 "Interface": {"Address": address}})
+    lost = given[0].split("/")[0]
+    driver.release_address({"Address": lost})
+    assert list(endpoints.added) == ["dep1"]
+    assert not ipam.get_allocation(lost)["allocated"]
+    assert ipam.get_allocation(given[1].split("/")[0])["allocated"]
