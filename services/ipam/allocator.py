@@ -425,14 +425,15 @@ class Ipam:
         return ticket.ips
 
     def _remembered_block(self, net) -> tuple[KV, Block] | None:
-        """The block as this instance last saw it, and a copy to change."""
+        """The block as this instance last saw it, parsed once per revision:
+        not to be changed (copy it first)."""
         kv = self._blocks_seen.get(net)
         if kv is None:
             return None
         parsed = self._blocks_parsed.get(net)
-        if parsed is not None and parsed[0] == kv.mod_revision:
-            return kv, parsed[1].copy()
-        return kv, Block.from_json(kv.json())
+        if parsed is None or parsed[0] != kv.mod_revision:
+            parsed = self._blocks_parsed[net] = (kv.mod_revision, Block.from_json(kv.json()))
+        return kv, parsed[1]
 
     def _commit_tickets(self, batch: list[_Ticket]) -> bool:
         """One optimistic transaction for the tickets (of one host) against
@@ -440,7 +441,8 @@ class Ipam:
         that got addresses has them in ``ips``; one whose deadline passed,
         its ``error``; the others (no room, a handle twice, the transaction
         lost) neither. Says whether any got addresses."""
-        working: dict[keys.Network, tuple[KV, Block, KV]] = {}
+        # Per block: as remembered, our copy once one of the batch takes from it, the pool.
+        working: dict[keys.Network, list] = {}
         placed, handles = [], set()
         txn = Txn()
         for ticket in batch:
@@ -458,10 +460,13 @@ class Ipam:
                     seen = self._remembered_block(net)
                     if seen is None:
                         continue
-                    working[net] = (*seen, pool_kv)
-                block = working[net][1]
-                if block.free < count:
+                    working[net] = [seen[0], seen[1], None, pool_kv]
+                entry = working[net]
+                if (entry[1] if entry[2] is None else entry[2]).free < count:
                     continue
+                if entry[2] is None:
+                    entry[2] = entry[1].copy()
+                block = entry[2]
                 ips = block.allocate(count, call.handle_id, call.host, call.attrs)
                 handle = Handle(call.handle_id)
                 call.add_to(handle, str(net), ips)
@@ -474,7 +479,7 @@ class Ipam:
         used = {net for _, net, _, _ in placed}
         pools = {}
         for net in used:
-            kv, block, pool_kv = working[net]
+            kv, _, block, pool_kv = working[net]
             txn.update(kv, block.to_json())
             pools[(pool_kv.key, pool_kv.mod_revision)] = pool_kv
         for pool_kv in pools.values():
@@ -487,7 +492,7 @@ class Ipam:
             return False
         failpoints.reached("ipam-assign-after-commit")
         for net in used:
-            kv, block, _ = working[net]
+            kv, _, block, _ = working[net]
             self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
             self._blocks_parsed[net] = (revision, block)
         for ticket, net, ips, handle in placed:
