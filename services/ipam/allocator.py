@@ -46,15 +46,18 @@ room) is then one transaction and no reads. The memory is only a hint: that
 transaction still compares the block's and the pool's revisions, and any
 failed compare falls back to the full read-decide-commit path.
 
-Allocations for one host are taken one at a time within an instance (its
-"lane"), since they would contend for the same block anyway; those that
-arrive for the common case while the lane is taken wait together and are
-then committed in one transaction by whichever of them takes it next (group
-commit): a burst of adds on one node costs a few transactions, not one each.
-A batch is all or nothing: should its commit fail, each of its calls takes
-the full path on its own. Each call in a batch keeps its own deadline (one
-that has passed is left out before the commit) and its own handle (two calls
-of one handle never share a batch).
+Group commit: an instance has one common-case commit in flight at a time;
+the allocations (of any host) that arrive meanwhile wait together and are
+then committed in one transaction by whichever of them goes next: a burst of
+adds costs a few transactions, not one each, and etcd's transaction rate is
+no longer the limit. A batch is all or nothing: should its commit fail, each
+of its calls takes the full path on its own. Each call in a batch keeps its
+own deadline (one that has passed is left out before the commit) and its own
+handle (two calls of one handle never share a batch); a batch writes blocks
+of at most MAX_BATCH_ADDRESSES addresses together (beyond its first), the
+others go on their own. The full path (reads, claims, borrowing) is taken by
+one call of a host at a time within an instance (the host's "lane"), since
+such calls would contend for the same blocks anyway.
 
 Who owns an allocation (for the release guard, the check and the garbage
 collector) is ``services.ipam.owners``'s business.
@@ -89,6 +92,10 @@ MAX_HANDLES_PER_TXN = 50
 # How many calls one group commit takes at most: each adds a handle (a compare
 # and a put) to the transaction.
 MAX_BATCH = MAX_HANDLES_PER_TXN
+# How many addresses the blocks one group commit writes may hold together
+# (beyond its first block's): a block's record grows with its allocations, and
+# etcd refuses a request of more than 1.5 MiB (by default).
+MAX_BATCH_ADDRESSES = 1024
 # How many endpoints a refusal names before "and N more".
 NAMED_USERS = 5
 
@@ -211,9 +218,9 @@ class _Ticket:
 
 
 class _Lane:
-    """One host's allocations within an instance: one holder at a time
-    (``busy``); the group-commit tickets that queue meanwhile (``pending``)
-    are taken by the next holder."""
+    """One holder at a time (``busy``): a host's full path, or the instance's
+    group commits, whose tickets queue meanwhile (``pending``) and are taken
+    by the next holder."""
 
     def __init__(self):
         self.cond = threading.Condition()
@@ -280,7 +287,8 @@ class Ipam:
         self._blocks_seen: dict[keys.Network, KV] = {}
         # The block as last committed here, parsed: (its revision, the Block).
         self._blocks_parsed: dict[keys.Network, tuple[int, Block]] = {}
-        self._lanes: dict[str, _Lane] = defaultdict(_Lane)
+        self._lanes: dict[str, _Lane] = defaultdict(_Lane)     # per host: the full path
+        self._fast_lane = _Lane()       # the common case, any host: group commits
 
     # Pools -----------------------------------------------------------------
 
@@ -398,7 +406,7 @@ class Ipam:
                         continue
                     # The fast path creates the handle: only for a call's first commit.
                     fast = not (requested[version] or call.observed or any(call.got.values()))
-                    if fast and self._assign_from_memory(lane, version, call) is not None:
+                    if fast and self._assign_from_memory(version, call) is not None:
                         continue
                     with lane.held():
                         # A call ahead of this one may have claimed a block meanwhile.
@@ -416,10 +424,10 @@ class Ipam:
             self._roll_back(call)
             raise
 
-    def _assign_from_memory(self, lane: _Lane, version, call: _Call) -> list[str] | None:
+    def _assign_from_memory(self, version, call: _Call) -> list[str] | None:
         """What ``call`` lacks of ``version``, from the host's remembered
         blocks in a group commit; None if it must take the full path."""
-        ticket = lane.serve(_Ticket(call, version), self._commit_tickets)
+        ticket = self._fast_lane.serve(_Ticket(call, version), self._commit_tickets)
         if ticket.error is not None:
             raise ticket.error
         return ticket.ips
@@ -436,14 +444,14 @@ class Ipam:
         return kv, parsed[1]
 
     def _commit_tickets(self, batch: list[_Ticket]) -> bool:
-        """One optimistic transaction for the tickets (of one host) against
-        its remembered blocks, each ticket's handle created in it. A ticket
-        that got addresses has them in ``ips``; one whose deadline passed,
-        its ``error``; the others (no room, a handle twice, the transaction
-        lost) neither. Says whether any got addresses."""
+        """One optimistic transaction for the tickets against their hosts'
+        remembered blocks, each ticket's handle created in it. A ticket that
+        got addresses has them in ``ips``; one whose deadline passed, its
+        ``error``; the others (no room, a handle twice, the transaction too
+        big or lost) neither. Says whether any got addresses."""
         # Per block: as remembered, our copy once one of the batch takes from it, the pool.
         working: dict[keys.Network, list] = {}
-        placed, handles = [], set()
+        placed, handles, used, addresses = [], set(), set(), 0
         txn = Txn()
         for ticket in batch:
             call = ticket.call
@@ -461,6 +469,9 @@ class Ipam:
                     if seen is None:
                         continue
                     working[net] = [seen[0], seen[1], None, pool_kv]
+                if net not in used and used and \
+                        addresses + net.num_addresses > MAX_BATCH_ADDRESSES:
+                    break       # the transaction would be too big: on its own, next
                 entry = working[net]
                 if (entry[1] if entry[2] is None else entry[2]).free < count:
                     continue
@@ -473,10 +484,12 @@ class Ipam:
                 txn.create(keys.handle(call.handle_id), handle.to_json())
                 handles.add(call.handle_id)
                 placed.append((ticket, net, ips, handle))
+                if net not in used:
+                    used.add(net)
+                    addresses += net.num_addresses
                 break
         if not placed:
             return False
-        used = {net for _, net, _, _ in placed}
         pools = {}
         for net in used:
             kv, _, block, pool_kv = working[net]

@@ -1,5 +1,6 @@
-"""Group commit: allocations for one host that queue while its lane is taken
-are committed together, each keeping its own deadline, handle and outcome."""
+"""Group commit: allocations (of any host) that queue while a commit is in
+flight are committed together, each keeping its own deadline, handle and
+outcome."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from calicopy.datastore import keys
 from calicopy.errors import DeadlineExceeded
 from calicopy.model.ipam import Block, Handle
+from services.ipam import allocator
 from services.ipam.allocator import Ipam
 from tests.fakes import MemoryStore
 
@@ -49,8 +51,13 @@ def store():
 def ipam(store):
     ipam = Ipam(store)
     ipam.create_pool("10.0.0.0/24")
-    ipam.auto_assign(1, 0, "warm", "host-a")      # the host's block is known now
+    for host in ("host-a", "host-b"):
+        ipam.auto_assign(1, 0, f"warm-{host}", host)      # the host's block is known now
     return ipam
+
+
+def queued(ipam) -> int:
+    return len(ipam._fast_lane.pending)
 
 
 def wait_for(what, condition):
@@ -81,7 +88,7 @@ def queue_behind_a_held_commit(ipam, store, calls):
     first, results, errors = run(calls[:1])
     assert store.holding.wait(WAIT)
     rest, more_results, more_errors = run(calls[1:])
-    wait_for("the calls to queue", lambda: len(ipam._lanes["host-a"].pending) == len(calls) - 1)
+    wait_for("the calls to queue", lambda: queued(ipam) == len(calls) - 1)
     commits = store.commits
     store.release()
     for t in first + rest:
@@ -133,7 +140,7 @@ def test_a_batch_that_loses_its_race_falls_back_and_still_allocates_once(ipam, s
     threads, results, errors = run(calls[:1])
     assert store.holding.wait(WAIT)
     threads2, results2, errors2 = run(calls[1:])
-    wait_for("the calls to queue", lambda: len(ipam._lanes["host-a"].pending) == 5)
+    wait_for("the calls to queue", lambda: queued(ipam) == 5)
     theirs = other.auto_assign(1, 0, "theirs", "host-a")    # the held commit still waits
     store.release()
     for t in threads + threads2:
@@ -142,5 +149,28 @@ def test_a_batch_that_loses_its_race_falls_back_and_still_allocates_once(ipam, s
     ips = [r[0][0] for r in list(results.values()) + list(results2.values())] + theirs[0]
     assert len(set(ips)) == 7
     blocks = [Block.from_json(kv.json()) for kv in store.list(keys.blocks_prefix(4))]
-    assert sum(b.used for b in blocks) == 8        # with the warm-up's
+    assert sum(b.used for b in blocks) == 9        # with the warm-ups'
+    assert ipam.check()[0] == []
+
+
+def test_a_burst_over_two_hosts_is_one_transaction_each_in_its_own_block(ipam, store):
+    calls = [lambda: ipam.auto_assign(1, 0, "first", "host-a")] + \
+        [lambda n=n: ipam.auto_assign(1, 0, f"w{n}", f"host-{'ab'[n % 2]}") for n in range(6)]
+    results, errors, commits = queue_behind_a_held_commit(ipam, store, calls)
+    assert errors == {} and commits == 2
+    for n in range(6):
+        found = ipam.get_allocation(results[n + 1][0][0])
+        assert found["block_host"] == f"host-{'ab'[n % 2]}"
+    assert ipam.check()[0] == []
+
+
+def test_blocks_too_big_for_one_transaction_are_committed_apart(ipam, store, monkeypatch):
+    monkeypatch.setattr(allocator, "MAX_BATCH_ADDRESSES", 32)    # less than a /26 block
+    calls = [lambda: ipam.auto_assign(1, 0, "first", "host-a")] + \
+        [lambda n=n: ipam.auto_assign(1, 0, f"w{n}", f"host-{'ab'[n % 2]}") for n in range(4)]
+    results, errors, commits = queue_behind_a_held_commit(ipam, store, calls)
+    assert errors == {}
+    assert commits == 4     # the first; host-a's two together; host-b's one by one
+    ips = [r[0][0] for r in results.values()]
+    assert len(set(ips)) == 5
     assert ipam.check()[0] == []
