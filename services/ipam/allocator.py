@@ -409,8 +409,9 @@ class Ipam:
                     if fast and self._assign_from_memory(version, call) is not None:
                         continue
                     with lane.held():
-                        # A call ahead of this one may have claimed a block meanwhile.
-                        if fast and self._commit_tickets([_Ticket(call, version)]):
+                        # A call ahead of this one may have claimed a block meanwhile. (In
+                        # a group commit again: a commit of its own could race one.)
+                        if fast and self._assign_from_memory(version, call) is not None:
                             continue
                         self._assign_family(version, call, self._candidate_pools(
                             version, requested[version]))
