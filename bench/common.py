@@ -24,6 +24,13 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclasses.dataclass
 class Plane:
     """A private control plane: where its parts listen and as whom we call them."""
@@ -34,6 +41,7 @@ class Plane:
     ipam_unix: str
     pki: Path | None       # None: a plaintext plane (CALICO_INSECURE)
     env: dict              # what makes a process the operator (admin)
+    pids: dict = dataclasses.field(default_factory=dict)   # "etcd", "ipam": their processes
 
     @property
     def security(self) -> Security:
@@ -113,7 +121,7 @@ def control_plane(name: str, tls: bool = True):
             "services.ipam", ipam_tcp, etcd_tcp, tmp / "ipam.log", unix=ipam_unix,
             env=_identity_env(folder, "service:ipam") if tls else {"CALICO_INSECURE": "1"})
         yield Plane(tmp, etcd_tcp, launch.etcd_unix_endpoint(tmp / "etcd", port, tls=tls),
-                    ipam_tcp, ipam_unix, folder, env)
+                    ipam_tcp, ipam_unix, folder, env, {"etcd": etcd.pid, "ipam": ipam.pid})
     finally:
         for proc in (ipam, etcd):
             if proc is not None:

@@ -244,6 +244,11 @@ class Block:
                               "allocated once")
         return cls(cidr, block_host(data), list(unallocated), allocations)
 
+    def copy(self) -> "Block":
+        """A copy to change; the allocations themselves are never changed in
+        place (only added and removed), so they are shared."""
+        return Block(self.cidr, self.host, list(self.unallocated), dict(self.allocations))
+
     # Queries ---------------------------------------------------------------
 
     @property

@@ -1,4 +1,5 @@
-"""The kernel side of endpoints, through pyroute2 (netlink), behind a narrow interface.
+"""The kernel side of endpoints, over rtnetlink (services.endpoint.netlink),
+behind a narrow interface.
 
 ``ensure`` takes the desired state of one workload interface and makes the
 kernel match it: it reads what is there and changes only what differs, so it
@@ -41,18 +42,16 @@ import os
 import socket
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from calicopy import netns
 from calicopy.model.endpoint import (HOST_MAC, INTERFACE_PREFIX, IPV4_GATEWAY, IPV6_GATEWAY,
                                      ROUTE_PROTOCOL)
 from services.endpoint.errors import DataplaneError, InterfaceInUse
+from services.endpoint.netlink import RT_SCOPE_LINK, NetlinkError, Rtnl
+
 log = logging.getLogger(__name__)
 
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
-RT_TABLE_MAIN = 254
 
 
 @dataclasses.dataclass
@@ -101,14 +100,6 @@ def _family(ip) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
-def _routes(ipr, family: int, index: int) -> list:
-    """Main-table routes out of ``index``. (Asking for a ``dst`` would be a
-    route lookup, not a filter; on a strict-checking socket the kernel filters
-    by ``oif`` itself, and we filter again for sockets that do not.)"""
-    return [r for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN, oif=index)
-            if r.get_attr("RTA_OIF") == index]
-
-
 def random_mac() -> str:
     """A random locally administered unicast MAC (so we need not read it back)."""
     octets = bytearray(os.urandom(6))
@@ -116,22 +107,8 @@ def random_mac() -> str:
     return ":".join(f"{o:02x}" for o in octets)
 
 
-def _host_route(ip, index: int) -> dict:
-    route = {"dst": f"{ip}/{ip.max_prefixlen}", "oif": index, "proto": ROUTE_PROTOCOL,
-             "family": _family(ip)}
-    if ip.version == 4:
-        route["scope"] = 253    # link: the workload is directly on the veth
-    return route
-
-
-def _dst(route) -> str:
-    family_any = "0.0.0.0" if route["family"] == socket.AF_INET else "::"
-    return f"{route.get_attr('RTA_DST') or family_any}/{route['dst_len']}"
-
-
-def _mtu(mtu: int) -> dict:
-    """The attribute that creates a link with ``mtu`` (none for the default)."""
-    return {"mtu": mtu} if mtu else {}
+def _host_route(ip) -> str:
+    return f"{ip}/{ip.max_prefixlen}"
 
 
 @contextmanager
@@ -144,7 +121,7 @@ def _netlink(what: str):
 
 class KernelDataplane:
     """Workload interfaces in the kernel. Safe to call from any thread: every
-    call opens its own netlink sockets (pyroute2 objects are per-thread)."""
+    call opens its own netlink sockets."""
 
     def __init__(self):
         self.ipv6 = ipv6_available()
@@ -175,35 +152,36 @@ class KernelDataplane:
         return f"{st.st_dev}:{st.st_ino}"
 
     def host_interfaces(self) -> set[str]:
-        with IPRoute() as ipr:
-            names = (link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
-            return {n for n in names if n.startswith(INTERFACE_PREFIX)}
+        with Rtnl() as host:
+            return {link.name for link in host.links()
+                    if link.name.startswith(INTERFACE_PREFIX)}
 
     def workload_has_interface(self, path: str, name: str) -> bool:
-        with IPRoute(fileno=netns.netlink_socket(path).detach()) as wl:
-            return bool(wl.link_lookup(ifname=name))
+        with Rtnl(netns.netlink_socket(path)) as wl:
+            return wl.link_by_name(name) is not None
 
     # Changes -----------------------------------------------------------------
 
     def remove(self, host_interface: str) -> None:
-        with IPRoute() as ipr, _netlink(f"delete {host_interface}"):
-            for index in ipr.link_lookup(ifname=host_interface):
-                try:
-                    ipr.link("del", index=index)
-                except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:   # gone meanwhile: fine
-                        raise
+        with Rtnl() as host, _netlink(f"delete {host_interface}"):
+            link = host.link_by_name(host_interface)
+            if link is None:
+                return
+            try:
+                host.del_link(link.index)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:   # gone meanwhile: fine
+                    raise
 
     def ensure(self, spec: InterfaceSpec) -> str:
         """Make the kernel match ``spec``; returns the workload-side MAC."""
         ips = [ipaddress.ip_address(ip) for ip in spec.ips]
         if not spec.netns:
             return self._ensure_detached(spec, ips)
-        with IPRoute(strict_check=True) as host, \
-                IPRoute(fileno=netns.netlink_socket(spec.netns).detach()) as wl:
+        with Rtnl(strict=True) as host, Rtnl(netns.netlink_socket(spec.netns)) as wl:
             host_index, wl_index, mac, fresh = self._ensure_veth(host, wl, spec)
             with _netlink(f"configure {spec.interface_name} in {spec.workload}"):
-                wl.link("set", index=wl_index, state="up")
+                wl.set_link(wl_index, up=True)
                 self._ensure_workload_addresses(wl, wl_index, ips, fresh)
                 self._ensure_workload_routes(wl, wl_index, ips, fresh)
             with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
@@ -211,70 +189,63 @@ class KernelDataplane:
             return mac
 
     def _ensure_detached(self, spec: InterfaceSpec, ips) -> str:
-        with IPRoute(strict_check=True) as host:
-            index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
-            fresh = index is None
+        with Rtnl(strict=True) as host:
+            link = host.link_by_name(spec.host_interface)
+            fresh = link is None
             if fresh and not spec.peer_name:
                 return spec.mac     # the workload is gone; nothing to keep right
             mac = spec.mac or random_mac()
             if fresh:
-                peer = {"ifname": spec.peer_name, "address": mac, **_mtu(spec.mtu)}
                 with _netlink(f"create {spec.host_interface} for {spec.workload}"):
-                    host.link("add", ifname=spec.host_interface, kind="veth",
-                              address=HOST_MAC, peer=peer, **_mtu(spec.mtu))
-                index = host.link_lookup(ifname=spec.host_interface)[0]
+                    host.add_veth(spec.host_interface, HOST_MAC, spec.peer_name, mac, spec.mtu)
+                link = host.link_by_name(spec.host_interface)
             elif spec.mtu:
-                self._ensure_mtu(host, index, spec.host_interface, spec.mtu)
-            self._host_side_settings(host, spec.host_interface, index)
+                self._ensure_mtu(host, link, spec.host_interface, spec.mtu)
+            self._host_side_settings(host, spec.host_interface, link.index)
             with _netlink(f"route to {spec.workload} through {spec.host_interface}"):
-                self._ensure_host_routes(host, index, ips, mac, fresh)
+                self._ensure_host_routes(host, link.index, ips, mac, fresh)
             return mac
 
-    def _ensure_veth(self, host, wl, spec: InterfaceSpec) -> tuple[int, int, str, bool]:
+    def _ensure_veth(self, host: Rtnl, wl: Rtnl, spec: InterfaceSpec
+                     ) -> tuple[int, int, str, bool]:
         """The pair's indexes, the workload side's MAC, and whether it is new
         (a new pair has no addresses or routes yet: nothing to read back)."""
-        host_index = next(iter(host.link_lookup(ifname=spec.host_interface)), None)
-        wl_index = next(iter(wl.link_lookup(ifname=spec.interface_name)), None)
-        if host_index is not None and wl_index is not None:
-            host_link = host.get_links(host_index)[0]
-            if host_link.get_attr("IFLA_LINK") == wl_index:
-                wl_link = wl.get_links(wl_index)[0]
-                if spec.mtu:
-                    self._ensure_mtu(host, host_index, spec.host_interface, spec.mtu,
-                                     host_link)
-                    self._ensure_mtu(wl, wl_index, f"{spec.interface_name} in {spec.workload}",
-                                     spec.mtu, wl_link)
-                self._host_side_settings(host, spec.host_interface, host_index)
-                return host_index, wl_index, wl_link.get_attr("IFLA_ADDRESS"), False
-        if host_index is not None:
+        host_link = host.link_by_name(spec.host_interface)
+        wl_link = wl.link_by_name(spec.interface_name)
+        if host_link is not None and wl_link is not None \
+                and host_link.peer_index == wl_link.index:
+            if spec.mtu:
+                self._ensure_mtu(host, host_link, spec.host_interface, spec.mtu)
+                self._ensure_mtu(wl, wl_link, f"{spec.interface_name} in {spec.workload}",
+                                 spec.mtu)
+            self._host_side_settings(host, spec.host_interface, host_link.index)
+            return host_link.index, wl_link.index, wl_link.mac, False
+        if host_link is not None:
             # Our host side exists but its peer is not (or no longer) that
             # interface in the workload: start again.
             self.remove(spec.host_interface)
-        if wl_index is not None:
+        if wl_link is not None:
             raise InterfaceInUse(spec.interface_name, spec.workload)
         mac = spec.mac or random_mac()
         fd = netns.open_namespace(spec.netns, spec.workload, self.host_namespaces)
         try:
-            peer = {"ifname": spec.interface_name, "address": mac, "net_ns_fd": fd,
-                    **_mtu(spec.mtu)}
             with _netlink(f"create {spec.host_interface} for {spec.workload}"):
-                host.link("add", ifname=spec.host_interface, kind="veth", address=HOST_MAC,
-                          peer=peer, **_mtu(spec.mtu))
+                host.add_veth(spec.host_interface, HOST_MAC, spec.interface_name, mac, spec.mtu,
+                              peer_netns_fd=fd)
         finally:
             os.close(fd)
-        host_index = host.link_lookup(ifname=spec.host_interface)[0]
+        host_index = host.link_by_name(spec.host_interface).index
         self._host_side_settings(host, spec.host_interface, host_index)
-        return host_index, wl.link_lookup(ifname=spec.interface_name)[0], mac, True
+        return host_index, wl.link_by_name(spec.interface_name).index, mac, True
 
     @staticmethod
-    def _ensure_mtu(ipr, index: int, name: str, mtu: int, link=None) -> None:
+    def _ensure_mtu(rtnl: Rtnl, link, name: str, mtu: int) -> None:
         """Set ``mtu`` on a link that has another (someone changed it)."""
-        link = link if link is not None else ipr.get_links(index)[0]
-        if link.get_attr("IFLA_MTU") != mtu:
+        if link.mtu != mtu:
             with _netlink(f"set the MTU of {name} to {mtu}"):
-                ipr.link("set", index=index, mtu=mtu)
+                rtnl.set_link(link.index, mtu=mtu)
 
-    def _host_side_settings(self, host, name: str, index: int) -> None:
+    def _host_side_settings(self, host: Rtnl, name: str, index: int) -> None:
         write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
         write_sysctl(f"net/ipv4/conf/{name}/rp_filter", "1")
         write_sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
@@ -283,53 +254,49 @@ class KernelDataplane:
             write_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
             write_sysctl(f"net/ipv6/conf/{name}/proxy_ndp", "1")
         with _netlink(f"bring up {name}"):
-            host.link("set", index=index, state="up")
+            host.set_link(index, up=True)
 
     @staticmethod
-    def _ensure_workload_addresses(wl, index: int, ips, fresh: bool) -> None:
+    def _ensure_workload_addresses(wl: Rtnl, index: int, ips, fresh: bool) -> None:
         have = set()
-        for msg in () if fresh else wl.get_addr(index=index):
-            addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
+        for found in () if fresh else wl.addresses(index):
+            addr = ipaddress.ip_address(found.address)
             if not addr.is_link_local:
-                have.add((addr, msg["prefixlen"]))
+                have.add((addr, found.prefixlen))
         want = {(ip, ip.max_prefixlen) for ip in ips}
         for ip, prefixlen in have - want:
-            wl.addr("del", index=index, address=str(ip), prefixlen=prefixlen,
-                    family=_family(ip))
+            wl.del_address(index, ip, prefixlen)
         for ip, prefixlen in sorted(want - have, key=lambda a: (a[0].version, a[0])):
-            flags = IFA_F_NODAD if ip.version == 6 else 0
-            wl.addr("add", index=index, address=str(ip), prefixlen=prefixlen,
-                    family=_family(ip), flags=flags)
+            wl.add_address(index, ip, prefixlen, IFA_F_NODAD if ip.version == 6 else 0)
 
     @staticmethod
-    def _ensure_workload_routes(wl, index: int, ips, fresh: bool) -> None:
-        have = set() if fresh else {_dst(r) for family in (socket.AF_INET, socket.AF_INET6)
-                                    for r in _routes(wl, family, index)}
+    def _ensure_workload_routes(wl: Rtnl, index: int, ips, fresh: bool) -> None:
+        have = set() if fresh else {r.dst for family in (socket.AF_INET, socket.AF_INET6)
+                                    for r in wl.routes(family, index)}
         if any(ip.version == 4 for ip in ips):
-            wl.route("replace", dst=f"{IPV4_GATEWAY}/32", oif=index, scope=253)
-            wl.route("replace", dst="0.0.0.0/0", gateway=IPV4_GATEWAY, oif=index)
+            wl.replace_route(f"{IPV4_GATEWAY}/32", index, scope=RT_SCOPE_LINK)
+            wl.replace_route("0.0.0.0/0", index, gateway=IPV4_GATEWAY)
         else:
             for dst in ("0.0.0.0/0", f"{IPV4_GATEWAY}/32"):
                 if dst in have:
-                    wl.route("del", dst=dst, oif=index)
+                    wl.del_route(dst, index)
         if any(ip.version == 6 for ip in ips):
-            wl.route("replace", dst="::/0", gateway=IPV6_GATEWAY, oif=index,
-                     family=socket.AF_INET6)
+            wl.replace_route("::/0", index, gateway=IPV6_GATEWAY)
         elif "::/0" in have:
-            wl.route("del", dst="::/0", oif=index, family=socket.AF_INET6)
+            wl.del_route("::/0", index)
 
     @staticmethod
-    def _ensure_host_routes(host, index: int, ips, mac: str, fresh: bool) -> None:
+    def _ensure_host_routes(host: Rtnl, index: int, ips, mac: str, fresh: bool) -> None:
         have = set() if fresh else {
-            ipaddress.ip_address(r.get_attr("RTA_DST"))
+            ipaddress.ip_interface(r.dst).ip
             for family in (socket.AF_INET, socket.AF_INET6)
-            for r in _routes(host, family, index) if r["proto"] == ROUTE_PROTOCOL}
+            for r in host.routes(family, index) if r.proto == ROUTE_PROTOCOL}
         for ip in have - set(ips):
-            host.route("del", **_host_route(ip, index))
-            for entry in host.get_neighbours(family=_family(ip), ifindex=index):
-                if entry.get_attr("NDA_DST") == str(ip):
-                    host.neigh("del", dst=str(ip), ifindex=index, family=_family(ip))
+            host.del_route(_host_route(ip), index, proto=ROUTE_PROTOCOL)
+            if str(ip) in host.neighbours(_family(ip), index):
+                host.del_neighbour(index, ip)
         for ip in ips:
-            host.route("replace", **_host_route(ip, index))
-            host.neigh("replace", dst=str(ip), lladdr=mac, ifindex=index,
-                       state=NUD_PERMANENT, family=_family(ip))
+            # IPv4: scope link, the workload is directly on the veth.
+            host.replace_route(_host_route(ip), index, proto=ROUTE_PROTOCOL,
+                               scope=RT_SCOPE_LINK if ip.version == 4 else 0)
+            host.replace_neighbour(index, ip, mac, NUD_PERMANENT)

@@ -40,12 +40,24 @@ first disables it, which makes any in-flight allocation in it fail and re-read,
 so the "still in use?" check before deletion cannot be raced.
 
 Speed: a service instance remembers, per host, the blocks it found and the
-last version of each block it wrote. The common case (a host allocating in its
-own block with room) is then one transaction and no reads. The memory is only
-a hint: that transaction still compares the block's and the pool's revisions,
-and any failed compare falls back to the full read-decide-commit path.
-Allocations for one host are serialised within an instance, since they would
-contend for the same block anyway.
+last version of each block it wrote (parsed, so it need not be read or
+decoded again). The common case (a host allocating in its own block with
+room) is then one transaction and no reads. The memory is only a hint: that
+transaction still compares the block's and the pool's revisions, and any
+failed compare falls back to the full read-decide-commit path.
+
+Group commit: an instance has one common-case commit in flight at a time;
+the allocations (of any host) that arrive meanwhile wait together and are
+then committed in one transaction by whichever of them goes next: a burst of
+adds costs a few transactions, not one each, and etcd's transaction rate is
+no longer the limit. A batch is all or nothing: should its commit fail, each
+of its calls takes the full path on its own. Each call in a batch keeps its
+own deadline (one that has passed is left out before the commit) and its own
+handle (two calls of one handle never share a batch); a batch writes blocks
+of at most MAX_BATCH_ADDRESSES addresses together (beyond its first), the
+others go on their own. The full path (reads, claims, borrowing) is taken by
+one call of a host at a time within an instance (the host's "lane"), since
+such calls would contend for the same blocks anyway.
 
 Who owns an allocation (for the release guard, the check and the garbage
 collector) is ``services.ipam.owners``'s business.
@@ -53,6 +65,7 @@ collector) is ``services.ipam.owners``'s business.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import re
@@ -76,6 +89,13 @@ MAX_PER_REQUEST = 1024
 # etcd refuses a transaction of more than 128 operations (by default); a
 # block change plus this many handle changes stays well under it.
 MAX_HANDLES_PER_TXN = 50
+# How many calls one group commit takes at most: each adds a handle (a compare
+# and a put) to the transaction.
+MAX_BATCH = MAX_HANDLES_PER_TXN
+# How many addresses the blocks one group commit writes may hold together
+# (beyond its first block's): a block's record grows with its allocations, and
+# etcd refuses a request of more than 1.5 MiB (by default).
+MAX_BATCH_ADDRESSES = 1024
 # How many endpoints a refusal names before "and N more".
 NAMED_USERS = 5
 
@@ -184,6 +204,73 @@ class _Call:
             handle.record(self.request_id, self.want[4], self.want[6], ips)
 
 
+@dataclasses.dataclass(eq=False)
+class _Ticket:
+    """A call's wish to allocate what it lacks of ``version`` in its host's
+    remembered blocks, in the next group commit. Once ``done``: ``ips`` is
+    what it got, None if it must take the full path; ``error`` what stopped it."""
+
+    call: _Call
+    version: int
+    done: bool = False
+    ips: list[str] | None = None
+    error: BaseException | None = None
+
+
+class _Lane:
+    """One holder at a time (``busy``): a host's full path, or the instance's
+    group commits, whose tickets queue meanwhile (``pending``) and are taken
+    by the next holder."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.busy = False
+        self.pending: list[_Ticket] = []
+
+    def _take(self) -> None:
+        while self.busy:
+            self.cond.wait()
+        self.busy = True
+
+    def _give_back(self) -> None:
+        with self.cond:
+            self.busy = False
+            self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def held(self):
+        with self.cond:
+            self._take()
+        try:
+            yield
+        finally:
+            self._give_back()
+
+    def serve(self, ticket: _Ticket, commit: Callable[[list[_Ticket]], None]) -> _Ticket:
+        """Queue ``ticket``; whoever holds the lane next commits every queued
+        ticket together (``commit``), this thread if none does first."""
+        with self.cond:
+            self.pending.append(ticket)
+        while True:
+            with self.cond:
+                while self.busy and not ticket.done:
+                    self.cond.wait()
+                if ticket.done:
+                    return ticket
+                self.busy = True
+                batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+            try:
+                commit(batch)
+            except BaseException as exc:     # e.g. etcd out of reach: every one's error
+                for t in batch:
+                    if t.ips is None and t.error is None:
+                        t.error = exc
+            finally:
+                for t in batch:
+                    t.done = True
+                self._give_back()
+
+
 class Ipam:
     """Pools and allocations over the store it is given. The store holds all
     the state; what an instance remembers (blocks it saw, per host) is only a
@@ -198,7 +285,10 @@ class Ipam:
         self.clock = clock
         self._host_blocks_seen: dict[tuple[str, int], list[tuple[keys.Network, KV]]] = {}
         self._blocks_seen: dict[keys.Network, KV] = {}
-        self._host_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        # The block as last committed here, parsed: (its revision, the Block).
+        self._blocks_parsed: dict[keys.Network, tuple[int, Block]] = {}
+        self._lanes: dict[str, _Lane] = defaultdict(_Lane)     # per host: the full path
+        self._fast_lane = _Lane()       # the common case, any host: group commits
 
     # Pools -----------------------------------------------------------------
 
@@ -308,53 +398,122 @@ class Ipam:
         call = _Call(handle_id, host, dict(attributes or {}), {4: num_ipv4, 6: num_ipv6},
                      request_id, deadline, self.clock)
         requested = {4: ipv4_pools, 6: ipv6_pools}
-        with self._host_locks[host]:
-            try:
-                for _ in range(DEFAULT_ATTEMPTS):
-                    for version in (4, 6):
-                        if call.missing(version) <= 0:
+        lane = self._lanes[host]
+        try:
+            for _ in range(DEFAULT_ATTEMPTS):
+                for version in (4, 6):
+                    if call.missing(version) <= 0:
+                        continue
+                    # The fast path creates the handle: only for a call's first commit.
+                    fast = not (requested[version] or call.observed or any(call.got.values()))
+                    if fast and self._assign_from_memory(version, call) is not None:
+                        continue
+                    with lane.held():
+                        # A call ahead of this one may have claimed a block meanwhile. (In
+                        # a group commit again: a commit of its own could race one.)
+                        if fast and self._assign_from_memory(version, call) is not None:
                             continue
-                        # The fast path creates the handle: only for a call's first commit.
-                        fast = None if requested[version] or call.observed \
-                            or any(call.got.values()) \
-                            else self._assign_from_memory(version, call)
-                        if fast is None:
-                            self._assign_family(version, call, self._candidate_pools(
-                                version, requested[version]))
-                    if call.complete:
-                        return call.result()
-                    # (request id) A failed attempt of the same request took part of
-                    # it back meanwhile: allocate what the record lacks again.
-                raise ContentionError(f"completing request {request_id} of handle {handle_id}",
-                                      DEFAULT_ATTEMPTS)
-            except BaseException:
-                self._roll_back(call)
-                raise
+                        self._assign_family(version, call, self._candidate_pools(
+                            version, requested[version]))
+                if call.complete:
+                    return call.result()
+                # (request id) A failed attempt of the same request took part of
+                # it back meanwhile: allocate what the record lacks again.
+            raise ContentionError(f"completing request {request_id} of handle {handle_id}",
+                                  DEFAULT_ATTEMPTS)
+        except BaseException:
+            self._roll_back(call)
+            raise
 
     def _assign_from_memory(self, version, call: _Call) -> list[str] | None:
-        """One optimistic transaction against the host's remembered block, or None."""
-        count = call.missing(version)
-        for net, pool_kv in self._host_blocks_seen.get((call.host, version), ()):
-            kv = self._blocks_seen.get(net)
-            if kv is None:
+        """What ``call`` lacks of ``version``, from the host's remembered
+        blocks in a group commit; None if it must take the full path."""
+        ticket = self._fast_lane.serve(_Ticket(call, version), self._commit_tickets)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.ips
+
+    def _remembered_block(self, net) -> tuple[KV, Block] | None:
+        """The block as this instance last saw it, parsed once per revision:
+        not to be changed (copy it first)."""
+        kv = self._blocks_seen.get(net)
+        if kv is None:
+            return None
+        parsed = self._blocks_parsed.get(net)
+        if parsed is None or parsed[0] != kv.mod_revision:
+            parsed = self._blocks_parsed[net] = (kv.mod_revision, Block.from_json(kv.json()))
+        return kv, parsed[1]
+
+    def _commit_tickets(self, batch: list[_Ticket]) -> bool:
+        """One optimistic transaction for the tickets against their hosts'
+        remembered blocks, each ticket's handle created in it. A ticket that
+        got addresses has them in ``ips``; one whose deadline passed, its
+        ``error``; the others (no room, a handle twice, the transaction too
+        big or lost) neither. Says whether any got addresses."""
+        # Per block: as remembered, our copy once one of the batch takes from it, the pool.
+        working: dict[keys.Network, list] = {}
+        placed, handles, used, addresses = [], set(), set(), 0
+        txn = Txn()
+        for ticket in batch:
+            call = ticket.call
+            if call.handle_id in handles:
                 continue
-            block = Block.from_json(kv.json())
-            if block.free < count:
+            try:
+                call.check_deadline()
+            except GaveUp as exc:
+                ticket.error = exc
                 continue
-            ips = block.allocate(count, call.handle_id, call.host, call.attrs)
-            handle = Handle(call.handle_id)
-            call.add_to(handle, str(net), ips)
-            txn = Txn().update(kv, block.to_json()).require_unchanged(pool_kv)
-            txn.create(keys.handle(call.handle_id), handle.to_json())
-            revision = self._commit_allocation(txn, call)
-            if not revision:
+            count = call.missing(ticket.version)
+            for net, pool_kv in self._host_blocks_seen.get((call.host, ticket.version), ()):
+                if net not in working:
+                    seen = self._remembered_block(net)
+                    if seen is None:
+                        continue
+                    working[net] = [seen[0], seen[1], None, pool_kv]
+                if net not in used and used and \
+                        addresses + net.num_addresses > MAX_BATCH_ADDRESSES:
+                    break       # the transaction would be too big: on its own, next
+                entry = working[net]
+                if (entry[1] if entry[2] is None else entry[2]).free < count:
+                    continue
+                if entry[2] is None:
+                    entry[2] = entry[1].copy()
+                block = entry[2]
+                ips = block.allocate(count, call.handle_id, call.host, call.attrs)
+                handle = Handle(call.handle_id)
+                call.add_to(handle, str(net), ips)
+                txn.create(keys.handle(call.handle_id), handle.to_json())
+                handles.add(call.handle_id)
+                placed.append((ticket, net, ips, handle))
+                if net not in used:
+                    used.add(net)
+                    addresses += net.num_addresses
+                break
+        if not placed:
+            return False
+        pools = {}
+        for net in used:
+            kv, _, block, pool_kv = working[net]
+            txn.update(kv, block.to_json())
+            pools[(pool_kv.key, pool_kv.mod_revision)] = pool_kv
+        for pool_kv in pools.values():
+            txn.require_unchanged(pool_kv)
+        failpoints.reached("ipam-assign-before-commit")
+        revision = self.store.commit(txn)
+        if not revision:
+            for net in used:
                 self._blocks_seen.pop(net, None)
-                return None
+            return False
+        failpoints.reached("ipam-assign-after-commit")
+        for net in used:
+            kv, _, block, _ = working[net]
             self._blocks_seen[net] = KV(kv.key, txn.puts[kv.key], revision)
-            call.got[version] += ips
-            call.observe(handle)
-            return ips
-        return None
+            self._blocks_parsed[net] = (revision, block)
+        for ticket, net, ips, handle in placed:
+            ticket.call.got[ticket.version] += ips
+            ticket.call.observe(handle)
+            ticket.ips = ips
+        return True
 
     def _commit_allocation(self, txn: Txn, call: _Call) -> int:
         """Commit an allocation, unless the caller's deadline is too near."""
