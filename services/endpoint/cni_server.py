@@ -15,9 +15,10 @@ What differs from the plugin's own process is only where its calls go:
 
 - the endpoint service's calls go straight to this service (the JSON
   gateway's ``call``, without a socket: the same servicer, the same status
-  names and messages as through the JSON socket), each given up after the
-  plugin's timeout (``DEADLINE_EXCEEDED``, as its socket would), while the
-  service finishes or undoes the work as it does for a caller gone;
+  names and messages as through the JSON socket, the plugin's timeout as
+  the deadline); one that took longer than that timeout is answered as the
+  plugin's socket would have answered it (``DEADLINE_EXCEEDED``), only
+  later: when the service has finished or undone the work;
 - CHECK reads the workload's interface over netlink (``NetlinkView``), not
   with ``ip -json`` in a subprocess;
 - what only the plugin's process can do is handed back to it
@@ -58,31 +59,23 @@ POLL = 0.1                  # seconds a stop waits at most for the accept loop t
 
 
 class LocalEndpoints(EndpointClient):
-    """``cni.rpc.EndpointClient`` whose calls are this service's own: the
-    gateway's ``call`` in a thread of their own, waited for up to the
-    plugin's timeout."""
+    """``cni.rpc.EndpointClient`` whose calls are this service's own (the
+    gateway's ``call``, in this thread). A call that took longer than the
+    plugin's timeout is answered as its socket would have: DEADLINE_EXCEEDED
+    (the service finished or undid the work, as for a caller gone)."""
+
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, services, gateway: JsonGateway):
         super().__init__(services)
         self.gateway = gateway
 
     def _exchange(self, method: str, body: bytes) -> tuple[int, bytes]:
-        done: dict = {}
-
-        def work():
-            try:
-                done["answer"] = self.gateway.call(f"{PATH_PREFIX}{method}", body,
-                                                   self.timeout)
-            except BaseException as exc:     # handed to the waiting thread
-                done["error"] = exc
-        worker = threading.Thread(target=work, name=f"cni-{method}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():       # the plugin's socket would have timed out
+        started = self.clock()
+        answer = self.gateway.call(f"{PATH_PREFIX}{method}", body, self.timeout)
+        if self.clock() - started > self.timeout:
             raise self._failure("DEADLINE_EXCEEDED", "")
-        if "error" in done:
-            raise done["error"]
-        return done["answer"]
+        return answer
 
 
 class NetlinkView:
