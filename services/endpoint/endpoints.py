@@ -312,11 +312,13 @@ class EndpointManager:
         changed or removed it meanwhile, this operation has lost), and wait for
         its policy."""
         ep.state = ACTIVE
+        # The watch taken before the commit sees the agent's answer to it.
+        watch = self._progress.watching() if self.policy_wait else None
         revision = self.store.commit(Txn().update(kv, ep.to_json()))
         if not revision:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
                               "add; retry.")
-        self._await_policy(revision)
+        self._await_policy(revision, watch)
 
     def _malformed(self, kv: KV) -> bool:
         try:
@@ -368,12 +370,13 @@ class EndpointManager:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id, peer_name, ep.mtu)
 
-    def _await_policy(self, revision: int) -> None:
+    def _await_policy(self, revision: int, watch=None) -> None:
         """Return once the node's policy agent has programmed etcd as of
-        ``revision`` (so a new workload never runs without its policy)."""
+        ``revision`` (so a new workload never runs without its policy);
+        ``watch``: PolicyProgress.watching() from before the commit."""
         if not self.policy_wait:
             return
-        if not self._progress.wait(revision, self.policy_wait):
+        if not self._progress.wait(revision, self.policy_wait, watch):
             raise Unavailable(f"The policy agent of node {self.node} did not program the "
                               f"endpoint within {self.policy_wait:g}s; is it running? "
                               "(see policy.log in the node's state folder)")
