@@ -14,7 +14,7 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
-from calicopy.node_paths import NodePaths, json_socket
+from calicopy.node_paths import NodePaths, cni_socket, json_socket
 
 
 class ConfigError(ValueError):
@@ -312,6 +312,16 @@ def endpoint_json_socket(addr: str) -> str | None:
     if not addr.strip().startswith("unix:"):
         return None
     return json_socket(parse_unix_socket(addr))
+
+
+def endpoint_cni_socket(addr: str) -> str | None:
+    """The unix socket on which the endpoint service whose gRPC address is
+    ``addr`` runs the CNI plugin's commands for its processes
+    (services/endpoint/cni_server.py), next to the gRPC socket; None for a
+    ``host:port`` address."""
+    if not addr.strip().startswith("unix:"):
+        return None
+    return cni_socket(parse_unix_socket(addr))
 
 
 def _files(params: tuple[Param, Param, Param], what: str, explicit=(None, None, None),

@@ -12,6 +12,7 @@ plugin and the test lab all ask a ``NodePaths``::
         <child>.log           one log per process it runs (policy.log, ...)
         endpoint.sock         the endpoint service (gRPC)
         endpoint.json.sock    the same RPCs as JSON over HTTP/1.1 (CNI plugin)
+        endpoint.cni.sock     the CNI plugin's commands, forwarded by its process (cni.thin)
         bird.conf, bird.ctl, bird.pid    BIRD's configuration, control socket, pid
         quarantine-<process>.json   the malformed records a process skips (calicopy.quarantine)
         ready-<process>       a process can serve (written once it can: calicoctl node waits)
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ENDPOINT_SOCKET = "endpoint.sock"
 JSON_SUFFIX = ".json.sock"
+CNI_SUFFIX = ".cni.sock"
 
 
 class NodePaths:
@@ -82,3 +84,9 @@ def json_socket(grpc_socket: str) -> str:
     """The JSON twin of an endpoint service's gRPC socket path: next to it,
     ``.sock`` becoming ``.json.sock`` (endpoint.sock -> endpoint.json.sock)."""
     return grpc_socket.removesuffix(".sock") + JSON_SUFFIX
+
+
+def cni_socket(grpc_socket: str) -> str:
+    """The CNI twin of an endpoint service's gRPC socket path, next to it
+    (endpoint.sock -> endpoint.cni.sock): services/endpoint/cni_server.py."""
+    return grpc_socket.removesuffix(".sock") + CNI_SUFFIX

@@ -23,6 +23,12 @@ DEL removes the endpoint (interface, routes, addresses); one that does not
 exist is already deleted. CHECK compares the endpoint, the result and the
 namespace. GC removes the network's endpoints on this node that the runtime
 no longer lists. STATUS says whether an ADD could succeed now.
+
+What ``cni/bin/calico`` runs is ``cni.thin``, which forwards ADD, DEL, CHECK
+and GC to the node, where this same class runs them (a subclass of it:
+services/endpoint/cni_server.py); this module's ``main`` runs a command in
+the plugin's own process, for what the node hands back (a profile to create,
+STATUS) or when the node cannot be reached.
 """
 
 from __future__ import annotations
@@ -48,15 +54,23 @@ def _result(ep, env: spec.Env, cfg: config.CalicoConfig) -> dict:
 
 
 class CalicoPlugin:
+    """The plugin's commands. The hooks ``_endpoints``, ``_create_profiles``
+    and ``_verify`` are what differs when the node runs them."""
+
+    @staticmethod
+    def _endpoints(services: config.Services):
+        """The endpoint service's client (cni.rpc.EndpointClient's calls)."""
+        from cni.rpc import EndpointClient
+        return EndpointClient(services)
 
     # ADD ------------------------------------------------------------------------------------
 
     def add(self, env: spec.Env, conf: dict, version: str) -> dict:
         cfg = config.calico(conf, env)
         netcheck.check_namespace(env.netns)
-        from cni.rpc import EndpointClient, RpcFailure
+        from cni.rpc import RpcFailure
+        endpoints = self._endpoints(cfg.services)
         self._ensure_profiles(cfg)
-        endpoints = EndpointClient(cfg.services)
         try:
             ep = self._add_endpoint(endpoints, env, cfg)
         except RpcFailure as failure:
@@ -70,8 +84,7 @@ class CalicoPlugin:
                     raise again.to_cni() from None
         return spec.merge(conf.get("prevResult"), _result(ep, env, cfg))
 
-    @staticmethod
-    def _ensure_profiles(cfg: config.CalicoConfig) -> None:
+    def _ensure_profiles(self, cfg: config.CalicoConfig) -> None:
         """Create the profiles that do not exist. The policy service is asked
         (over gRPC) only about profiles this node has not seen confirmed in
         the last few minutes (``profiles.Confirmed``), so an ADD of a network
@@ -79,8 +92,12 @@ class CalicoPlugin:
         from cni.profiles import Confirmed
         confirmed = Confirmed(cfg.services)
         unknown = [name for name in cfg.profiles if not confirmed.recent(name)]
-        if not unknown:
-            return
+        if unknown:
+            self._create_profiles(cfg, unknown, confirmed)
+
+    @staticmethod
+    def _create_profiles(cfg: config.CalicoConfig, unknown: list[str], confirmed) -> None:
+        """Ask the policy service to create ``unknown`` (ALREADY_EXISTS is fine)."""
         from calico.policy.v1 import policy_pb2
         from cni.rpc import Clients, RpcFailure
         with Clients(cfg.services) as clients:
@@ -140,10 +157,11 @@ class CalicoPlugin:
     # DEL ------------------------------------------------------------------------------------
 
     def delete(self, env: spec.Env, conf: dict, version: str) -> None:
-        services = config.calico_services(conf)
-        from cni.rpc import EndpointClient, RpcFailure
+        services = config.calico_services(conf, env)
+        from cni.rpc import RpcFailure
+        endpoints = self._endpoints(services)
         try:
-            EndpointClient(services).remove_endpoint(
+            endpoints.remove_endpoint(
                 orchestrator=ORCHESTRATOR, workload_id=env.container_id,
                 interface_name=env.ifname)
         except RpcFailure as failure:
@@ -155,9 +173,10 @@ class CalicoPlugin:
     def check(self, env: spec.Env, conf: dict, version: str) -> None:
         cfg = config.calico(conf, env)
         netcheck.check_namespace(env.netns)
-        from cni.rpc import EndpointClient, RpcFailure
+        from cni.rpc import RpcFailure
+        endpoints = self._endpoints(cfg.services)
         try:
-            ep = self._find(EndpointClient(cfg.services), env.container_id, env.ifname)
+            ep = self._find(endpoints, env.container_id, env.ifname)
         except RpcFailure as failure:
             raise failure.to_cni() from None
         who = f"container {env.container_id} interface {env.ifname}"
@@ -182,19 +201,25 @@ class CalicoPlugin:
                 problems.append(f"the result says {', '.join(said) or 'no address'}, the "
                                 f"endpoint has {', '.join(nets) or 'none'}")
         if not problems:
-            problems = netcheck.verify(env.netns, env.ifname, ep.mac, nets, ep.ipv4_gateway,
-                                       ep.ipv6_gateway)
+            problems = self._verify(env.netns, env.ifname, ep.mac, nets, ep.ipv4_gateway,
+                                    ep.ipv6_gateway)
         if problems:
             raise CniError(spec.CHECK_FAILED, f"CHECK of {who} failed: {'; '.join(problems)}.",
                            f"endpoint {ep.endpoint_id} in {env.netns}")
 
+    @staticmethod
+    def _verify(path: str, ifname: str, mac: str, nets: list[str], gw4: str, gw6: str
+                ) -> list[str]:
+        """What differs in the namespace from the endpoint (netcheck.verify)."""
+        return netcheck.verify(path, ifname, mac, nets, gw4, gw6)
+
     # GC -------------------------------------------------------------------------------------
 
     def gc(self, env: spec.Env, conf: dict, version: str) -> None:
-        services = config.calico_services(conf)
+        services = config.calico_services(conf, env)
         valid = spec.valid_attachments(conf)
-        from cni.rpc import EndpointClient, RpcFailure
-        endpoints = EndpointClient(services)
+        from cni.rpc import RpcFailure
+        endpoints = self._endpoints(services)
         try:
             for ep in endpoints.list_endpoints():
                 ours = ep.orchestrator == ORCHESTRATOR and \
@@ -215,9 +240,9 @@ class CalicoPlugin:
 
     def status(self, env: spec.Env, conf: dict, version: str) -> None:
         cfg = config.calico(conf, env)
-        from cni.rpc import Clients, EndpointClient, RpcFailure
+        from cni.rpc import Clients, RpcFailure
         try:
-            info = EndpointClient(cfg.services).get_node_info()
+            info = self._endpoints(cfg.services).get_node_info()
         except RpcFailure as failure:
             raise failure.to_cni(spec.NOT_AVAILABLE) from None
         if info["node"] != cfg.services.nodename:

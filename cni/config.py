@@ -59,18 +59,20 @@ class Services:
 
     def __init__(self, nodename: str, endpoint_addr: str, ipam_addr: str, policy_addr: str,
                  timeout: float, endpoint_json: str | None = None,
-                 tls: tuple[str, str, str] | None = None):
+                 tls: tuple[str, str, str] | None = None, environ=None):
         self.nodename, self.endpoint_addr = nodename, endpoint_addr
         self.ipam_addr, self.policy_addr, self.timeout = ipam_addr, policy_addr, timeout
         self.endpoint_json = endpoint_json
         self.tls = tls      # (CA, certificate, key) files from the configuration, or None
+        self.environ = environ      # the plugin process's environment; None: this one's
 
     def security(self):
         """How gRPC calls are made: these files, else the environment's."""
         from calicopy.tls import Security   # grpc: only for the calls that use it
         if self.tls is None:
-            return Security.from_env()
-        return Security.from_env(ca=self.tls[0], cert=self.tls[1], key=self.tls[2])
+            return Security.from_env(self.environ)
+        return Security.from_env(self.environ, ca=self.tls[0], cert=self.tls[1],
+                                 key=self.tls[2])
 
 
 class Assign:
@@ -172,14 +174,23 @@ def _parsed(key: str, value: str, parse):
         raise _bad(key, value, f"{exc}.") from None
 
 
-def _services(sections: list[dict]) -> Services:
-    """Explicit keys first, then calicopy.config's environment variables and defaults."""
+def _services(sections: list[dict], env: Env | None = None) -> Services:
+    """Explicit keys first, then calicopy.config's environment variables and
+    defaults: of the plugin's process (``env.environ``, ``env.hostname``), else
+    this one's."""
     from calicopy import config as cc    # only now: its imports cost milliseconds
     from calicopy.node_paths import NodePaths
+    environ = env.environ if env is not None else None
+    hostname = env.hostname if env is not None else None
     try:
         node = _text(sections, "nodename")
-        node = _parsed("nodename", node, cc.parse_name) if node is not None \
-            else cc.NODENAME.resolve()
+        if node is not None:
+            node = _parsed("nodename", node, cc.parse_name)
+        elif hostname is not None:      # the default is the plugin process's host name
+            import dataclasses
+            node = dataclasses.replace(cc.NODENAME, default=hostname).resolve(environ=environ)
+        else:
+            node = cc.NODENAME.resolve(environ=environ)
         endpoint = _text(sections, "endpoint_addr")
         state_dir = _text(sections, "state_dir")
         if endpoint is not None:
@@ -188,23 +199,23 @@ def _services(sections: list[dict]) -> Services:
             folder = _parsed("state_dir", state_dir, cc.parse_path)
             endpoint = NodePaths(folder, node).endpoint_addr
         else:
-            endpoint = cc.endpoint_addr(node=node)
+            endpoint = cc.endpoint_addr(node=node, environ=environ)
         addrs = {}
         for key, param in (("ipam_addr", cc.IPAM_ADDR), ("policy_addr", cc.POLICY_ADDR)):
             value = _text(sections, key)
             found = _parsed(key, value, cc.parse_replicas) if value is not None \
-                else param.resolve()
+                else param.resolve(environ=environ)
             addrs[key] = ",".join(found)        # one address, or its replicas'
         timeout = next((s["timeout"] for s in sections if "timeout" in s), None)
         if timeout is None:
-            timeout = cc.RPC_TIMEOUT.resolve()
+            timeout = cc.RPC_TIMEOUT.resolve(environ=environ)
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise _bad("timeout", timeout, "give a positive number of seconds.")
         tls = _tls_files(sections)
     except cc.ConfigError as exc:           # from an environment variable
         raise CniError(INVALID_ENVIRONMENT, str(exc)) from None
     return Services(node, endpoint, addrs["ipam_addr"], addrs["policy_addr"], float(timeout),
-                    cc.endpoint_json_socket(endpoint), tls)
+                    cc.endpoint_json_socket(endpoint), tls, environ)
 
 
 TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
@@ -232,14 +243,14 @@ def _with_endpoint(services: Services) -> Services:
     return services
 
 
-def calico_services(conf: dict) -> Services:
+def calico_services(conf: dict, env: Env | None = None) -> Services:
     """Only where the services are: what DEL and GC need, so that they still
     work with a configuration whose other keys an ADD would refuse."""
-    return _with_endpoint(_services([conf]))
+    return _with_endpoint(_services([conf], env))
 
 
-def calico_ipam_services(conf: dict) -> Services:
-    return _services([conf.get("ipam") or {}, conf])
+def calico_ipam_services(conf: dict, env: Env | None = None) -> Services:
+    return _services([conf.get("ipam") or {}, conf], env)
 
 
 def _profile_name(network: str) -> str:
@@ -262,7 +273,7 @@ def calico(conf: dict, env: Env) -> CalicoConfig:
     if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
         raise _bad("profiles", profiles, "give a list of profile names.")
     dns = conf.get("dns") or {}
-    return CalicoConfig(conf["name"], _with_endpoint(_services([conf])),
+    return CalicoConfig(conf["name"], _with_endpoint(_services([conf], env)),
                         _assign(ipam, conf, env), list(profiles), dns, mtu)
 
 
@@ -284,4 +295,5 @@ def calico_ipam(conf: dict, env: Env) -> IpamConfig:
                 ipaddress.ip_address(route["gw"])
         except (ValueError, TypeError):
             raise _bad("routes", route, "not a valid route.") from None
-    return IpamConfig(conf["name"], _services([ipam, conf]), _assign(ipam, conf, env), routes)
+    return IpamConfig(conf["name"], _services([ipam, conf], env), _assign(ipam, conf, env),
+                      routes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 
 from cni import spec
@@ -42,6 +43,10 @@ _CODES = {
     "ALREADY_EXISTS": spec.IN_USE,
 }
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+# gRPC's own log would add to the error the runtime shows; ours says it all.
+# (Set before anything imports grpc: Clients is where the plugins do.)
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 ENDPOINT_SERVICE = "calico.endpoint.v1.EndpointService"
 
@@ -96,21 +101,7 @@ class EndpointClient:
         self.target = f"unix:{self.path}"
 
     def call(self, method: str, request: dict) -> dict:
-        body = json.dumps(request).encode()
-        conn = _UnixConnection(self.path, self.timeout)
-        try:
-            # Our deadline, so that the service gives up (and undoes) first.
-            conn.request("POST", f"/{ENDPOINT_SERVICE}/{method}", body,
-                         {"Content-Type": "application/json",
-                          "Grpc-Timeout": f"{max(1, int(self.timeout * 1000))}m"})
-            response = conn.getresponse()
-            status, data = response.status, response.read()
-        except TimeoutError:
-            raise self._failure("DEADLINE_EXCEEDED", "") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._failure("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
+        status, data = self._exchange(method, json.dumps(request).encode())
         try:
             answer = json.loads(data)
         except ValueError:
@@ -122,6 +113,23 @@ class EndpointClient:
             raise self._failure(str(answer.get("code") or "UNKNOWN"),
                                 str(answer.get("message") or f"HTTP {status}"))
         return answer
+
+    def _exchange(self, method: str, body: bytes) -> tuple[int, bytes]:
+        """(HTTP status, body) of one POST of ``body`` to ``method``."""
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            # Our deadline, so that the service gives up (and undoes) first.
+            conn.request("POST", f"/{ENDPOINT_SERVICE}/{method}", body,
+                         {"Content-Type": "application/json",
+                          "Grpc-Timeout": f"{max(1, int(self.timeout * 1000))}m"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except TimeoutError:
+            raise self._failure("DEADLINE_EXCEEDED", "") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._failure("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
 
     def _failure(self, status: str, details: str) -> RpcFailure:
         return RpcFailure(status, details, self.label, self.target)

@@ -74,12 +74,20 @@ def at_least(version: str, other: str) -> bool:
 # Environment ------------------------------------------------------------------------------
 
 class Env:
-    """The ``CNI_*`` variables of one invocation, validated for its command."""
+    """The ``CNI_*`` variables of one invocation, validated for its command.
+
+    ``environ`` is the whole environment the runtime gave the plugin, and
+    ``hostname`` the host name the plugin's process sees, where the plugin's
+    defaults come from (``cni.config``); None: this process's own (they
+    differ when the node runs the command for the plugin's process:
+    services/endpoint/cni_server.py)."""
 
     def __init__(self, command: str, container_id: str = "", netns: str = "",
-                 ifname: str = "", args: dict | None = None, path: list | None = None):
+                 ifname: str = "", args: dict | None = None, path: list | None = None,
+                 environ=None, hostname: str | None = None):
         self.command, self.container_id, self.netns = command, container_id, netns
         self.ifname, self.args, self.path = ifname, args or {}, path or []
+        self.environ, self.hostname = environ, hostname
 
 
 def command_of(environ) -> str:
@@ -119,11 +127,11 @@ def parse_args(text: str) -> dict[str, str]:
     return out
 
 
-def read_env(environ) -> Env:
+def read_env(environ, hostname: str | None = None) -> Env:
     """The invocation's variables; which are required depends on the command
     (``CNI_NETNS`` is optional for DEL: the namespace may be gone)."""
     command = command_of(environ)
-    env = Env(command)
+    env = Env(command, environ=environ, hostname=hostname)
     if command in ("ADD", "DEL", "CHECK"):
         env.container_id = _required(environ, "CNI_CONTAINERID")
         if not _ID_RE.match(env.container_id):

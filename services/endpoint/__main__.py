@@ -4,8 +4,10 @@ Run as `python -m services.endpoint` on the host (in the host's network
 namespace). It reconciles etcd with the kernel before it starts serving, and
 again every --resync seconds. On a unix socket, it also serves its RPCs as
 JSON over HTTP/1.1 on a second socket next to it (endpoint.json.sock next to
-endpoint.sock; see json_gateway.py), for the CNI plugin. Both sockets are
-root-only (0600), and so is the node's state folder they are in (0700).
+endpoint.sock; see json_gateway.py), for the CNI plugin, and runs the CNI
+plugin's commands that its processes forward on a third (endpoint.cni.sock;
+see cni_server.py). The sockets are root-only (0600), and so is the node's
+state folder they are in (0700).
 
 Usage:
   calico-endpoint [--name=<NODE>] [--listen=<ADDR>] [--etcd-endpoints=<EPS>]
@@ -62,6 +64,7 @@ from calicopy.service_main import describe, stop_event
 from calicopy.tls import Security
 from services.endpoint import kernel
 from services.endpoint.endpoints import EndpointManager
+from services.endpoint.cni_server import CniServer
 from services.endpoint.json_gateway import JsonGateway
 from services.endpoint.mtu import DefaultMtu
 from services.endpoint.server import create_server
@@ -133,17 +136,25 @@ def main(argv=None) -> int:
         return 1
     log.info("start-up reconcile of node %s: %s", node, counts)
 
-    # The JSON socket first: once the gRPC server answers (what starters wait
-    # for), both do.
+    # The JSON and CNI sockets first: once the gRPC server answers (what
+    # starters wait for), they all do.
     json_path = config.endpoint_json_socket(listen)
     gateway = JsonGateway(json_path, manager) if json_path else None
+    cni = CniServer(config.endpoint_cni_socket(listen), gateway) if gateway else None
     if gateway is not None:
         try:
             gateway.start()
         except OSError as exc:      # e.g. a path too long for a unix socket
             log.error("cannot serve JSON on %s (%s); the CNI plugin will not reach this "
                       "node's endpoint service", json_path, exc)
-            gateway = json_path = None
+            gateway = json_path = cni = None
+    if cni is not None:
+        try:
+            cni.start()
+        except OSError as exc:
+            log.error("cannot serve the CNI plugin on %s (%s); its processes will run "
+                      "every command themselves", cni.path, exc)
+            cni = None
     try:
         server, _ = create_server(listen, manager, security=security,
                                   authorizer=Authorizer(node=node))
@@ -151,8 +162,9 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 1
     server.start()
-    log.info("endpoint service for node %s listening on %s and %s (IPv6 %s; %s)", node, listen,
-             f"unix:{json_path} (JSON)" if json_path else "no JSON socket",
+    log.info("endpoint service for node %s listening on %s and %s, %s (IPv6 %s; %s)", node,
+             listen, f"unix:{json_path} (JSON)" if json_path else "no JSON socket",
+             f"unix:{cni.path} (CNI)" if cni else "no CNI socket",
              "on" if manager.ipv6 else "off", describe(security))
 
     stop = stop_event()
@@ -165,6 +177,8 @@ def main(argv=None) -> int:
             log.exception("reconcile failed; will retry")
     log.info("stopping")
     stopped = server.stop(grace=5)
+    if cni is not None:
+        cni.stop(grace=5)
     if gateway is not None:
         gateway.stop(grace=5)
     stopped.wait()

@@ -326,11 +326,13 @@ class EndpointManager:
         ep.state = ACTIVE
         ep.awaiting_policy = confirm and bool(self.policy_wait)
         txn = Txn().update(kv, ep.to_json())
+        # The watch taken before the commit sees the agent's answer to it.
+        watch = self._progress.watching() if self.policy_wait else None
         revision = self.store.commit(txn)
         if not revision:
             raise CalicoError(f"The record of endpoint {ep.endpoint_id} changed during the "
                               "add; retry.")
-        self._await_policy(revision, deadline)
+        self._await_policy(revision, deadline, watch)
         if ep.awaiting_policy:
             self._confirm(ep, KV(kv.key, txn.puts[kv.key], revision))
 
@@ -401,22 +403,24 @@ class EndpointManager:
         return InterfaceSpec(ep.host_interface, ep.netns, ep.interface_name, ep.ips, ep.mac,
                              ep.workload_id, peer_name, ep.mtu)
 
-    def _await_policy(self, revision: int, deadline: float | None = None) -> None:
+    def _await_policy(self, revision: int, deadline: float | None = None,
+                      watch=None) -> None:
         """Return once the node's policy agent has programmed etcd as of
         ``revision`` (so a new workload never runs without its policy). With
         the caller's ``deadline``, wait no longer than REPLY_RESERVE before it:
-        the caller would see a failure, so the add must fail (and be undone)."""
+        the caller would see a failure, so the add must fail (and be undone).
+        ``watch``: PolicyProgress.watching() from before the commit."""
         if not self.policy_wait:
             return
         wait = self.policy_wait
         if deadline is not None and deadline - REPLY_RESERVE - time.monotonic() < wait:
             wait = deadline - REPLY_RESERVE - time.monotonic()
-            if not self._progress.wait(revision, max(0.0, wait)):
+            if not self._progress.wait(revision, max(0.0, wait), watch):
                 raise DeadlineExceeded(
                     f"The policy agent of node {self.node} had not programmed the endpoint "
                     "by the caller's deadline; the add was undone.")
             return
-        if not self._progress.wait(revision, wait):
+        if not self._progress.wait(revision, wait, watch):
             raise Unavailable(f"The policy agent of node {self.node} did not program the "
                               f"endpoint within {self.policy_wait:g}s; is it running? "
                               "(see policy.log in the node's state folder)")

@@ -8,6 +8,12 @@ each polling etcd. Should the watch be missing (it could not be made, or it
 ended: it is rebuilt by the next wait), a waiter re-reads the key with a
 back-off doubling from 50 ms to 1 s; with the watch it still re-reads once a
 second, so a lost event costs at most that.
+
+A wait reads the key once first (the agent may have written it before the
+watch existed), unless the caller took the watch (``watching``) before it
+committed its revision and that watch still runs: then every write after the
+commit reaches the watch, and the read would only add an etcd round trip to
+the add.
 """
 
 from __future__ import annotations
@@ -35,11 +41,19 @@ class PolicyProgress:
         self._watch = None
         self._watch_lock = threading.Lock()     # one thread (re)builds the watch
 
-    def wait(self, revision: int, timeout: float) -> bool:
-        """Whether the agent reached ``revision`` within ``timeout`` seconds."""
+    def watching(self):
+        """The watch as of now (made if missing; None if it cannot be): given
+        to ``wait`` by a caller that took it before committing its revision."""
+        self._ensure_watch()
+        return self._watch
+
+    def wait(self, revision: int, timeout: float, watch=None) -> bool:
+        """Whether the agent reached ``revision`` within ``timeout`` seconds
+        (``watch``: what ``watching`` gave before ``revision`` was committed)."""
         deadline = time.monotonic() + timeout
         self._ensure_watch()
-        self._read()            # it may be there already: the watch sees only what follows
+        if watch is None or watch is not self._watch:
+            self._read()        # it may be there already: the watch sees only what follows
         pause = FIRST_PAUSE
         with self._cond:
             while self._applied < revision:

@@ -2,6 +2,7 @@
 progress, not by polling etcd every few milliseconds while it holds a worker
 and the workload's lock; and it still sees the progress if the watch ends."""
 
+import json
 import threading
 import time
 
@@ -150,3 +151,23 @@ def test_a_finished_add_no_longer_awaits_its_policy(world):
     restarted = EndpointManager(store, manager.ipam, manager.dataplane, NODE, policy_wait=30)
     assert restarted.reconcile(startup=True)["removed"] == 0
     assert len(store.list(keys.node_endpoints_prefix(NODE))) == 1
+
+
+def test_an_add_on_a_watch_older_than_its_commit_reads_nothing(world):
+    """The watch existed before the add committed its record: the agent's
+    answer arrives on it, so the add costs etcd no read of the progress key."""
+    store, manager = world
+    slow_agent(store).join(0)
+    add(manager, "wl1")                     # makes the watch, reads the key once
+    store.reads.clear()
+
+    def answer(events):             # the agent, at once: wl2's record is active
+        if any(b"wl2" in e.key and e.value and json.loads(e.value)["state"] == ACTIVE
+               for e in events):
+            old = store.data.get(PROGRESS)
+            threading.Thread(target=store.commit, args=(
+                Txn().put(PROGRESS, old, {"revision": store.revision}),)).start()
+    store.watch(keys.node_endpoints_prefix(NODE), lambda resp: answer(resp.events))
+    ep = add(manager, "wl2")
+    assert ep.state == ACTIVE
+    assert store.reads.get(PROGRESS, 0) == 0
