@@ -16,20 +16,32 @@ Usage:
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
+import gc
 
-from docopt import docopt
+# No collection until the children's modules are loaded and frozen
+# (node.zygote.preload): a collection now would leave freed holes in pages the
+# children share, which their first allocations would then write to (copy).
+gc.disable()
 
-from calicopy import config
-from calicopy.docker_engine import real_socket
-from calicopy.localfiles import private_dir
-from calicopy.service_main import stop_event
-from node import zygote
-from node.supervisor import Child, Supervisor
+import logging  # noqa: E402 - after gc.disable(), on purpose
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from docopt import docopt  # noqa: E402
+
+from calicopy import config  # noqa: E402
+from calicopy.docker_engine import real_socket  # noqa: E402
+from calicopy.localfiles import private_dir  # noqa: E402
+from calicopy.service_main import stop_event  # noqa: E402
+from node import zygote  # noqa: E402
+from node.supervisor import Child, Supervisor  # noqa: E402
 
 POLICY_WAIT = 10   # seconds an add may wait for the policy agent
+# What the children import only when they first need it (calicopy.tls reads a
+# certificate's identity with cryptography; calicopy.docker_engine loads the
+# Docker SDK and requests): loaded once here too, so shared like the rest.
+LAZY_IMPORTS = ["calicopy.pki"]
+DOCKER_LAZY_IMPORTS = ["docker", "requests"]
 
 
 def main(argv=None) -> int:
@@ -84,7 +96,9 @@ def main(argv=None) -> int:
     for child in children:
         if child.argv[0] == python:
             child.fork = True
-    zygote.preload([c.argv[2] for c in children if c.fork])
+    docker = any(c.name.startswith("docker") for c in children)
+    zygote.preload([c.argv[2] for c in children if c.fork] + LAZY_IMPORTS
+                   + (DOCKER_LAZY_IMPORTS if docker else []))
     stop = stop_event()
     logging.getLogger("calico-node").info("node %s starting in %s", name, p.dir)
     Supervisor(children, p.status).run(stop)

@@ -35,6 +35,8 @@ from pathlib import Path
 log = logging.getLogger("calico-node")
 
 PR_SET_NAME = 15        # prctl(2): the name ps and top show (comm, 15 bytes)
+M_ARENA_MAX = -8        # mallopt(3)
+ARENA_MAX = 2           # glibc's default is 8 per core: each thread's arena is memory
 
 
 def entry_module(module: str) -> str:
@@ -48,8 +50,10 @@ def entry_module(module: str) -> str:
 
 def preload(modules: list[str]) -> list[str]:
     """Import the children's modules here, then freeze the collector's view
-    of everything loaded. Returns the modules that failed to import (logged;
-    their children import them themselves and fail there, visibly)."""
+    of everything loaded and switch the collector on (the caller switched it
+    off before its own imports, as gc.freeze's documentation advises).
+    Returns the modules that failed to import (logged; their children import
+    them themselves and fail there, visibly)."""
     failed = []
     for module in modules:
         try:
@@ -57,9 +61,20 @@ def preload(modules: list[str]) -> list[str]:
         except Exception:       # noqa: BLE001 - the child reports it in its own log
             log.exception("could not preload %s", module)
             failed.append(module)
-    gc.collect()
     gc.freeze()
+    gc.enable()
+    _limit_arenas()
     return failed
+
+
+def _limit_arenas() -> None:
+    """Fewer malloc arenas (inherited by the children): with ~10 threads each
+    (grpc's, the watch's), glibc would give most of them an arena of their
+    own, each holding freed memory apart."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, ARENA_MAX)
+    except (OSError, AttributeError):       # not glibc: its own policy then
+        pass
 
 
 class Forked:
