@@ -317,6 +317,14 @@ class Scale:
             idle_cpu_nodes=node_cpu, idle_cpu_per_host=node_cpu / self.n,
             idle_cpu_control=share(control))
 
+    def show_logs(self, lines: int = 30) -> None:
+        """The end of the control plane's logs: where a failure usually shows."""
+        if self.lab is None:
+            return
+        for log in sorted(self.lab.control_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+
     def close(self) -> None:
         if self.lab is not None:
             self.lab.close()
@@ -339,6 +347,9 @@ def run(n: int, idle: float) -> dict:
             scale.rule_changes()
             scale.new_block_routes()
             scale.idle(etcd, idle)
+        except BaseException:
+            scale.show_logs()
+            raise
         finally:
             scale.close()
     print(f"  {n} hosts done: {json.dumps({k: round(v, 2) for k, v in scale.row.items()})}",
