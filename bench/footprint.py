@@ -9,7 +9,10 @@ node is up and has been left alone for a while, it prints each process's PSS
 processes that map them, so the figures add up to what the node uses), the
 total, and the CPU each process used over the idle window (utime + stime of
 /proc/<pid>/stat), as a share of one core. The aims (issue 15): at most 100
-MB PSS in total and 1 % of a core idle.
+MB PSS in total and 1 % of a core idle. Where the memory goes: each process's
+private pages (what it wrote or allocated itself since the supervisor forked
+it, or all of it for a program started afresh) and its resident pages it
+shares (with the supervisor it was forked from, or libraries).
 
 Everything it creates is removed before it exits, also on failure.
 """
@@ -22,7 +25,7 @@ import sys
 import time
 
 from common import control_plane
-from procstat import cpu_seconds, descendants, name, pss_kib
+from procstat import cpu_seconds, descendants, memory_kib, name
 from tools.lab import Lab
 
 PREFIX = "benchfp"
@@ -50,26 +53,34 @@ def wait_running(host, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-def measure(host, seconds: float) -> list[tuple[str, int, float, float]]:
-    """(name, pid, PSS MiB, CPU % of a core over ``seconds``) per process."""
+def measure(host, seconds: float) -> list[tuple]:
+    """(name, pid, PSS MiB, CPU % of a core over ``seconds``, private MiB,
+    shared resident MiB) per process."""
     pids = node_processes(host)
     before = {pid: cpu_seconds(pid) for pid in pids}
     time.sleep(seconds)
     after = node_processes(host)
     if sorted(after) != sorted(pids):
         raise RuntimeError(f"the node's processes changed while idle: {pids} -> {after}")
-    return [(name(pid), pid, pss_kib(pid) / 1024,
-             100 * (cpu_seconds(pid) - before[pid]) / seconds) for pid in pids]
+    rows = []
+    for pid in pids:
+        mem = memory_kib(pid)
+        rows.append((name(pid), pid, mem["Pss"] / 1024,
+                     100 * (cpu_seconds(pid) - before[pid]) / seconds,
+                     mem["Private"] / 1024, (mem["Rss"] - mem["Private"]) / 1024))
+    return rows
 
 
-def report(rows: list[tuple[str, int, float, float]], seconds: float) -> None:
+def report(rows: list[tuple], seconds: float) -> None:
     print(f"\nNode footprint: one host with its Docker engine, idle for {seconds:g} s")
-    print(f"{'process':<22} {'pid':>7} {'PSS MiB':>9} {'CPU %':>7}")
-    for proc, pid, pss, cpu in rows:
-        print(f"{proc:<22} {pid:>7} {pss:>9.1f} {cpu:>7.2f}")
+    print(f"{'process':<22} {'pid':>7} {'PSS MiB':>9} {'CPU %':>7} {'private MiB':>12} "
+          f"{'shared MiB':>11}")
+    for proc, pid, pss, cpu, private, shared in rows:
+        print(f"{proc:<22} {pid:>7} {pss:>9.1f} {cpu:>7.2f} {private:>12.1f} {shared:>11.1f}")
     total_mb = sum(r[2] for r in rows) * 1024 * 1024 / 1e6
     total_cpu = sum(r[3] for r in rows)
-    print(f"{'total':<22} {len(rows):>7} {sum(r[2] for r in rows):>9.1f} {total_cpu:>7.2f}")
+    print(f"{'total':<22} {len(rows):>7} {sum(r[2] for r in rows):>9.1f} {total_cpu:>7.2f} "
+          f"{sum(r[4] for r in rows):>12.1f}")
     print(f"aim: PSS <= {AIM_PSS_MB} MB: {total_mb:.1f} MB "
           f"({'met' if total_mb <= AIM_PSS_MB else 'MISSED'}); idle CPU <= {AIM_CPU_PCT:g} % "
           f"of a core: {total_cpu:.2f} % ({'met' if total_cpu <= AIM_CPU_PCT else 'MISSED'})")

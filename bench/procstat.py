@@ -35,15 +35,26 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def pss_kib(pid: int) -> int:
-    """The PSS of ``pid`` in KiB (0 when it is gone)."""
+def memory_kib(pid: int) -> dict[str, int]:
+    """``Rss``, ``Pss`` and ``Private`` (clean and dirty: pages no other
+    process maps, e.g. written since a fork) of ``pid`` in KiB; zeros when
+    it is gone."""
+    found = {"Rss": 0, "Pss": 0, "Private": 0}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+            field, _, rest = line.partition(":")
+            if field in ("Rss", "Pss"):
+                found[field] = int(rest.split()[0])
+            elif field in ("Private_Clean", "Private_Dirty"):
+                found["Private"] += int(rest.split()[0])
     except OSError:
         pass
-    return 0
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    """The PSS of ``pid`` in KiB (0 when it is gone)."""
+    return memory_kib(pid)["Pss"]
 
 
 def cpu_seconds(pid: int) -> float:
