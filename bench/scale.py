@@ -326,8 +326,12 @@ class Scale:
             print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
 
     def close(self) -> None:
-        if self.lab is not None:
-            self.lab.close()
+        if self.lab is None:
+            return
+        # Nodes stop in parallel (each takes a few seconds), then the rest.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda h: h.stop_node(), self.lab.hosts.values()))
+        self.lab.close()
 
 
 def has_route(ipr: IPRoute, ip: str) -> bool:
