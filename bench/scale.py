@@ -48,7 +48,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from common import control_plane, percentile
-from procstat import cpu_seconds, descendants, pss_kib
+from procstat import cpu_seconds, descendants, name, pss_kib
 from calico.bgp.v1 import bgp_pb2, bgp_pb2_grpc
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
@@ -60,7 +60,7 @@ from tools.lab import UNDERLAY_V4, Host, Lab, Namespace
 POOL, BLOCK_POOL = "10.180.0.0/16", "10.181.0.0/16"   # /26 blocks; /32 blocks
 PROFILE = "SCALE"
 WORKLOADS = 20
-ADD_WORKERS = 8
+ADD_WORKERS = 4
 START_WORKERS = 4       # nodes started at once
 RULE_TRIALS, ROUTE_TRIALS = 3, 3
 RR_INDEXES = (250, 251)
@@ -151,6 +151,7 @@ class Scale:
         self.prefix = f"scale{n}"
         self.row: dict = {"hosts": n}
         self.lab: Lab | None = None
+        self.add_cpu: list[tuple[str, float]] = []
         self.hosts: list[Host] = []
 
     # Building -----------------------------------------------------------------
@@ -217,6 +218,9 @@ class Scale:
                 ipv4_pools=[POOL], profile_ids=[PROFILE]), timeout=60)
             times.append(time.perf_counter() - start)
 
+        pids = [p for found in self.node_pids().values() for p in found] + \
+            self.control_pids(etcd)
+        cpu_before = {p: cpu_seconds(p) for p in pids}
         before, started = etcd.requests(), time.perf_counter()
         try:
             with ThreadPoolExecutor(ADD_WORKERS) as pool:
@@ -225,6 +229,12 @@ class Scale:
             for ch in channels.values():
                 ch.close()
         wall = time.perf_counter() - started
+        # Where the machine's time went while adding: CPU by kind of process.
+        by_kind: dict[str, float] = {}
+        for p in pids:
+            kind = name(p)
+            by_kind[kind] = by_kind.get(kind, 0.0) + (cpu_seconds(p) - cpu_before[p]) / wall
+        self.add_cpu = sorted(by_kind.items(), key=lambda kv: -kv[1])
         self.row.update(adds=len(times), add_total_s=wall,
                         add_p50_ms=percentile(times, 50) * 1000,
                         add_p99_ms=percentile(times, 99) * 1000,
@@ -358,6 +368,8 @@ def run(n: int, idle: float) -> dict:
             scale.close()
     print(f"  {n} hosts done: {json.dumps({k: round(v, 2) for k, v in scale.row.items()})}",
           flush=True)
+    scale.row["add_cpu"] = ", ".join(f"{kind} {100 * share:.0f}%"
+                                     for kind, share in scale.add_cpu[:6])
     return scale.row
 
 
@@ -388,6 +400,9 @@ def report(rows: list[dict], idle: float) -> None:
         print(" ".join(f"{fmt.format(r[key]):>15}" for key, _, fmt in columns))
     print(f"(idle CPU over {idle:g} s, % of one core; rule: profile rule change -> every "
           "host's iptables; route: new block -> its route on every other host)")
+    print("CPU while adding, by kind of process (% of one core, all hosts together):")
+    for r in rows:
+        print(f"  {r['hosts']:>3} hosts: {r['add_cpu']}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         growth = last["hosts"] / first["hosts"]
