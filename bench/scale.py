@@ -24,6 +24,8 @@ here, as tests/system/test_bgp_peers.py does). Then, and printed per size:
   and of the control plane (etcd, services, route reflectors);
 - idle CPU: over IDLE seconds after everything settled, all nodes'
   processes (per host) and the control plane, as a share of one core.
+- where the time goes while adding: CPU by kind of process (policy agents,
+  renderers, etcd...), all hosts together.
 
 The point is the growth curve: what one change costs per host should not
 grow with the number of hosts. Everything it creates is removed before it
