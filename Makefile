@@ -10,7 +10,8 @@ GEN_STAMP := calico/.generated
 
 export STATE_DIR
 
-.PHONY: install deps venv protos up down demo demo-down demo-xsubnet test test-unit chaos bench clean \
+.PHONY: install deps venv protos up down demo demo-down demo-xsubnet test test-unit chaos bench \
+	bench-scale clean \
 	base-image compose-up compose-down cni-install
 
 install: deps venv
@@ -116,6 +117,12 @@ bench: install
 	$(PY) bench/cni.py
 	$(PY) bench/ha.py
 	$(PY) bench/xsubnet.py
+	$(PY) bench/footprint.py
+	$(PY) bench/scale.py --hosts=10
+
+# The scale benchmark's full sizes (heavy: 50 hosts, 1,000 workloads).
+bench-scale: install
+	$(PY) bench/scale.py --hosts=10,25,50
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

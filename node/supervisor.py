@@ -1,12 +1,20 @@
 """Runs a node's processes and keeps them running.
 
 Children start in order; a child may wait for a file (BIRD needs its first
-configuration). A child that exits is restarted after a back-off that grows
+configuration). Python children are forked from the supervisor itself
+(``node.zygote``: they share its imported modules' memory), others (BIRD)
+are executed. A child that exits is restarted after a back-off that grows
 with quick successive failures. The supervisor writes what it runs to a
-status file (``status.json``) that ``calicoctl status`` reads. A child that
-creates a unix socket with a mode of its own choosing (BIRD) has it made 0600
-as soon as it appears, and again whenever it is created anew. On SIGTERM it
-stops the children in reverse order: SIGTERM, then SIGKILL after a grace time.
+status file (``status.json``) that ``calicoctl status`` reads, whenever
+that changes. A child that creates a unix socket with a mode of its own
+choosing (BIRD) has it made 0600 as soon as it appears, and again whenever it
+is created anew. On SIGTERM it stops the children in reverse order: SIGTERM,
+then SIGKILL after a grace time.
+
+The loop is driven by events: it sleeps until a child exits (SIGCHLD), a
+signal asks it to stop, or a timer it set falls due (a restart's back-off, a
+file or socket it waits for); an idle node wakes it only every ``IDLE_TICK``
+seconds (to re-check sockets' modes).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -22,12 +31,15 @@ import time
 from pathlib import Path
 
 from calicopy.localfiles import SOCKET_MODE, private_socket
+from node import zygote
 
 log = logging.getLogger("calico-node")
 
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0     # a child up this long gets its back-off reset
 STOP_GRACE = 10.0
+WAIT_TICK = 0.2         # how often a file or socket being waited for is looked for
+IDLE_TICK = 5.0         # the longest the loop sleeps
 
 
 def running_pid(pid_file: Path, node: str) -> int | None:
@@ -50,7 +62,9 @@ class Child:
     needs_file: Path | None = None
     restart_argv: list[str] | None = None    # when a restart must run differently
     socket: Path | None = None      # a unix socket it creates: kept 0600
-    proc: subprocess.Popen | None = None
+    fork: bool = False      # argv is [python, "-m", module, ...]: forked (node.zygote)
+    title: str = ""         # a forked child's name in ps
+    proc: subprocess.Popen | zygote.Forked | None = None
     restarts: int = 0
     started: float = 0.0
     backoff: float = 0.5
@@ -58,23 +72,29 @@ class Child:
 
     def start(self) -> None:
         argv = self.restart_argv if self.restarts and self.restart_argv else self.argv
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **self.env})
+        if self.fork:
+            self.proc = zygote.spawn(argv[2], argv[3:], self.log, self.env,
+                                     self.title or argv[2])
+        else:
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL,
+                                             env={**os.environ, **self.env})
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
-    def secure_socket(self) -> None:
+    def secure_socket(self) -> bool:
         """Make the socket the child created root-only (a program such as BIRD
-        chooses its own mode; it is inside the node's 0700 folder meanwhile)."""
+        chooses its own mode; it is inside the node's 0700 folder meanwhile).
+        False while the socket is not there yet."""
         if self.socket is None:
-            return
+            return True
         try:
             if self.socket.stat().st_mode & 0o777 != SOCKET_MODE:
                 private_socket(self.socket)
         except FileNotFoundError:       # not there yet, or replaced meanwhile: next tick
-            pass
+            return False
+        return True
 
     def state(self) -> dict:
         running = self.proc is not None and self.proc.poll() is None
@@ -86,24 +106,45 @@ class Supervisor:
     def __init__(self, children: list[Child], status_file: Path):
         self.children = children
         self.status_file = status_file
+        self._written: dict | None = None
 
     def run(self, stop: threading.Event) -> None:
+        """Tend the children until ``stop`` is set (by a signal handler)."""
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Any signal with a Python handler (SIGCHLD below, SIGTERM's) writes
+        # a byte here, which ends the loop's sleep at once.
+        previous = signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                for child in self.children:
-                    self._tend(child, now)
+                due = min([now + IDLE_TICK] + [self._tend(c, now) for c in self.children])
                 self._write_status()
-                stop.wait(0.2)
+                timeout = max(0.0, due - time.monotonic())
+                if not stop.is_set() and select.select([wake_r], [], [], timeout)[0]:
+                    while True:
+                        try:
+                            if not os.read(wake_r, 512):
+                                break
+                        except BlockingIOError:
+                            break
         finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(previous)
+            os.close(wake_r)
+            os.close(wake_w)
             self.stop_all()
 
-    def _tend(self, child: Child, now: float) -> None:
+    def _tend(self, child: Child, now: float) -> float:
+        """Start, restart or check ``child``; returns when it next needs a look."""
         if child.proc is not None and child.proc.poll() is None:
-            child.secure_socket()
+            secured = child.secure_socket()
             if now - child.started > STABLE_AFTER:
                 child.backoff = 0.5
-            return
+                stable_at = float("inf")
+            else:
+                stable_at = child.started + STABLE_AFTER + 0.01
+            return min(stable_at, now + (IDLE_TICK if secured else WAIT_TICK))
         if child.proc is not None:               # it exited: schedule a restart
             log.warning("%s exited with %s; restarting in %.1fs", child.name,
                         child.proc.returncode, child.backoff)
@@ -111,17 +152,24 @@ class Supervisor:
             child.restarts += 1
             child.next_start = now + child.backoff
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
-            return
-        if now < child.next_start or (child.needs_file and not child.needs_file.exists()):
-            return
+            return child.next_start
+        if now < child.next_start:
+            return child.next_start
+        if child.needs_file and not child.needs_file.exists():
+            return now + WAIT_TICK
         child.start()
+        return now + WAIT_TICK
 
     def _write_status(self) -> None:
-        status = {"pid": os.getpid(), "updated": time.time(),
-                  "children": {c.name: c.state() for c in self.children}}
+        """Write the status file when what it says changed."""
+        children = {c.name: c.state() for c in self.children}
+        if children == self._written:
+            return
+        status = {"pid": os.getpid(), "updated": time.time(), "children": children}
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.status_file)
+        self._written = children
 
     def stop_all(self) -> None:
         for child in reversed(self.children):

@@ -46,6 +46,15 @@ _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 _NOT_TAKEN = ("proposal dropped", "too many requests")
 # ... or when its leader was lost with the request under way: maybe applied.
 _LOST = ("context deadline exceeded", "leader changed", "request timed out")
+# What a member says (INVALID_ARGUMENT) when etcd's users or roles changed
+# between checking a request's permissions and applying it (a node joining
+# makes its user): refused, not applied, and fine to send again at once to the
+# same member, as etcd's own client does.
+_AUTH_CHANGED = "revision of auth store is old"
+
+
+def _auth_changed(exc: grpc.RpcError) -> bool:
+    return _AUTH_CHANGED in (exc.details() or "")
 
 
 def _transient(exc: grpc.RpcError) -> bool:
@@ -181,6 +190,9 @@ class EtcdStore:
                 why = _details(exc)
             except grpc.RpcError as exc:       # from pyetcd's calls it does not wrap
                 self._raise_refusal(exc)
+                if _auth_changed(exc):
+                    why = exc.details()
+                    continue
                 if not _transient(exc):
                     raise
                 self._fail(client)
@@ -195,6 +207,8 @@ class EtcdStore:
                         metadata=_REQUIRE_LEADER)
         except grpc.RpcError as exc:
             self._raise_refusal(exc)
+            if _auth_changed(exc):          # the member is fine: try it again
+                raise _Failed(exc.details(), False) from None
             if not _transient(exc):
                 raise
             self._fail(client)

@@ -4,7 +4,10 @@ tunl0 in step with etcd (node.ipip.plan decides, node.ipip.dataplane does).
 Run by the shared watch loop (calicopy.datastore.watchloop): a changed pool
 (its mode), block, allocation or node record takes effect at once, with no
 restart; a full pass every RESYNC seconds repairs the kernel and re-decides
-which hosts are on a connected subnet. The tunnel's address comes from IPAM
+which hosts are on a connected subnet. While no pool uses IP-in-IP (the
+default), only a pool's change can matter: the agent wakes for nothing else
+and reads only the pools and its own node record, so its cost does not grow
+with the cluster's hosts and workloads. The tunnel's address comes from IPAM
 (an IP-in-IP pool, this host's block, handle ``<node>/ipip-tunnel-addr``) and
 is given back when no pool uses IP-in-IP any more.
 """
@@ -21,6 +24,7 @@ from calicopy.datastore.store import Store
 from calicopy.datastore.watchloop import WatchLoop
 from calicopy.errors import CalicoError, Unavailable
 from calicopy.model import bgp, ipam
+from calicopy.model.record import BadRecord, decode
 from node.ipip import programs
 from node.ipip.dataplane import IpipDataplane
 from node.ipip.plan import plan
@@ -46,9 +50,12 @@ class IpipAgent:
         self._active = None                   # unknown at start: tear down if not wanted
 
     def sync(self, full: bool = False, events=()) -> None:
-        nodes = {n.name: n.ipv4 for n in bgp.read_nodes(self.store)}
         pools = ipam.read_pools(self.store)
-        blocks = [kv.json() for kv in self.store.list(keys.blocks_prefix(4))]
+        if any(p.version == 4 and p.ipip for p in pools):
+            nodes = {n.name: n.ipv4 for n in bgp.read_nodes(self.store)}
+            blocks = [kv.json() for kv in self.store.list(keys.blocks_prefix(4))]
+        else:       # no tunnel: this node's address (to tear down its state) is all
+            nodes, blocks = self._own_address(), []
         wanted = plan(self.node, nodes, pools, blocks, self.on_link)
         local = nodes.get(self.node, "")
         if not wanted.tunnel:
@@ -101,6 +108,22 @@ class IpipAgent:
             self.ipam.release_by_handle(tunnel_handle(self.node))
         self._address = None
 
+    def _own_address(self) -> dict[str, str]:
+        kv = self.store.get(keys.node(self.node))
+        try:
+            node = decode(kv, bgp.Node.from_json) if kv is not None else None
+        except BadRecord:       # as read_nodes does: treated as absent
+            node = None
+        return {self.node: node.ipv4} if node is not None and node.ipv4 else {}
+
+    def relevant(self, response) -> bool:
+        """Whether a watch response may change the plan (see the module's
+        docstring); an ended watch always does."""
+        events = getattr(response, "events", None)
+        if events is None or self._active is not False:
+            return keys.changes_configuration(response)
+        return any(e.key.decode().startswith(keys.pools_prefix()) for e in events)
+
     def run(self, stop: threading.Event) -> None:
         WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=RESYNC,
-                  settle=0.05).run(stop)
+                  settle=0.05, relevant=self.relevant).run(stop)

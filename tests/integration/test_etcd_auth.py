@@ -1,6 +1,9 @@
 """etcd's own users and roles: each identity writes only its share (real etcd)."""
 
+import threading
+
 import pytest
+from pyetcd import etcdrpc
 
 from calicopy import config
 from calicopy.datastore import etcd_auth, keys
@@ -62,3 +65,36 @@ def test_services_write_only_their_records(store, etcd, pki_dir):
             ipam.commit(Txn().create(keys.profile_tags("web"), "[]"))
     finally:
         ipam.close()
+
+
+def test_requests_racing_a_change_of_users_succeed(store, as_node):
+    """Nodes joining change etcd's users and roles; etcd refuses a request
+    that was checked against the previous ones ("revision of auth store is
+    old", not applied): every process's requests must go through anyway."""
+    a = as_node("racer")
+    stop = threading.Event()
+    failures, joined = [], []
+
+    def churn():
+        while not stop.is_set():
+            joined.append(f"joiner{len(joined) + 1}")
+            etcd_auth.ensure_node(store, joined[-1])
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for i in range(150):
+            try:
+                a.commit(Txn().put(keys.endpoint("racer", "netns", f"w{i}", "0" * 32), None,
+                                   {"state": "active"}))
+                a.list(keys.host("racer"))
+            except Exception as exc:        # noqa: BLE001 - collected, then asserted
+                failures.append(repr(exc))
+    finally:
+        stop.set()
+        thread.join()
+        for name in joined:         # what churn made: its users and roles
+            store.call("Auth", "UserDelete", etcdrpc.AuthUserDeleteRequest(name=f"node:{name}"))
+            store.call("Auth", "RoleDelete", etcdrpc.AuthRoleDeleteRequest(
+                role=f"calico-node-{name}"))
+    assert failures == []
