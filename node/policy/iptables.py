@@ -5,6 +5,11 @@ writes every changed chain whole (declaring a chain empties it), deletes our
 chains that are no longer wanted, and inserts the jumps from the built-in
 chains if they are missing. The backend (nf_tables or legacy) is the one the
 host already uses; legacy writes wait for the xtables lock.
+
+A full resync rewrites every chain (repairing hand edits) but keeps the
+packet and byte counters of a chain we had written with the same rules
+(``--counters``): they are what ``profile P rule show --stats`` reads, so
+they count since the rule was last changed, not since the last resync.
 """
 
 from __future__ import annotations
@@ -38,29 +43,36 @@ class Tables:
         stem = "iptables" if version == 4 else "ip6tables"
         self.version, self.run = version, run
         self.save = [f"{stem}-{backend}-save"]
-        self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait"]
+        self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait", "--counters"]
         # What we wrote last, per table and chain: the kernel prints rules in
         # its own canonical form, so comparing against our own text is exact.
         self.written: dict[str, dict[str, list[str]]] = {}
 
-    def current(self, table: str) -> tuple[dict[str, int], set[str]]:
-        """Our chains with their rule counts, and the built-in chains that jump to ours."""
-        out = self.run(self.save + ["-t", table])
+    def current(self, table: str) -> tuple[dict[str, int], set[str], dict[str, list[str]]]:
+        """Our chains with their rule counts, the built-in chains that jump to
+        ours, and our chains' rules' counters (``[packets:bytes]``, in order)."""
+        out = self.run(self.save + ["-c", "-t", table])
         chains: dict[str, int] = {}
+        counters: dict[str, list[str]] = {}
         hooked = set()
         targets = [ours for _, ours in HOOKS[table]]
         for line in out.splitlines():
+            count = ""
+            if line.startswith("[") and "] -A " in line:
+                count, line = line.split(" ", 1)
             if line.startswith(":") and line[1:].startswith(PREFIX):
                 chains[line[1:].split()[0]] = 0
+                counters[line[1:].split()[0]] = []
             elif line.startswith("-A "):
                 chain = line.split()[1]
                 if chain in chains:
                     chains[chain] += 1
+                    counters[chain].append(count)
                 elif chain.isupper() and line.split()[2:] in (["-j", t] for t in targets):
                     # Only our unconditional jump is a hook: an operator's own
                     # conditional jump to our chain is not (it is what -C checks).
                     hooked.add(line.split()[3])
-        return chains, hooked
+        return chains, hooked, counters
 
     def hooked(self, table: str) -> bool:
         """Whether every built-in chain of ``table`` still jumps to ours."""
@@ -77,8 +89,9 @@ class Tables:
         otherwise what we wrote last stands for the kernel's state, so an
         update costs only the changed chains."""
         written = self.written.setdefault(table, {})
+        counters: dict[str, list[str]] = {}
         if full or not written:
-            current, hooked = self.current(table)
+            current, hooked, counters = self.current(table)
         else:
             current = {chain: len(rules) for chain, rules in written.items()}
             hooked = {ours for _, ours in HOOKS[table]}
@@ -91,7 +104,12 @@ class Tables:
                 changed.append(chain)
                 lines.append(f":{chain} - [0:0]")
         for chain in changed:
-            lines += [f"-A {chain} {rule}" for rule in desired[chain]]
+            # The same rules as we wrote last: the kernel's counters carry over.
+            keep = (counters.get(chain) if written.get(chain) == desired[chain] else None)
+            if keep and len(keep) == len(desired[chain]) and all(keep):
+                lines += [f"{c} -A {chain} {rule}" for c, rule in zip(keep, desired[chain])]
+            else:
+                lines += [f"-A {chain} {rule}" for rule in desired[chain]]
         for builtin, ours in HOOKS[table]:
             if ours in desired and ours not in hooked:
                 lines.append(f"-I {builtin} 1 -j {ours}")
