@@ -109,6 +109,7 @@ bench: install
 	$(PY) bench/cni.py
 	$(PY) bench/ha.py
 	$(PY) bench/xsubnet.py
+	$(PY) bench/drops.py
 
 clean: down
 	rm -rf $(VENV) calico *.egg-info $(STATE_DIR)

@@ -94,7 +94,9 @@ def test_netlink_messages_become_samples_ipv4_tcp_and_ipv6_icmp():
 
 SAVE = '''*filter
 :cali-pi-abc - [0:0]
--A cali-pi-abc -p tcp -m limit --limit 100/sec --limit-burst 100 -m comment --comment "denied by profile DB inbound rule 1: deny tcp" -j NFLOG --nflog-prefix "cali-pi-abc/1:aa" --nflog-group 20
+-A cali-pi-abc -p tcp -m limit --limit 100/sec --limit-burst 100 -m comment --comment \
+"denied by profile DB inbound rule 1: deny tcp" -j NFLOG --nflog-prefix "cali-pi-abc/1:aa" \
+--nflog-group 20
 -A cali-pi-abc -p tcp -m comment --comment "profile DB inbound rule 1: deny tcp" -j DROP
 COMMIT
 '''
