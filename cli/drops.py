@@ -19,6 +19,7 @@ import threading
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.model.policy import Snapshot
 from cli import nodequery, output
+from cli.errors import CliError
 
 RULE = re.compile(r"denied by profile (\S+) (inbound|outbound) rule (\d+):")
 
@@ -97,6 +98,8 @@ def run(args: dict, stop: threading.Event | None = None) -> None:
         snapshot = nodequery.cluster(store)
         asked = nodequery.nodes(snapshot, args["--node"])
         endpoint = args["--endpoint"]
+        if endpoint is not None and endpoint not in {ep.endpoint_id for ep in snapshot.endpoints}:
+            raise CliError(f"No endpoint with id '{endpoint}'.")
         cluster = Cluster(snapshot)
         follow = bool(args["--follow"])
         with nodequery.Question(store, asked, kind="drops", follow=follow) as question:

@@ -74,14 +74,14 @@ def verdicts(save_output: str) -> dict[str, str]:
 class DropLog:
     """The last RING denied packets, named by rule; ``run`` listens until stopped."""
 
-    def __init__(self, backend: str, run=commands.run, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, backend: str, run=commands.run,
+                 clock: Callable[[], float] = time.monotonic):
         self.backend, self.run_tool, self._clock = backend, run, clock
         self.ring: collections.deque[dict] = collections.deque(maxlen=RING)
         self.seq = 0
         self._names: dict[int, dict[str, str]] = {4: {}, 6: {}}
         self._mapped = {4: -REMAP_EVERY, 6: -REMAP_EVERY}
         self._lock = threading.Lock()
-        self.on_new: Callable[[], None] = lambda: None
 
     def _verdict(self, version: int, prefix: str) -> str:
         names = self._names[version]
@@ -108,7 +108,6 @@ class DropLog:
                 self.seq += 1
                 entry["seq"] = self.seq
                 self.ring.append(entry)
-        self.on_new()
 
     def since(self, seq: int) -> list[dict]:
         """The kept samples after ``seq``, oldest first (at most ANSWER_DROPS)."""
@@ -128,6 +127,7 @@ class DropLog:
                     self.add(listener.receive(timeout=0.5))
                 except Exception as exc:      # one bad message must not end the sampling
                     log.error("reading NFLOG group %d: %s", group, exc, exc_info=True)
+                    stop.wait(1.0)
         finally:
             listener.close()
 
@@ -202,10 +202,10 @@ class Answers:
             report.keepalive()
 
     def run(self, stop: threading.Event) -> None:
+        # Every POLL seconds a pass: followers' answers are rewritten at most that often.
         loop = WatchLoop(self.store, keys.QUERIES, self.sync, log=log, resync=60.0, poll=POLL,
                          tick=self.keepalive, tick_every=ANSWER_TTL / 6,
                          relevant=lambda response: True)
-        self.drops.on_new = loop.changed.set
         loop.run(stop)
 
 

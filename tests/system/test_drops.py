@@ -97,6 +97,7 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
     other_id = next(e["endpoint_id"] for e in other_id["endpoints"]
                     if e["workload_id"] == other.ref)
     assert drops(h1, f"--endpoint={other_id}") == []
+    fails(h1.calicoctl("policy", "drops", "--endpoint=nope"), "No endpoint with id 'nope'.")
 
     # Follow: what comes after is printed as it comes, one JSON object a line.
     follow = subprocess.Popen(
