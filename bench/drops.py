@@ -77,7 +77,9 @@ def build(eps: list[Endpoint]) -> None:
         sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
         sh("ip", "-n", ns, "route", "add", "169.254.1.1", "dev", "eth0")
         sh("ip", "-n", ns, "route", "add", "default", "via", "169.254.1.1")
-        sh(*in_ns(HOST, "sysctl", "-qw", f"net.ipv4.conf.{ep.host_interface}.proxy_arp=1"))
+        mac = json.loads(sh("ip", "-j", "-n", HOST, "link", "show", ep.host_interface).stdout)
+        sh("ip", "-n", ns, "neigh", "add", "169.254.1.1", "lladdr", mac[0]["address"],
+           "dev", "eth0")          # as the endpoint service does: the host answers
         sh("ip", "-n", HOST, "route", "add", f"{ip}/32", "dev", ep.host_interface)
 
 
