@@ -197,3 +197,56 @@ def test_cluster_view_names_the_workloads_and_the_deciding_endpoint():
     assert entry["src"]["workload_id"] == "w1" and entry["time"] == "1970-01-01T00:00:00.500Z"
     assert line(entry) == ("1970-01-01T00:00:00.500Z h2 tcp 10.20.0.1:40000 (w1) -> "
                            "10.20.0.2:5432 (w2): denied by profile DB inbound rule 2: deny [w2]")
+
+
+class CountingKernel(KernelStub):
+    """The stub, with packet counters per rule that a chain's rewrite resets
+    and that ``iptables-restore --counters`` sets (``count`` plays traffic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[tuple[int, str], list[str]] = {}
+
+    def count(self, version: int, chain: str, position: int, counter: str) -> None:
+        rules = self.rules(version, "filter", chain)
+        self.counts.setdefault((version, chain), ["[0:0]"] * len(rules))[position] = counter
+
+    def run(self, argv, stdin="", check=True, timeout=60, raw=False):
+        version = 6 if argv[0].startswith("ip6") else 4
+        out = super().run(argv, stdin, check=check, timeout=timeout, raw=raw)
+        if argv[0].endswith("-restore"):
+            written: dict[str, list[str]] = {}
+            for line in stdin.splitlines():
+                if line.startswith(":"):
+                    written[line[1:].split()[0]] = []
+                elif " -A " in f" {line}" and line.split("-A ")[1].split()[0] in written:
+                    counter = line.split()[0] if line.startswith("[") else "[0:0]"
+                    written[line.split("-A ")[1].split()[0]].append(counter)
+            for chain, counters in written.items():
+                self.counts[(version, chain)] = counters
+        elif argv[0].endswith("-save") and "-c" in argv:
+            lines, seen = [], {}
+            for line in out.splitlines():
+                if line.startswith("[0:0] -A "):
+                    chain = line.split()[2]
+                    n = seen[chain] = seen.get(chain, -1) + 1
+                    counters = self.counts.get((version, chain), [])
+                    if n < len(counters):
+                        line = counters[n] + line[len("[0:0]"):]
+                lines.append(line)
+            out = "\n".join(lines) + "\n"
+        return out
+
+
+def test_a_full_resync_keeps_the_counters_of_unchanged_chains_and_a_change_resets_them():
+    from node.policy.iptables import Tables
+    kernel = CountingKernel()
+    tables = Tables(4, "nft", kernel.run)
+    rule = '-m comment --comment "profile P inbound rule 1: allow" -j ACCEPT'
+    tables.apply("filter", {"cali-INPUT": [rule]}, full=True)
+    kernel.count(4, "cali-INPUT", 0, "[5:420]")
+    tables.apply("filter", {"cali-INPUT": [rule]}, full=True)      # rewritten whole, counted
+    assert kernel.rules(4, "filter", "cali-INPUT") == [rule]
+    assert "[5:420] -A cali-INPUT " in kernel.run(["iptables-nft-save", "-c", "-t", "filter"])
+    tables.apply("filter", {"cali-INPUT": [rule, "-j DROP"]}, full=True)      # changed
+    assert "[5:420]" not in kernel.run(["iptables-nft-save", "-c", "-t", "filter"])
