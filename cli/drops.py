@@ -16,7 +16,6 @@ import re
 import sys
 import threading
 
-from calicopy.datastore.etcd import EtcdStore
 from calicopy.model.policy import Snapshot
 from cli import nodequery, output
 from cli.errors import CliError
@@ -93,8 +92,7 @@ def _entries(cluster: Cluster, answers: dict, endpoint: str | None) -> list[dict
 
 
 def run(args: dict, stop: threading.Event | None = None) -> None:
-    store = EtcdStore.from_env()
-    try:
+    with nodequery.etcd() as store:
         snapshot = nodequery.cluster(store)
         asked = nodequery.nodes(snapshot, args["--node"])
         endpoint = args["--endpoint"]
@@ -115,8 +113,6 @@ def run(args: dict, stop: threading.Event | None = None) -> None:
                     [line(e) for e in d["drops"]] or ["No drops."]))
                 return
             _follow(args, store, question, cluster, endpoint, entries, stop)
-    finally:
-        store.close()
 
 
 def _follow(args, store, question, cluster, endpoint, entries, stop) -> None:

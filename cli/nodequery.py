@@ -16,14 +16,33 @@ import threading
 import time
 import uuid
 
+import contextlib
+
 from calicopy.datastore import keys
+from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import Store, Txn
+from calicopy.errors import CalicoError
 from calicopy.model.policy import Snapshot
 from cli.errors import CliError
 
 QUERY_TTL = 10        # seconds a question outlives a calicoctl that died
 WAIT = 5.0            # for every node to answer a one-off question
 POLL = 0.1
+
+
+@contextlib.contextmanager
+def etcd():
+    """The operator's etcd client; a datastore failure becomes one line."""
+    try:
+        store = EtcdStore.from_env()
+    except CalicoError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        yield store
+    except CalicoError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
 
 
 class Question:

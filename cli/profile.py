@@ -40,7 +40,6 @@ import sys
 import grpc
 
 from calico.policy.v1 import policy_pb2
-from calicopy.datastore.etcd import EtcdStore
 from cli import client, nodequery, output, workloads
 from cli.errors import CliError
 from cli.output import table
@@ -161,13 +160,10 @@ def _counts(rule: dict) -> str:
 
 def _add_stats(name: str, doc: dict) -> None:
     """Each rule's packets and bytes, summed over the nodes that answered."""
-    store = EtcdStore.from_env()
-    try:
+    with nodequery.etcd() as store:
         asked = nodequery.nodes(nodequery.cluster(store), None)
         with nodequery.Question(store, asked, kind="counters", profile=name) as question:
             answers = question.wait()
-    finally:
-        store.close()
     for direction in ("inbound", "outbound"):
         for rule in doc[f"{direction}_rules"]:
             rule["packets"] = rule["bytes"] = 0
