@@ -250,3 +250,18 @@ def test_a_full_resync_keeps_the_counters_of_unchanged_chains_and_a_change_reset
     assert "[5:420] -A cali-INPUT " in kernel.run(["iptables-nft-save", "-c", "-t", "filter"])
     tables.apply("filter", {"cali-INPUT": [rule, "-j DROP"]}, full=True)      # changed
     assert "[5:420]" not in kernel.run(["iptables-nft-save", "-c", "-t", "filter"])
+
+
+def test_calicoctl_question_meets_the_node_answer_and_is_withdrawn():
+    from cli.nodequery import Question
+    store, kernel = MemoryStore(), KernelStub()
+    drops = DropLog("nft", run=kernel.run)
+    drops.add([nflog.Sample(1.0, 4, "cali-x/1:00", "cali1", "", "10.0.0.1", "10.0.0.2",
+                            "udp", 5, 6)])
+    node = Answers(store, "h1", drops, "nft", run=kernel.run)
+    with Question(store, ["h1", "h2"], kind="drops", follow=False) as question:
+        assert store.get(keys.query(question.id)).json()["nodes"] == ["h1", "h2"]
+        node.sync(True, [])
+        got = question.wait(timeout=0)          # h2 never answers
+        assert list(got) == ["h1"] and got["h1"]["drops"][0]["dst_port"] == 6
+    assert store.get(keys.query(question.id)) is None
