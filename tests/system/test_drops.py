@@ -86,9 +86,13 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
     v6 = seen(h1, "the denied IPv6 ping", protocol="icmpv6", dst=db_v6)[-1]
     assert (v6["ip_version"], v6["rule_number"], v6["icmp_type"]) == (6, 4, 128)
 
-    # Filters: by node (all of these are h2's), by endpoint.
-    assert drops(h1, "--node=h1") == [] and drops(h1, "--node=h2")
-    assert ok(h1.calicoctl("policy", "drops", "--node=h1")) == "No drops.\n"
+    # Filters: by node (ours are all h2's), by endpoint. (Other drops may be
+    # there too, e.g. workloads' own IPv6 multicast reports to their host.)
+    def ours(entries):
+        return [d for d in entries if d["dst"]["ip"] in (db_v4, db_v6)]
+    on_h1, on_h2 = drops(h1, "--node=h1"), drops(h1, "--node=h2")
+    assert ours(on_h1) == [] and {d["node"] for d in on_h1} <= {"h1"}
+    assert len(ours(on_h2)) >= 3 and {d["node"] for d in on_h2} == {"h2"}
     fails(h1.calicoctl("policy", "drops", "--node=nope"),
           "No node named 'nope' is registered (nodes: h1, h2).")
     db_id = ping["dst"]["endpoint_id"]
@@ -96,7 +100,9 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
     other_id = json.loads(ok(h1.calicoctl("container", "show", "-o", "json")))
     other_id = next(e["endpoint_id"] for e in other_id["endpoints"]
                     if e["workload_id"] == other.ref)
-    assert drops(h1, f"--endpoint={other_id}") == []
+    mine = drops(h1, f"--endpoint={other_id}")
+    assert ours(mine) == [] and all(other_id in (d["endpoint_id"], d["src"]["endpoint_id"],
+                                                 d["dst"]["endpoint_id"]) for d in mine)
     fails(h1.calicoctl("policy", "drops", "--endpoint=nope"), "No endpoint with id 'nope'.")
 
     # Follow: what comes after is printed as it comes, one JSON object a line.
@@ -122,11 +128,13 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
         follow.send_signal(signal.SIGINT)        # as Ctrl-C: it withdraws its question
         assert follow.wait(timeout=10) == 130
 
-    # Counters: 5 pings between DB members count on DB's inbound rule 1.
+    # Counters: 5 pings between DB members count on DB's inbound rule 1 (each
+    # its own flow: later echo requests of one ping would pass as established).
     before = json.loads(ok(h1.calicoctl("profile", "DB", "rule", "show", "--stats", "-o",
                                         "json")))
     assert before["nodes"] == ["h1", "h2"] and before["unanswered"] == []
-    assert db2.run("ping", "-c5", "-i0.2", "-W1", db_v4).returncode == 0
+    for _ in range(5):
+        assert db2.ping(db_v4)
     after = json.loads(ok(h1.calicoctl("profile", "DB", "rule", "show", "--stats", "-o",
                                        "json")))
     assert after["inbound_rules"][0]["packets"] - before["inbound_rules"][0]["packets"] >= 5
