@@ -44,9 +44,10 @@ def main(argv=None) -> int:
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
     stop = stop_event()
     log = logging.getLogger("calico-policy-agent")
-    drops.start(store, node, backend, stop)      # live drops and rule counters, on request
-    Agent(store, node, backend, run=commands.run,
-          quarantine=quarantine.for_node(log, config.node_paths(node), "policy")).run(stop)
+    agent = Agent(store, node, backend, run=commands.run,
+                  quarantine=quarantine.for_node(log, config.node_paths(node), "policy"))
+    drops.start(store, node, backend, agent.tables, stop)   # live drops, rule counters
+    agent.run(stop)
     store.close()
     return 0
 

@@ -8,7 +8,8 @@ administrator's questions about them.
   explain``'s words; the hash tells a stale mapping, after a rule update, from
   a good one) and keeps the last RING samples in memory.
 - ``rule_counters`` reads one profile's packet and byte counters per rule
-  from the kernel (``iptables-save -c``), both IP versions summed.
+  through the agent's tables (``iptables-save -c``, plus what rewrites lost:
+  node.policy.iptables), both IP versions summed.
 - ``Answers`` follows the questions under ``keys.QUERIES`` (written by
   ``calicoctl policy drops`` and ``profile P rule show --stats``, as admin,
   under a lease) and answers each under this node's own prefix
@@ -37,6 +38,7 @@ from calicopy.datastore.watchloop import WatchLoop
 from calicopy.model.policy import INBOUND, OUTBOUND
 from node.policy import commands
 from node.policy.dataplane import NFLOG_GROUP, profile_chain
+from node.policy.iptables import Tables
 from node.policy.nflog import Listener, Sample
 
 log = logging.getLogger("calico-policy-agent.drops")
@@ -132,34 +134,35 @@ class DropLog:
             listener.close()
 
 
-_RULE = re.compile(r"^\[(\d+):(\d+)\] -A (\S+) .*--comment \"?profile .* rule (\d+): .*"
-                   r"-j (MARK|DROP)\b")
+_RULE = re.compile(r"-A (\S+) .*--comment \"?profile .* rule (\d+): .*-j (MARK|DROP)\b")
 
 
-def rule_counters(profile: str, backend: str, run=commands.run) -> dict[str, dict]:
+def rule_counters(profile: str, tables: dict[int, Tables]) -> dict[str, dict]:
     """``{"inbound": {rule number: {"packets", "bytes"}}, "outbound": ...}`` for
-    ``profile`` on this node (IPv4 and IPv6 summed; a rule's split clauses too)."""
+    ``profile`` on this node (IPv4 and IPv6 summed; a rule's split clauses
+    too), from the policy agent's tables (``Tables.counters``)."""
     chains = {profile_chain(profile, d): d for d in (INBOUND, OUTBOUND)}
     out: dict[str, dict] = {INBOUND: {}, OUTBOUND: {}}
     for version in (4, 6):
-        text = run(_save_command(version, backend) + ["-c", "-t", "filter"], check=False)
-        for line in text.splitlines():
-            match = _RULE.match(line)
-            if not match or match[3] not in chains:
+        for chain, rules in tables[version].counters("filter").items():
+            if chain not in chains:
                 continue
-            counts = out[chains[match[3]]].setdefault(int(match[4]), {"packets": 0, "bytes": 0})
-            counts["packets"] += int(match[1])
-            counts["bytes"] += int(match[2])
+            for packets, nbytes, rule in rules:
+                match = _RULE.match(rule)
+                if not match:
+                    continue
+                counts = out[chains[chain]].setdefault(int(match[2]),
+                                                       {"packets": 0, "bytes": 0})
+                counts["packets"] += packets
+                counts["bytes"] += nbytes
     return out
 
 
 class Answers:
     """Answers the questions under keys.QUERIES that concern this node."""
 
-    def __init__(self, store: Store, node: str, drops: DropLog, backend: str,
-                 run=commands.run):
-        self.store, self.node, self.drops = store, node, drops
-        self.backend, self.run_tool = backend, run
+    def __init__(self, store: Store, node: str, drops: DropLog, tables: dict[int, Tables]):
+        self.store, self.node, self.drops, self.tables = store, node, drops, tables
         self._open: dict[str, tuple[dict, LeasedReport, int]] = {}   # id -> query, answer, seq
 
     def _concerns(self, query: dict) -> bool:
@@ -169,8 +172,7 @@ class Answers:
     def _answer(self, query: dict) -> dict:
         if query.get("kind") == "counters":
             return {"node": self.node, "kind": "counters",
-                    "counters": rule_counters(str(query.get("profile", "")), self.backend,
-                                              self.run_tool)}
+                    "counters": rule_counters(str(query.get("profile", "")), self.tables)}
         # A follower polls the latest answer and keeps what it has not printed
         # (by seq): a short window, rewritten as drops come.
         last = FOLLOW_DROPS if query.get("follow") else ANSWER_DROPS
@@ -209,10 +211,12 @@ class Answers:
         loop.run(stop)
 
 
-def start(store: Store, node: str, backend: str, stop: threading.Event) -> DropLog:
-    """Listen for drops and answer questions, each in a thread, until ``stop``."""
+def start(store: Store, node: str, backend: str, tables: dict[int, Tables],
+          stop: threading.Event) -> DropLog:
+    """Listen for drops and answer questions, each in a thread, until ``stop``;
+    ``tables`` are the policy agent's (their counters)."""
     drops = DropLog(backend)
     threading.Thread(target=drops.run, args=(stop,), name="drops", daemon=True).start()
-    threading.Thread(target=Answers(store, node, drops, backend).run, args=(stop,),
+    threading.Thread(target=Answers(store, node, drops, tables).run, args=(stop,),
                      name="answers", daemon=True).start()
     return drops

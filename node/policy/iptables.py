@@ -8,13 +8,17 @@ host already uses; legacy writes wait for the xtables lock.
 
 A full resync rewrites every chain (repairing hand edits) but keeps the
 packet and byte counters of a chain we had written with the same rules
-(``--counters``): they are what ``profile P rule show --stats`` reads, so
-they count since the rule was last changed, not since the last resync.
+(``--counters``): they are what ``profile P rule show --stats`` reads
+(``counters``), so they count since the rule was last changed, not since the
+last resync. ip6tables-nft-restore (1.8.9, Debian 12) ignores the counters it
+is given, so for IPv6 on nf_tables the counts the rewrite drops are kept
+here instead (``offsets``) and added when read.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 
 from node.policy import commands
 from node.policy.dataplane import HOOKS, PREFIX
@@ -47,6 +51,10 @@ class Tables:
         # What we wrote last, per table and chain: the kernel prints rules in
         # its own canonical form, so comparing against our own text is exact.
         self.written: dict[str, dict[str, list[str]]] = {}
+        # Counts a rewrite of unchanged rules lost, per table, chain and rule.
+        self.offsets: dict[str, dict[str, list[tuple[int, int]]]] = {}
+        self.restore_keeps_counters = not (version == 6 and backend == "nft")
+        self._lock = threading.Lock()       # apply against counters (another thread)
 
     def current(self, table: str) -> tuple[dict[str, int], set[str], dict[str, list[str]]]:
         """Our chains with their rule counts, the built-in chains that jump to
@@ -83,12 +91,40 @@ class Tables:
                 return False
         return True
 
+    def counters(self, table: str) -> dict[str, list[tuple[int, int, str]]]:
+        """Our chains' rules with their packets and bytes, in order: what the
+        kernel counts, plus what rewrites of the same rules lost."""
+        with self._lock:
+            out = self.run(self.save + ["-c", "-t", table])
+            offsets = self.offsets.get(table, {})
+        chains: dict[str, list[tuple[int, int, str]]] = {}
+        for line in out.splitlines():
+            if not line.startswith("[") or "] -A " not in line:
+                continue
+            count, rule = line.split(" ", 1)
+            chain = rule.split()[1]
+            if not chain.startswith(PREFIX):
+                continue
+            packets, nbytes = (int(n) for n in count.strip("[]").split(":"))
+            rules = chains.setdefault(chain, [])
+            extra = offsets.get(chain, [])
+            if len(rules) < len(extra):
+                packets, nbytes = packets + extra[len(rules)][0], nbytes + extra[len(rules)][1]
+            rules.append((packets, nbytes, rule))
+        return chains
+
     def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
         """Make the table's calico chains match ``desired``; returns the number
         of chains written. ``full`` reads the kernel and rewrites every chain;
         otherwise what we wrote last stands for the kernel's state, so an
         update costs only the changed chains."""
+        with self._lock:
+            return self._apply(table, desired, full)
+
+    def _apply(self, table: str, desired: dict[str, list[str]], full: bool) -> int:
         written = self.written.setdefault(table, {})
+        offsets = self.offsets.setdefault(table, {})
+        lost: dict[str, list[tuple[int, int]]] = {}
         counters: dict[str, list[str]] = {}
         if full or not written:
             current, hooked, counters = self.current(table)
@@ -108,6 +144,11 @@ class Tables:
             keep = (counters.get(chain) if written.get(chain) == desired[chain] else None)
             if keep and len(keep) == len(desired[chain]) and all(keep):
                 lines += [f"{c} -A {chain} {rule}" for c, rule in zip(keep, desired[chain])]
+                if not self.restore_keeps_counters:
+                    before = offsets.get(chain) or [(0, 0)] * len(keep)
+                    lost[chain] = [(int(c.strip("[]").split(":")[0]) + old[0],
+                                    int(c.strip("[]").split(":")[1]) + old[1])
+                                   for c, old in zip(keep, before)]
             else:
                 lines += [f"-A {chain} {rule}" for rule in desired[chain]]
         for builtin, ours in HOOKS[table]:
@@ -121,6 +162,9 @@ class Tables:
         self.run(self.restore, "\n".join(lines) + "\n")
         for chain in changed:
             written[chain] = list(desired[chain])
+            offsets.pop(chain, None)
+        offsets.update(lost)
         for chain in stale:
             written.pop(chain, None)
+            offsets.pop(chain, None)
         return len(changed) + len(stale)

@@ -54,9 +54,9 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
     for name in ("WEB", "DB"):
         ok(h1.calicoctl("profile", "add", name))
     ok(h1.calicoctl("profile", "DB", "rule", "update", input=json.dumps(DB_RULES)))
-    web = h1.add_workload("web", profiles=("WEB",))
+    web = h1.add_workload("web", "ipv4", "ipv6", profiles=("WEB",))
     other = h1.add_workload("other", profiles=("WEB",))
-    db = h2.add_workload("db", profiles=("DB",))
+    db = h2.add_workload("db", "ipv4", "ipv6", profiles=("DB",))
     db2 = h1.add_workload("db2", profiles=("DB",))
     db_v4 = next(ip for ip in db.ips if "." in ip)
     db_v6 = next(ip for ip in db.ips if ":" in ip)
@@ -138,6 +138,8 @@ def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts)
     after = json.loads(ok(h1.calicoctl("profile", "DB", "rule", "show", "--stats", "-o",
                                        "json")))
     assert after["inbound_rules"][0]["packets"] - before["inbound_rules"][0]["packets"] >= 5
-    assert after["inbound_rules"][3]["packets"] >= 2        # the denied pings
+    # The denied IPv4 and IPv6 pings, though a full resync may have rewritten
+    # the chains since (ip6tables-nft-restore drops IPv6 counters: the agent keeps them).
+    assert after["inbound_rules"][3]["packets"] >= 2
     shown = ok(h1.calicoctl("profile", "DB", "rule", "show", "--stats"))
     assert "pkts" in shown and "allow from tag DB" in shown

@@ -14,6 +14,7 @@ from cli.drops import Cluster, line
 from node.policy import nflog
 from node.policy.dataplane import NFLOG_GROUP, compute, profile_chain
 from node.policy.drops import ANSWER_DROPS, UNKNOWN, Answers, DropLog, rule_counters, verdicts
+from node.policy.iptables import Tables
 from tests.fakes import MemoryStore
 from tests.kernel_stub import KernelStub
 
@@ -144,7 +145,8 @@ def test_rule_counters_sum_versions_and_split_clauses_of_one_profile():
         out = text[4 if argv[0].startswith("iptables") else 6]
         return out.replace("cali-pi-X", profile_chain("P", "inbound")).replace(
             "cali-po-Y", profile_chain("P", "outbound"))
-    assert rule_counters("P", "nft", run) == {
+    tables = {v: Tables(v, "nft", run) for v in (4, 6)}
+    assert rule_counters("P", tables) == {
         "inbound": {1: {"packets": 6, "bytes": 520}, 2: {"packets": 2, "bytes": 80}},
         "outbound": {1: {"packets": 3, "bytes": 300}}}
 
@@ -152,7 +154,7 @@ def test_rule_counters_sum_versions_and_split_clauses_of_one_profile():
 def test_questions_are_answered_under_the_node_own_prefix_and_followers_get_new_drops():
     store, kernel = MemoryStore(), KernelStub()
     drops = DropLog("nft", run=kernel.run)
-    answers = Answers(store, "h1", drops, "nft", run=kernel.run)
+    answers = Answers(store, "h1", drops, {v: Tables(v, "nft", kernel.run) for v in (4, 6)})
     for n in range(ANSWER_DROPS + 5):
         drops.add([nflog.Sample(float(n), 4, "cali-x/1:00", "cali1", "", "10.0.0.1",
                                 "10.0.0.2", "icmp", icmp_type=8)])
@@ -203,9 +205,11 @@ class CountingKernel(KernelStub):
     """The stub, with packet counters per rule that a chain's rewrite resets
     and that ``iptables-restore --counters`` sets (``count`` plays traffic)."""
 
-    def __init__(self):
+    def __init__(self, v6_restore_ignores_counters: bool = False):
         super().__init__()
         self.counts: dict[tuple[int, str], list[str]] = {}
+        # As ip6tables-nft-restore 1.8.9 does.
+        self.v6_ignores = v6_restore_ignores_counters
 
     def count(self, version: int, chain: str, position: int, counter: str) -> None:
         rules = self.rules(version, "filter", chain)
@@ -221,6 +225,7 @@ class CountingKernel(KernelStub):
                     written[line[1:].split()[0]] = []
                 elif " -A " in f" {line}" and line.split("-A ")[1].split()[0] in written:
                     counter = line.split()[0] if line.startswith("[") else "[0:0]"
+                    counter = "[0:0]" if version == 6 and self.v6_ignores else counter
                     written[line.split("-A ")[1].split()[0]].append(counter)
             for chain, counters in written.items():
                 self.counts[(version, chain)] = counters
@@ -239,7 +244,6 @@ class CountingKernel(KernelStub):
 
 
 def test_a_full_resync_keeps_the_counters_of_unchanged_chains_and_a_change_resets_them():
-    from node.policy.iptables import Tables
     kernel = CountingKernel()
     tables = Tables(4, "nft", kernel.run)
     rule = '-m comment --comment "profile P inbound rule 1: allow" -j ACCEPT'
@@ -258,10 +262,27 @@ def test_calicoctl_question_meets_the_node_answer_and_is_withdrawn():
     drops = DropLog("nft", run=kernel.run)
     drops.add([nflog.Sample(1.0, 4, "cali-x/1:00", "cali1", "", "10.0.0.1", "10.0.0.2",
                             "udp", 5, 6)])
-    node = Answers(store, "h1", drops, "nft", run=kernel.run)
+    node = Answers(store, "h1", drops, {v: Tables(v, "nft", kernel.run) for v in (4, 6)})
     with Question(store, ["h1", "h2"], kind="drops", follow=False) as question:
         assert store.get(keys.query(question.id)).json()["nodes"] == ["h1", "h2"]
         node.sync(True, [])
         got = question.wait(timeout=0)          # h2 never answers
         assert list(got) == ["h1"] and got["h1"]["drops"][0]["dst_port"] == 6
     assert store.get(keys.query(question.id)) is None
+
+
+def test_ipv6_counts_a_restore_ignored_are_kept_by_the_agent_and_added_when_read():
+    kernel = CountingKernel(v6_restore_ignores_counters=True)
+    tables = Tables(6, "nft", kernel.run)
+    assert not tables.restore_keeps_counters and Tables(6, "legacy").restore_keeps_counters
+    rule = '-m comment --comment "profile P inbound rule 1: allow" -j ACCEPT'
+    tables.apply("filter", {"cali-INPUT": [rule]}, full=True)
+    kernel.count(6, "cali-INPUT", 0, "[5:420]")
+    tables.apply("filter", {"cali-INPUT": [rule]}, full=True)      # the kernel's back at 0
+    assert "[0:0] -A cali-INPUT" in kernel.run(["ip6tables-nft-save", "-c", "-t", "filter"])
+    assert tables.counters("filter")["cali-INPUT"][0][:2] == (5, 420)
+    kernel.count(6, "cali-INPUT", 0, "[2:100]")
+    tables.apply("filter", {"cali-INPUT": [rule]}, full=True)      # and again
+    assert tables.counters("filter")["cali-INPUT"][0][:2] == (7, 520)
+    tables.apply("filter", {"cali-INPUT": [rule, "-j DROP"]})      # a change starts afresh
+    assert tables.counters("filter")["cali-INPUT"][0][:2] == (0, 0)
