@@ -11,7 +11,7 @@ intruder in profile OTHER (denied by WEB's inbound deny). Measured:
   off (the same chains without the NFLOG rules, no listener): TCP
   throughput web1 -> web2 (iperf3, one stream, median of RUNS runs of
   SECONDS s, interleaved) and a ping flood (packets per second of `ping -f`,
-  median of RUNS). Aim: on/off ratio >= 0.98;
+  median of RUNS, the order alternating). Aim: on/off ratio >= 0.98;
 - a denied flood of FLOOD_PPS UDP packets per second for FLOOD_SECONDS s from
   intruder to web2: the listener process's CPU (user + system time over
   wall time) and the samples it received (the per-rule limit caps them).
@@ -38,6 +38,7 @@ HOST = "cbd-host"
 RUNS, SECONDS, PINGS = 5, 2, 20000
 FLOOD_PPS, FLOOD_SECONDS = 10000, 5
 PORT = 5302
+SETTLE = 1.0
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -108,7 +109,7 @@ def listener() -> subprocess.Popen:
     proc = subprocess.Popen(in_ns(HOST, sys.executable, "-c", code), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    time.sleep(1.0)     # a bench, not a test: the bind takes well under this
+    time.sleep(SETTLE)      # a bench, not a test: the bind takes well under this
     return proc
 
 
@@ -167,12 +168,15 @@ def main() -> int:
         build(eps)
         target = web2.ips[0]
         results = {True: {"tcp": [], "ping": []}, False: {"tcp": [], "ping": []}}
-        for _ in range(RUNS):
-            for sampling in (True, False):
+        for run in range(RUNS):
+            # Alternate which goes first, and settle alike, so neither gains by order.
+            for sampling in ((True, False) if run % 2 == 0 else (False, True)):
                 program(desired, sampling)
                 proc = listener() if sampling else None
                 if proc:
                     procs.append(proc)
+                else:
+                    time.sleep(SETTLE)
                 results[sampling]["tcp"].append(iperf(web1.netns, web2.netns, target))
                 results[sampling]["ping"].append(ping_flood(web1.netns, target))
                 if proc:
@@ -190,8 +194,10 @@ def main() -> int:
               f"web1 -> web2 (median of {RUNS}):")
         for what, unit in (("tcp", "Gbit/s"), ("ping", "pings/s")):
             on, off = (statistics.median(results[s][what]) for s in (True, False))
+            spread = ", ".join(f"{min(results[s][what]):.2f}-{max(results[s][what]):.2f}"
+                               for s in (True, False))
             print(f"  {what:<5} on {on:10.2f} {unit:<8} off {off:10.2f} {unit:<8} "
-                  f"ratio {on / off:.3f} (aim >= 0.98)")
+                  f"ratio {on / off:.3f} (aim >= 0.98; runs on, off: {spread})")
         print(f"Denied flood: {sent} UDP packets in {FLOOD_SECONDS}s "
               f"({sent / FLOOD_SECONDS:.0f}/s) intruder -> web2: the listener used "
               f"{100 * used / wall:.1f}% of one core, received {samples} samples "
