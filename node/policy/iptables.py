@@ -96,7 +96,7 @@ class Tables:
         kernel counts, plus what rewrites of the same rules lost."""
         with self._lock:
             out = self.run(self.save + ["-c", "-t", table])
-            offsets = self.offsets.get(table, {})
+            offsets = dict(self.offsets.get(table, {}))
         chains: dict[str, list[tuple[int, int, str]]] = {}
         for line in out.splitlines():
             if not line.startswith("[") or "] -A " not in line:
