@@ -81,10 +81,11 @@ class Question:
                 out[node] = kv.json()
         return out
 
-    def wait(self, timeout: float = WAIT, stop: threading.Event | None = None
+    def wait(self, timeout: float | None = None, stop: threading.Event | None = None
              ) -> dict[str, dict]:
-        """The answers once every node gave one, or what came within ``timeout``."""
-        deadline = time.monotonic() + timeout
+        """The answers once every node gave one, or what came within ``timeout``
+        (default WAIT)."""
+        deadline = time.monotonic() + (WAIT if timeout is None else timeout)
         stop = stop or threading.Event()
         while True:
             got = self.answers()

@@ -286,3 +286,22 @@ def test_ipv6_counts_a_restore_ignored_are_kept_by_the_agent_and_added_when_read
     assert tables.counters("filter")["cali-INPUT"][0][:2] == (7, 520)
     tables.apply("filter", {"cali-INPUT": [rule, "-j DROP"]})      # a change starts afresh
     assert tables.counters("filter")["cali-INPUT"][0][:2] == (0, 0)
+
+
+def test_policy_drops_says_no_drops_and_names_a_silent_node(monkeypatch, capsys):
+    import contextlib
+    from cli import calicoctl, nodequery
+    store = MemoryStore()
+    for name, ip in (("h1", "192.0.2.1"), ("h2", "192.0.2.2")):
+        store.commit(Txn().create(keys.node(name), {"name": name, "ipv4": ip}))
+    monkeypatch.setattr(nodequery, "etcd", lambda: contextlib.nullcontext(store))
+    monkeypatch.setattr(nodequery, "WAIT", 0.0)          # nobody answers here
+    assert calicoctl.main(["policy", "drops"]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("No drops.\n", "No answer from node(s) h1, h2 within 0s (is their "
+                                          "policy agent running?).\n")
+    assert calicoctl.main(["policy", "drops", "--node=h3"]) == 1
+    assert capsys.readouterr().err == "No node named 'h3' is registered (nodes: h1, h2).\n"
+    assert calicoctl.main(["policy", "drops", "--endpoint=abc"]) == 1
+    assert capsys.readouterr().err == "No endpoint with id 'abc'.\n"
+    assert store.list(keys.QUERIES) == []              # every question withdrawn
