@@ -117,6 +117,7 @@ bench: install
 	$(PY) bench/cni.py
 	$(PY) bench/ha.py
 	$(PY) bench/xsubnet.py
+	$(PY) bench/drops.py
 	$(PY) bench/footprint.py
 	$(PY) bench/scale.py --hosts=10
 

@@ -31,7 +31,7 @@ Usage:
   calicoctl profile (add|remove) <PROFILE> [--force]
   calicoctl profile <PROFILE> tag show [-o <FORMAT>]
   calicoctl profile <PROFILE> tag (add|remove) <TAG>
-  calicoctl profile <PROFILE> rule show [-o <FORMAT>]
+  calicoctl profile <PROFILE> rule show [--stats] [-o <FORMAT>]
   calicoctl profile <PROFILE> rule (json|update)
   calicoctl profile <PROFILE> member add <CONTAINER>
   calicoctl endpoint <ENDPOINT_ID> profile show [-o <FORMAT>]
@@ -43,6 +43,7 @@ Usage:
   calicoctl etcd-auth enable
   calicoctl policy endpoint-to-host [-o <FORMAT>]
   calicoctl policy endpoint-to-host <ACTION>
+  calicoctl policy drops [--follow] [--node=<N>] [--endpoint=<ID>] [-o <FORMAT>]
   calicoctl diags [--output=<DIR>]
   calicoctl reset [--yes]
   calicoctl restart-docker-with-alternative-unix-socket [options]

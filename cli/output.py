@@ -46,6 +46,8 @@ KINDS = {
     "RouteReflectorList": "bgppeer rr show",
     "PolicyExplanation": "policy explain",
     "EndpointToHost": "policy endpoint-to-host",
+    "PolicyDrops": "policy drops",
+    "PolicyDrop": "policy drops --follow",
     "Certificate": "certs show",
 }
 

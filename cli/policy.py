@@ -5,12 +5,16 @@ Usage:
   calicoctl policy explain <SRC> <DST> [--protocol=<P>] [--port=<N>] [-o <FORMAT>]
   calicoctl policy endpoint-to-host [-o <FORMAT>]
   calicoctl policy endpoint-to-host <ACTION>
+  calicoctl policy drops [--follow] [--node=<N>] [--endpoint=<ID>] [-o <FORMAT>]
 
 Options:
   --protocol=<P>   tcp, udp, icmp or icmpv6 (default: a ping).
   --port=<N>       The destination port, for tcp and udp.
   -o <FORMAT>      Output format: table (the default) or json (its shape is in
-                   docs/cli-json.md).
+                   docs/cli-json.md; with --follow, one JSON object per line).
+  --follow         Keep printing drops as they happen, until interrupted.
+  --node=<N>       Only node N's drops.
+  --endpoint=<ID>  Only drops to, from or decided by endpoint ID.
 
 explain: <SRC> and <DST> are addresses, or containers on this node
 (netns:<name>, pid:<N>), which stand for their first address. The verdict is
@@ -25,6 +29,14 @@ the node itself, once the workload's outbound rules allowed it. <ACTION> is
 drop (the default: pings to the host pass, nothing else), return (the host's
 own INPUT rules decide) or accept (everything passes). Without <ACTION>, print
 the current one. Every node applies a change at once.
+
+drops: the packets the nodes' policy denied lately (each node keeps its last
+200 samples; at most 100 per second per rule are sampled), oldest first: time
+(UTC), node, protocol, source and destination (address, port, workload) and
+the verdict in explain's words, e.g. "denied by profile DB inbound rule 2:
+deny [netns:db1]". Asks every registered node through etcd, as the operator
+(ETCD_ENDPOINTS); a node that does not answer within 5 seconds is named on
+stderr.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from calico.endpoint.v1 import endpoint_pb2
 from calico.policy.v1 import policy_pb2
 from calicopy.api.policy import action_from_msg, action_to_msg
 from calicopy.model.policy import BadRule, check_endpoint_to_host_action
-from cli import client, output, workloads
+from cli import client, drops, output, workloads
 from cli.errors import CliError
 
 
@@ -64,6 +76,8 @@ def _label(end: dict) -> str:
 def run(args: dict) -> None:
     if args["endpoint-to-host"]:
         endpoint_to_host(args, args["<ACTION>"])
+    elif args["drops"]:
+        drops.run(args)
     else:
         explain(args)
 

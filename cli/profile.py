@@ -5,7 +5,7 @@ Usage:
   calicoctl profile (add|remove) <PROFILE> [--force]
   calicoctl profile <PROFILE> tag show [-o <FORMAT>]
   calicoctl profile <PROFILE> tag (add|remove) <TAG>
-  calicoctl profile <PROFILE> rule show [-o <FORMAT>]
+  calicoctl profile <PROFILE> rule show [--stats] [-o <FORMAT>]
   calicoctl profile <PROFILE> rule json
   calicoctl profile <PROFILE> rule update
   calicoctl profile <PROFILE> member add <CONTAINER>
@@ -14,6 +14,10 @@ Options:
   --detailed   Also list each profile's member endpoints.
   --force      Remove the profile even though endpoints carry it (it is
                taken off them).
+  --stats      Also each rule's packets and bytes, summed over the nodes (the
+               kernel's counters, asked of every node's policy agent through
+               etcd, as the operator): counted since the rule was last
+               changed or the node's agent started.
   -o <FORMAT>  Output format: table (the default) or json (its shape is in
                docs/cli-json.md). `rule json` prints the rules in the format
                `rule update` reads instead.
@@ -36,7 +40,7 @@ import sys
 import grpc
 
 from calico.policy.v1 import policy_pb2
-from cli import client, output, workloads
+from cli import client, nodequery, output, workloads
 from cli.errors import CliError
 from cli.output import table
 from calicopy.model.policy import NAME_RE, TAG_RE, parse_rules
@@ -133,15 +137,43 @@ def rules(policy, name: str, args: dict) -> None:
     doc = {"profile": name,
            "inbound_rules": [_rule(i, r) for i, r in enumerate(inbound, 1)],
            "outbound_rules": [_rule(i, r) for i, r in enumerate(outbound, 1)]}
+    if args["--stats"]:
+        _add_stats(name, doc)
 
     def render(doc):
         lines = []
         for title, key in (("Inbound rules:", "inbound_rules"),
                            ("Outbound rules:", "outbound_rules")):
             lines.append(title)
-            lines += [f"  {r['number']:>2} {r['description']}" for r in doc[key]]
+            lines += [f"  {r['number']:>2} {_counts(r)}{r['description']}" for r in doc[key]]
+        if doc.get("unanswered"):
+            lines.append(f"Not counted: node(s) {', '.join(doc['unanswered'])} did not answer.")
         return "\n".join(lines)
     output.emit(args, "ProfileRules", doc, render)
+
+
+def _counts(rule: dict) -> str:
+    if "packets" not in rule:
+        return ""
+    return f"{rule['packets']:>10} pkts {rule['bytes']:>12} bytes  "
+
+
+def _add_stats(name: str, doc: dict) -> None:
+    """Each rule's packets and bytes, summed over the nodes that answered."""
+    with nodequery.etcd() as store:
+        asked = nodequery.nodes(nodequery.cluster(store), None)
+        with nodequery.Question(store, asked, kind="counters", profile=name) as question:
+            answers = question.wait()
+    for direction in ("inbound", "outbound"):
+        for rule in doc[f"{direction}_rules"]:
+            rule["packets"] = rule["bytes"] = 0
+            for answer in answers.values():
+                counts = answer.get("counters", {}).get(direction, {}).get(str(rule["number"]))
+                if counts:
+                    rule["packets"] += counts["packets"]
+                    rule["bytes"] += counts["bytes"]
+    doc["nodes"] = sorted(answers)
+    doc["unanswered"] = [n for n in asked if n not in answers]
 
 
 def _rule(number: int, rule) -> dict:

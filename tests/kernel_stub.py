@@ -5,8 +5,9 @@ lines (in the style of Felix's IptablesStub), for unit tests of the policy agent
 wherever the agent takes a runner. It answers what the agent runs, as the
 tools would:
 
-- ``ip[6]tables[-B]-save [-t T]``: the tables in iptables-save format;
-- ``ip[6]tables[-B]-restore [--noflush] [--wait]``: ``*table``, ``:chain``
+- ``ip[6]tables[-B]-save [-c] [-t T]``: the tables in iptables-save format
+  (``-c``: every rule's counters, always ``[0:0]``: the stub counts nothing);
+- ``ip[6]tables[-B]-restore [--noflush] [--wait] [--counters]``: ``*table``, ``:chain``
   (creates a chain, or flushes one that exists), ``-A``/``-I``/``-D``/``-F``/
   ``-N``/``-X`` and ``COMMIT``; all or nothing, as iptables-nft-restore is;
 - ``ip[6]tables[-B] [-w] [-t T] -C|-A|-I|-D|-F|-N|-X ...``: one command;
@@ -179,6 +180,8 @@ class KernelStub:
 
     def _save(self, version: int, args: list[str]) -> str:
         tables = list(BUILTIN_CHAINS)
+        counters = "-c" in args          # the stub counts nothing: [0:0]
+        args = [a for a in args if a != "-c"]
         if args[:1] in (["-t"], ["--table"]) and len(args) == 2:
             tables = [args[1]]
         elif args:
@@ -192,12 +195,14 @@ class KernelStub:
                 c for c in chains if c not in BUILTIN_CHAINS[table])
             lines.append(f"*{table}")
             lines += [f":{c} {chains[c].policy or '-'} [0:0]" for c in order]
-            lines += [f"-A {c} {rule}" for c in order for rule in chains[c].rules]
+            lines += [f"{'[0:0] ' if counters else ''}-A {c} {rule}"
+                      for c in order for rule in chains[c].rules]
             lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
     def _restore(self, tool: str, version: int, args: list[str], stdin: str):
-        unknown = [a for a in args if a not in ("--noflush", "-n", "--wait", "-w")]
+        unknown = [a for a in args
+                   if a not in ("--noflush", "-n", "--wait", "-w", "--counters", "-c")]
         if unknown:
             raise Refused(f"unknown arguments {' '.join(unknown)}", 2)
         if self._injected_failure(tool):
@@ -223,6 +228,8 @@ class KernelStub:
                     table = None
                 elif text.startswith(":"):
                     self._declare(tables[table], text[1:].split())
+                elif text.startswith("[") and {"--counters", "-c"} & set(args):
+                    self._command(version, table, tables[table], _tokens(text)[1:])
                 else:
                     self._command(version, table, tables[table], _tokens(text))
             except (Refused, ValueError) as exc:

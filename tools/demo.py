@@ -16,7 +16,8 @@
    denied elsewhere; `policy explain` says why; a rule update opens one TCP
    port; an IPAM replica is killed and `docker run` still gets an address
    from the other; then `calicoctl status` and `shownodes --detailed`;
-   `docker rm` gives the addresses back.
+   `calicoctl policy drops` lists what host2 denied, frontend -> database,
+   with the rule that denied it; `docker rm` gives the addresses back.
 
 Safe to run again: it releases its own earlier allocations and removes its
 simulated hosts when it ends (`make demo-down` also removes what a killed run
@@ -191,6 +192,9 @@ def docker_story() -> None:
             show(host, "status")
         step("calicoctl shownodes --detailed")
         show(hosts["host1"], "shownodes", "--detailed")
+        step("What host2 dropped, and which rule did (the frontend -> database pings of the "
+             "matrix and the tcp 22 connects): sampled by NFLOG, asked through etcd")
+        show(hosts["host1"], "policy", "drops", "--node=host2")
         step("Removing the containers: Docker releases their addresses through calico-ipam")
         for c in containers.values():
             docker(c.host, "rm", "-f", c.name)

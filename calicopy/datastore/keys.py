@@ -226,10 +226,24 @@ def policy_applied(node_name: str) -> str:
     return host(node_name) + "policy_applied"
 
 
+# Questions for the nodes' policy agents (live drops, rule counters): the
+# administrator writes them, under a lease, outside /calico/v1/ so that no
+# configuration watcher wakes; each node answers under its own prefix.
+QUERIES = ROOT + "queries/"
+
+
+def query(query_id: str) -> str:
+    return QUERIES + _name(query_id)
+
+
+def answer(node_name: str, query_id: str) -> str:
+    return host(node_name) + "answers/" + _name(query_id)
+
+
 def is_report(key: str) -> bool:
-    """Keys nodes write about themselves (status, progress): watchers that
-    react to configuration changes skip them."""
-    return key.endswith(("/bgp_status", "/policy_applied"))
+    """Keys nodes write about themselves (status, progress, answers):
+    watchers that react to configuration changes skip them."""
+    return key.endswith(("/bgp_status", "/policy_applied")) or "/answers/" in key
 
 
 def changes_configuration(watch_response) -> bool:

@@ -22,7 +22,7 @@ from docopt import docopt
 from calicopy import config, quarantine
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
-from node.policy import commands
+from node.policy import commands, drops
 from node.policy.agent import Agent
 from node.policy.iptables import detect_backend
 
@@ -44,8 +44,10 @@ def main(argv=None) -> int:
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
     stop = stop_event()
     log = logging.getLogger("calico-policy-agent")
-    Agent(store, node, backend, run=commands.run,
-          quarantine=quarantine.for_node(log, config.node_paths(node), "policy")).run(stop)
+    agent = Agent(store, node, backend, run=commands.run,
+                  quarantine=quarantine.for_node(log, config.node_paths(node), "policy"))
+    drops.start(store, node, backend, agent.tables, stop)   # live drops, rule counters
+    agent.run(stop)
     store.close()
     return 0
 

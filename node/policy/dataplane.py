@@ -31,6 +31,17 @@ Pure: no commands are run here. The layout (per IP version, filter table):
   packet counters say which rule decided. ``allow`` is two rules (mark, then
   return to the endpoint chain, which returns at once: allowed); ``deny`` is
   one DROP, final whatever later profiles say (calicopy.model.policy).
+- Every DROP that is a policy decision (a profile's deny rule, "no profile
+  allowed it", a spoofed MAC or source, an unknown interface, the
+  endpoint-to-host drop, IPv6's reverse-path check) is preceded by the same
+  match sending the packet to NFLOG group ``NFLOG_GROUP``, rate-limited per
+  rule (``DROP_LOG_LIMIT``), with a prefix ``<chain>/<n>:<hash>`` unique in its
+  table and a comment holding the verdict in ``policy explain``'s words
+  ("denied by profile P inbound rule 3: deny ..."). node.policy.drops reads
+  them back: the prefix names the rule, iptables-save maps it to the comment.
+  Allowed traffic never reaches an NFLOG rule unless it matches a deny
+  rule's match, which it then also matches for the DROP; a denied packet
+  costs one more rule and, past the limit, nothing more.
 - IP-in-IP (protocol 4), while an IPv4 pool uses it: ``cali-INPUT`` ends by
   accepting it from the cluster's nodes (``cali4-hosts``, every node's IPv4
   address) and dropping it from anywhere else. (The node's decapsulator, see
@@ -75,6 +86,10 @@ ICMPV6_TO_HOST = (130, 131, 132, 133, 135, 136)
 ECHO_TO_HOST = {4: "-p icmp -m icmp --icmp-type 8/0",
                 6: "-p ipv6-icmp -m icmp6 --icmpv6-type 128/0"}
 TO_HOST_TARGET = {"drop": "DROP", "return": "RETURN", "accept": "ACCEPT"}
+# Denied packets are sampled to this NFLOG group (node.policy.drops listens).
+NFLOG_GROUP = 20
+# Per NFLOG rule: a flood of denied packets costs the listener this at most.
+DROP_LOG_LIMIT = "-m limit --limit 100/sec --limit-burst 100"
 
 
 def _hash(text: str) -> str:
@@ -109,6 +124,19 @@ def _comment(text: str) -> str:
     """A comment iptables-restore will take: only plain characters (workload
     ids are free text), at most 200 bytes."""
     return f'-m comment --comment "{_COMMENT_SAFE.sub("?", text)[:200]}"'
+
+
+def _drop(chain: str, rules: list[str], match: str, comment: str, verdict: str) -> None:
+    """Append to ``rules`` (those of ``chain``) a DROP for ``match``, sampled
+    first to NFLOG: prefix ``<chain>/<position>:<hash of verdict>``, comment
+    ``verdict``."""
+    lead = f"{match} " if match else ""
+    # The verdict's hash lets the reader tell a prefix it knows from one a
+    # rule update has since moved to another rule.
+    ref = f"{chain}/{len(rules) + 1}:{_hash(verdict)[:8]}"
+    rules.append(f"{lead}{DROP_LOG_LIMIT} {_comment(verdict)} -j NFLOG "
+                 f"--nflog-group {NFLOG_GROUP} --nflog-prefix {ref}")
+    rules.append(f"{lead}{comment} -j DROP")
 
 
 @dataclasses.dataclass
@@ -171,18 +199,20 @@ def _chunks(ports) -> list[str]:
 
 
 def _profile_rules(name: str, direction: str, rules: list[Rule], version: int) -> list[str]:
-    out = []
+    out: list[str] = []
+    chain = profile_chain(name, direction)
     for i, rule in enumerate(rules, 1):
         if version not in rule.versions:
             continue
-        comment = _comment(f"profile {name} {direction} rule {i}: {rule.describe()}")
+        text = f"profile {name} {direction} rule {i}: {rule.describe()}"
+        comment = _comment(text)
         for match in rule_matches(rule, version):
             lead = f"{match} " if match else ""
             if rule.action == "allow":
                 out.append(f"{lead}{comment} -j MARK --set-xmark {ACCEPT_MARK}")
                 out.append(f"-m mark --mark {ACCEPT_MARK} -j RETURN")
-            else:
-                out.append(f"{lead}{comment} -j DROP")    # final: no later profile is tried
+            else:       # final: no later profile is tried
+                _drop(chain, out, match, comment, f"denied by {text}")
     return out
 
 
@@ -195,19 +225,26 @@ def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str
     ips = [ip for ip in ep.ips if ipaddress.ip_address(ip).version == version]
     # Anti-spoofing before conntrack: an established flow is only ridden by
     # the endpoint that owns its address.
-    from_chain = [f"-m mac ! --mac-source {ep.mac} {_comment(f'{who}: spoofed MAC')} -j DROP"]
+    from_chain: list[str] = []
+    _drop(fw, from_chain, f"-m mac ! --mac-source {ep.mac}", _comment(f"{who}: spoofed MAC"),
+          "denied: spoofed MAC")
     from_chain += [f"-s {ip}/{32 if version == 4 else 128} -g {fp}" for ip in ips]
-    from_chain.append(f"{_comment(f'{who}: source address is not its own')} -j DROP")
+    _drop(fw, from_chain, "", _comment(f"{who}: source address is not its own"),
+          "denied: spoofed source address")
+    # In explain's words (services.policy.explain.Decision.describe).
+    none = ("denied: the endpoint has no profile, so it is isolated" if not ep.profile_ids else
+            f"denied: no rule of profiles {', '.join(ep.profile_ids)} matched")
 
-    def profiles(direction):
-        rules = [f"-j MARK --set-xmark 0x0/{MARK}"]
+    def profiles(chain, direction):
+        rules = list(conntrack) + [f"-j MARK --set-xmark 0x0/{MARK}"]
         for name in ep.profile_ids:
             if name in snapshot.profiles:
                 rules += [f"-j {profile_chain(name, direction)}",
                           f"-m mark --mark {ACCEPT_MARK} -j RETURN"]
-        rules.append(f"{_comment(f'{who}: no profile allowed it ({direction})')} -j DROP")
+        _drop(chain, rules, "", _comment(f"{who}: no profile allowed it ({direction})"),
+              f"{none} ({direction})")
         return rules
-    return {fw: from_chain, fp: conntrack + profiles(OUTBOUND), tw: conntrack + profiles(INBOUND)}
+    return {fw: from_chain, fp: profiles(fp, OUTBOUND), tw: profiles(tw, INBOUND)}
 
 
 def compute(snapshot: Snapshot, node: str) -> Desired:
@@ -233,10 +270,16 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
                 f"{_comment('IP-in-IP from the cluster nodes')} -j ACCEPT",
                 f"-p 4 {_comment('IP-in-IP from anywhere else')} -j DROP"]
         action = snapshot.endpoint_to_host_action
-        chains[f"{PREFIX}wl-to-host"] = [
+        to_host = f"{PREFIX}wl-to-host"
+        chains[to_host] = [
             f"-j {PREFIX}from-wl",
-            f"{ECHO_TO_HOST[version]} {_comment('a workload can ping its host')} -j ACCEPT",
-            f"{_comment(f'endpoint-to-host action {action}')} -j {TO_HOST_TARGET[action]}"]
+            f"{ECHO_TO_HOST[version]} {_comment('a workload can ping its host')} -j ACCEPT"]
+        if action == "drop":
+            _drop(to_host, chains[to_host], "", _comment("endpoint-to-host action drop"),
+                  "denied: endpoint-to-host action drop (to its own host)")
+        else:
+            chains[to_host].append(
+                f"{_comment(f'endpoint-to-host action {action}')} -j {TO_HOST_TARGET[action]}")
         chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
                                       f"-o cali+ -j {PREFIX}to-wl",
                                       "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
@@ -244,12 +287,12 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
         # the dispatch chains' final DROP covers it.
         mine = [ep for ep in local
                 if any(ipaddress.ip_address(ip).version == version for ip in ep.ips)]
-        chains[f"{PREFIX}from-wl"] = [f"-i {ep.host_interface} -g {PREFIX}fw-{ep.endpoint_id[:11]}"
-                                      for ep in mine]
-        chains[f"{PREFIX}from-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
-        chains[f"{PREFIX}to-wl"] = [f"-o {ep.host_interface} -g {PREFIX}tw-{ep.endpoint_id[:11]}"
-                                    for ep in mine]
-        chains[f"{PREFIX}to-wl"].append(f"{_comment('unknown workload interface')} -j DROP")
+        for name, flag, kind in (("from-wl", "-i", "fw"), ("to-wl", "-o", "tw")):
+            chain = f"{PREFIX}{name}"
+            chains[chain] = [f"{flag} {ep.host_interface} -g {PREFIX}{kind}-{ep.endpoint_id[:11]}"
+                             for ep in mine]
+            _drop(chain, chains[chain], "", _comment("unknown workload interface"),
+                  "denied: unknown workload interface")
         used = {name for ep in mine for name in ep.profile_ids if name in snapshot.profiles}
         for name in sorted(used):
             profile = snapshot.profiles[name]
@@ -271,7 +314,9 @@ def compute(snapshot: Snapshot, node: str) -> Desired:
         if version == 4:
             tables[version] = {"filter": chains, "nat": nat}
         else:
-            tables[version] = {"filter": chains, "raw": {f"{PREFIX}PREROUTING": [
-                f"-i cali+ -m rpfilter --invert {_comment('source not routed via its interface')}"
-                f" -j DROP"]}}
+            raw: list[str] = []
+            _drop(f"{PREFIX}PREROUTING", raw, "-i cali+ -m rpfilter --invert",
+                  _comment("source not routed via its interface"),
+                  "denied: spoofed source (not routed via its interface)")
+            tables[version] = {"filter": chains, "raw": {f"{PREFIX}PREROUTING": raw}}
     return Desired(tables, ipsets)

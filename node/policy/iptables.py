@@ -5,11 +5,20 @@ writes every changed chain whole (declaring a chain empties it), deletes our
 chains that are no longer wanted, and inserts the jumps from the built-in
 chains if they are missing. The backend (nf_tables or legacy) is the one the
 host already uses; legacy writes wait for the xtables lock.
+
+A full resync rewrites every chain (repairing hand edits) but keeps the
+packet and byte counters of a chain we had written with the same rules
+(``--counters``): they are what ``profile P rule show --stats`` reads
+(``counters``), so they count since the rule was last changed, not since the
+last resync. ip6tables-nft-restore (1.8.9, Debian 12) ignores the counters it
+is given, so for IPv6 on nf_tables the counts the rewrite drops are kept
+here instead (``offsets``) and added when read.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 
 from node.policy import commands
 from node.policy.dataplane import HOOKS, PREFIX
@@ -38,29 +47,40 @@ class Tables:
         stem = "iptables" if version == 4 else "ip6tables"
         self.version, self.run = version, run
         self.save = [f"{stem}-{backend}-save"]
-        self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait"]
+        self.restore = [f"{stem}-{backend}-restore", "--noflush", "--wait", "--counters"]
         # What we wrote last, per table and chain: the kernel prints rules in
         # its own canonical form, so comparing against our own text is exact.
         self.written: dict[str, dict[str, list[str]]] = {}
+        # Counts a rewrite of unchanged rules lost, per table, chain and rule.
+        self.offsets: dict[str, dict[str, list[tuple[int, int]]]] = {}
+        self.restore_keeps_counters = not (version == 6 and backend == "nft")
+        self._lock = threading.Lock()       # apply against counters (another thread)
 
-    def current(self, table: str) -> tuple[dict[str, int], set[str]]:
-        """Our chains with their rule counts, and the built-in chains that jump to ours."""
-        out = self.run(self.save + ["-t", table])
+    def current(self, table: str) -> tuple[dict[str, int], set[str], dict[str, list[str]]]:
+        """Our chains with their rule counts, the built-in chains that jump to
+        ours, and our chains' rules' counters (``[packets:bytes]``, in order)."""
+        out = self.run(self.save + ["-c", "-t", table])
         chains: dict[str, int] = {}
+        counters: dict[str, list[str]] = {}
         hooked = set()
         targets = [ours for _, ours in HOOKS[table]]
         for line in out.splitlines():
+            count = ""
+            if line.startswith("[") and "] -A " in line:
+                count, line = line.split(" ", 1)
             if line.startswith(":") and line[1:].startswith(PREFIX):
                 chains[line[1:].split()[0]] = 0
+                counters[line[1:].split()[0]] = []
             elif line.startswith("-A "):
                 chain = line.split()[1]
                 if chain in chains:
                     chains[chain] += 1
+                    counters[chain].append(count)
                 elif chain.isupper() and line.split()[2:] in (["-j", t] for t in targets):
                     # Only our unconditional jump is a hook: an operator's own
                     # conditional jump to our chain is not (it is what -C checks).
                     hooked.add(line.split()[3])
-        return chains, hooked
+        return chains, hooked, counters
 
     def hooked(self, table: str) -> bool:
         """Whether every built-in chain of ``table`` still jumps to ours."""
@@ -71,14 +91,43 @@ class Tables:
                 return False
         return True
 
+    def counters(self, table: str) -> dict[str, list[tuple[int, int, str]]]:
+        """Our chains' rules with their packets and bytes, in order: what the
+        kernel counts, plus what rewrites of the same rules lost."""
+        with self._lock:
+            out = self.run(self.save + ["-c", "-t", table])
+            offsets = dict(self.offsets.get(table, {}))
+        chains: dict[str, list[tuple[int, int, str]]] = {}
+        for line in out.splitlines():
+            if not line.startswith("[") or "] -A " not in line:
+                continue
+            count, rule = line.split(" ", 1)
+            chain = rule.split()[1]
+            if not chain.startswith(PREFIX):
+                continue
+            packets, nbytes = (int(n) for n in count.strip("[]").split(":"))
+            rules = chains.setdefault(chain, [])
+            extra = offsets.get(chain, [])
+            if len(rules) < len(extra):
+                packets, nbytes = packets + extra[len(rules)][0], nbytes + extra[len(rules)][1]
+            rules.append((packets, nbytes, rule))
+        return chains
+
     def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
         """Make the table's calico chains match ``desired``; returns the number
         of chains written. ``full`` reads the kernel and rewrites every chain;
         otherwise what we wrote last stands for the kernel's state, so an
         update costs only the changed chains."""
+        with self._lock:
+            return self._apply(table, desired, full)
+
+    def _apply(self, table: str, desired: dict[str, list[str]], full: bool) -> int:
         written = self.written.setdefault(table, {})
+        offsets = self.offsets.setdefault(table, {})
+        lost: dict[str, list[tuple[int, int]]] = {}
+        counters: dict[str, list[str]] = {}
         if full or not written:
-            current, hooked = self.current(table)
+            current, hooked, counters = self.current(table)
         else:
             current = {chain: len(rules) for chain, rules in written.items()}
             hooked = {ours for _, ours in HOOKS[table]}
@@ -91,7 +140,17 @@ class Tables:
                 changed.append(chain)
                 lines.append(f":{chain} - [0:0]")
         for chain in changed:
-            lines += [f"-A {chain} {rule}" for rule in desired[chain]]
+            # The same rules as we wrote last: the kernel's counters carry over.
+            keep = (counters.get(chain) if written.get(chain) == desired[chain] else None)
+            if keep and len(keep) == len(desired[chain]) and all(keep):
+                lines += [f"{c} -A {chain} {rule}" for c, rule in zip(keep, desired[chain])]
+                if not self.restore_keeps_counters:
+                    before = offsets.get(chain) or [(0, 0)] * len(keep)
+                    lost[chain] = [(int(c.strip("[]").split(":")[0]) + old[0],
+                                    int(c.strip("[]").split(":")[1]) + old[1])
+                                   for c, old in zip(keep, before)]
+            else:
+                lines += [f"-A {chain} {rule}" for rule in desired[chain]]
         for builtin, ours in HOOKS[table]:
             if ours in desired and ours not in hooked:
                 lines.append(f"-I {builtin} 1 -j {ours}")
@@ -103,6 +162,9 @@ class Tables:
         self.run(self.restore, "\n".join(lines) + "\n")
         for chain in changed:
             written[chain] = list(desired[chain])
+            offsets.pop(chain, None)
+        offsets.update(lost)
         for chain in stale:
             written.pop(chain, None)
+            offsets.pop(chain, None)
         return len(changed) + len(stale)

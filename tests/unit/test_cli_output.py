@@ -36,6 +36,9 @@ SHOWS = [
     (["policy", "explain", "10.0.0.1", "10.0.0.2", "--protocol=tcp", "--port=80"],
      "PolicyExplanation"),
     (["policy", "endpoint-to-host"], "EndpointToHost"),
+    (["policy", "drops", "--node=h1", "--endpoint=0123"], "PolicyDrops"),
+    (["policy", "drops", "--follow"], "PolicyDrop"),
+    (["profile", "WEB", "rule", "show", "--stats"], "ProfileRules"),
     (["certs", "show", "/nonexistent.pem"], "Certificate"),
 ]
 IDS = [" ".join(argv[:3]) for argv, _ in SHOWS]

@@ -19,6 +19,7 @@ from node.policy.commands import CommandError
 from node.policy.dataplane import ACCEPT_MARK, profile_chain, tag_set
 from tests.fakes import MemoryStore
 from tests.kernel_stub import KernelStub
+from tests.unit.test_rules import acting
 
 NODE = "h1"
 TABLES = [(4, "filter"), (4, "nat"), (6, "filter"), (6, "raw")]
@@ -131,16 +132,16 @@ def test_first_sync_programs_dispatch_endpoints_profiles_sets_and_hooks(world):
     assert kernel.rules(6, "raw", "PREROUTING") == ["-j cali-PREROUTING"]
     assert agent.hooks_in_place()
     # Dispatch: each local endpoint of the version, then a drop; web2 is elsewhere.
-    from_wl = kernel.rules(4, "filter", "cali-from-wl")
+    from_wl = acting(kernel.rules(4, "filter", "cali-from-wl"))
     assert sorted(from_wl[:-1]) == sorted(f"-i cali{short(ep)} -g cali-fw-{short(ep)}"
                                           for ep in (web1, db1, app1))
     assert from_wl[-1].endswith("-j DROP")
-    assert sorted(kernel.rules(6, "filter", "cali-to-wl")[:-1]) == sorted(
+    assert sorted(acting(kernel.rules(6, "filter", "cali-to-wl"))[:-1]) == sorted(
         f"-o cali{short(ep)} -g cali-tw-{short(ep)}" for ep in (web1, db1))
     assert f"cali-fw-{short(app1)}" not in kernel.chains(6, "filter")   # no IPv6 address
     assert not any(short(eps["web2"]) in c for v, t in TABLES for c in kernel.chains(v, t))
     # An endpoint's chains: its own source address and MAC only, then its profiles.
-    fw = kernel.rules(4, "filter", f"cali-fw-{short(db1)}")
+    fw = acting(kernel.rules(4, "filter", f"cali-fw-{short(db1)}"))
     assert f"-s 10.20.0.2/32 -g cali-fp-{short(db1)}" in fw
     assert any(f"! --mac-source {db1.mac}" in r and r.endswith("-j DROP") for r in fw)
     assert fw[-1].endswith("-j DROP")
@@ -148,7 +149,7 @@ def test_first_sync_programs_dispatch_endpoints_profiles_sets_and_hooks(world):
     assert f"-j {profile_chain('DB', 'inbound')}" in tw and tw[-1].endswith("-j DROP")
     # A profile chain: one rule per rule (allow: mark, then return), in order.
     web4 = tag_set("WEB", 4)
-    assert kernel.rules(4, "filter", profile_chain("DB", "inbound")) == [
+    assert acting(kernel.rules(4, "filter", profile_chain("DB", "inbound"))) == [
         f"-p tcp -m set --match-set {web4} src -m multiport --dports 5432 -m comment "
         f'--comment "profile DB inbound rule 1: allow tcp from tag WEB to ports [5432]" '
         f"-j MARK --set-xmark {ACCEPT_MARK}",
