@@ -5,8 +5,11 @@ Run by the shared watch loop (calicopy.datastore.watchloop). A full pass (on
 start, after any end of its watch, every RESYNC seconds, and whenever the
 built-in chains no longer jump to ours) reads the cluster's records at one
 revision into its model (node.policy.view), recomputes what the node wants
-(node.policy.desired) and rewrites every chain and set that differs from the
-kernel (which repairs anything edited by hand). Any other pass applies the
+(node.policy.desired), rewrites every set that differs from the kernel's and
+reads back and rewrites every chain (which repairs anything edited by hand)
+unless the kernel's ruleset generation shows that only the agent's own
+writes changed the rules since it last did (then the chains that differ from
+what it wrote are written). Any other pass applies the
 watch's events since the last pass to the model and writes only what they
 change: a rule change rewrites that profile's chains; a local endpoint's
 change its chains and the dispatch chains; an endpoint elsewhere joining a
@@ -116,11 +119,14 @@ class Agent:
         self.quarantine.update(keys.PREFIX, self.view.bad)
         failpoints.reached("policy-before-restore")
         generation = self._generation()
+        # Only our own writes changed the rules since we last knew them whole:
+        # what we wrote stands for the kernel, even in a full pass.
+        untouched = generation is not None and generation == self._trusted
         restores = sum(t.restores for t in self.tables.values())
-        stats = self._write(full)
+        stats = self._write(full, read_rules=full and not untouched)
         failpoints.reached("policy-after-restore")      # programmed, progress not recorded
         restores = sum(t.restores for t in self.tables.values()) - restores
-        if generation is not None and (full or generation == self._trusted) and \
+        if generation is not None and (full or untouched) and \
                 self._generation() == generation + restores:
             self._trusted = generation + restores       # only our own writes since
         return self.revision, stats
@@ -145,9 +151,10 @@ class Agent:
                     self._local_changed = revision
         self.desired.update(self.view, self.view.take_notes())
 
-    def _write(self, full: bool) -> dict:
-        """Write what is pending (everything, compared with the kernel, when
-        ``full``): sets, then chains, then the sets no rule uses any more."""
+    def _write(self, full: bool, read_rules: bool) -> dict:
+        """Write what is pending (when ``full``, everything that differs from
+        the kernel's sets, and from its chains with ``read_rules``, else from
+        what we wrote): sets, then chains, then the sets no rule uses any more."""
         desired = self.desired
         stats = {"sets": 0, "members": 0, "chains": 0, "stale_sets": 0}
         if full or self._set_names is None:
@@ -168,8 +175,8 @@ class Agent:
             for table, chains in tables.items():
                 only = desired.pending_chains.get((version, table), set())
                 if full or only or not self.tables[version].written.get(table):
-                    stats["chains"] += self.tables[version].apply(table, chains, full=full,
-                                                                  only=only)
+                    stats["chains"] += self.tables[version].apply(
+                        table, chains, full=read_rules, only=None if full else only)
                 desired.pending_chains.pop((version, table), None)
         stale = {n: None for n in self._set_names if n not in desired.sets}
         stats["stale_sets"] = self.ipsets.remove_stale(desired.sets, stale)

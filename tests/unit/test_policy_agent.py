@@ -544,3 +544,26 @@ def test_an_idle_pass_runs_nothing_until_someone_changes_the_rules(world):
     started.clear()
     agent.step(False, events(agent))
     assert started == []
+
+
+def test_a_resync_rewrites_the_chains_only_when_someone_else_changed_the_rules(world):
+    """With the ruleset generation, a periodic full pass after only our own
+    writes starts no iptables process; after an operator edited one of our
+    chains, it reads the rules back and repairs them."""
+    store, kernel, _, _ = world
+    started = []
+
+    def run(argv, *args, **kwargs):
+        started.append(argv[0])
+        return kernel.run(argv, *args, **kwargs)
+    agent = watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation))
+    agent.step(True, events(agent))
+    endpoint(store, "web3", ["10.20.0.5"], ["WEB"])
+    agent.step(False, events(agent))
+    before = state(kernel)
+    started.clear()
+    agent.step(True, events(agent))
+    assert not [tool for tool in started if tool.startswith(("iptables", "ip6tables"))]
+    kernel.iptables(4, "-A", profile_chain("WEB", "inbound"), "-j", "ACCEPT")
+    agent.step(True, events(agent))
+    assert state(kernel) == before == full_sync_state(store)
