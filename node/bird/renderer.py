@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from calicopy import failpoints, underlay
 from calicopy.datastore import keys
 from calicopy.datastore.etcd_watch import change
@@ -56,13 +58,13 @@ def current_model(store: Store, name: str, bad: dict[str, str] | None = None,
 
 class Renderer:
     def __init__(self, store: Store, name: str, config_path: Path, ctl: str,
-                 quarantine: Quarantine | None = None, connected=underlay.on_link):
+                 quarantine: Quarantine | None = None, connected=None):
         self.store, self.name, self.path, self.ctl = store, name, config_path, ctl
         self.quarantine = quarantine or Quarantine(log)
         self.view = BirdView(name)
         self.revision = 0                      # of the newest record the view holds
         self._loaded = False
-        self._connected = connected
+        self._connected = connected        # None: the host's routes (calicopy.underlay)
         self._configured: str | None = None    # the text BIRD last accepted
         self.status = LeasedReport(store, keys.bgp_status(name), REPORT_TTL)
 
@@ -81,7 +83,11 @@ class Renderer:
                     self.revision = revision
                     self.view.apply(key, value)
         bad: dict[str, str] = {}
-        model = self.view.model(bad, self._connected)
+        if self._connected is not None:
+            model = self.view.model(bad, self._connected)
+        else:
+            with IPRoute() as ipr:              # one socket for all the peers
+                model = self.view.model(bad, lambda ip: underlay.on_link(ip, ipr))
         self.quarantine.update(keys.PREFIX, bad)
         if model is None:
             return False
