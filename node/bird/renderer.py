@@ -63,6 +63,7 @@ class Renderer:
         self.quarantine = quarantine or Quarantine(log)
         self.view = BirdView(name)
         self.revision = 0                      # of the newest record the view holds
+        self._read_at = 0                      # the revision of the last full read
         self._loaded = False
         self._connected = connected        # None: the host's routes (calicopy.underlay)
         self._configured: str | None = None    # the text BIRD last accepted
@@ -74,13 +75,14 @@ class Renderer:
         Says whether it did."""
         if full or not self._loaded:
             self.revision, kvs = self.store.snapshot(keys.PREFIX)
+            self._read_at = self.revision
             self.view.load(kvs)
             self._loaded = True
         else:
             for event in events:
                 key, value, revision = change(event)
-                if revision > self.revision:        # else already in the last full read
-                    self.revision = revision
+                if revision > self._read_at:        # else already in the last full read
+                    self.revision = max(self.revision, revision)
                     self.view.apply(key, value)
         bad: dict[str, str] = {}
         if self._connected is not None:

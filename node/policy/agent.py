@@ -74,6 +74,7 @@ class Agent:
         self.view = ClusterView(node)
         self.desired = DesiredState()
         self.revision = 0                # of the newest record the model holds
+        self._read_at = 0                # the revision of the last full read
         self._loaded = False             # whether a full read happened
         self._set_names: set[str] | None = None    # our sets in the kernel (None: unknown)
         self.progress = LeasedReport(store, keys.policy_applied(node), PROGRESS_TTL)
@@ -135,16 +136,18 @@ class Agent:
         revision, kvs = self.store.snapshot(keys.PREFIX)
         self.view.load([kv for kv in kvs if relevant(kv.key)])
         self.desired.rebuild(self.view)
-        self.revision, self._loaded = revision, True
+        self.revision = self._read_at = revision
+        self._loaded = True
         self._local_changed = max([kv.mod_revision for kv in kvs
                                    if kv.key.startswith(self._mine)], default=0)
 
     def _apply(self, events) -> None:
         for event in events:
             key, value, revision = change(event)
-            if revision <= self.revision:
-                continue                # already in what we read
-            self.revision = revision
+            if revision <= self._read_at:
+                continue                # already in what we read (one commit's events
+                                        # share its revision: compare with the read's)
+            self.revision = max(self.revision, revision)
             if relevant(key):
                 self.view.apply(key, value)
                 if key.startswith(self._mine):

@@ -51,7 +51,7 @@ def read_model(store, name, bad, connected):
 
 def random_change(store, rnd):
     """One change of a record the renderer reads (or does not), picked by ``rnd``."""
-    kind = rnd.randrange(8)
+    kind = rnd.randrange(9)
     host = rnd.choice(NODES)
     if kind == 0:
         put(store, keys.node(host), rnd.choice([
@@ -85,8 +85,13 @@ def random_change(store, rnd):
         put(store, keys.BGP_AS, rnd.choice([64512, 65000, "sixty"]))
     elif kind == 6:
         put(store, keys.BGP_NODE_MESH, rnd.choice([{"enabled": True}, {"enabled": False}]))
-    else:
+    elif kind == 7:
         put(store, keys.profile_tags("P"), ["P"])            # not the renderer's
+    else:                                   # several records in one commit
+        net = ipaddress.ip_network("10.20.1.0/26")
+        node, block = keys.node(host), keys.block(net)
+        assert store.commit(Txn().put(node, store.get(node), {"name": host, "ipv4": "172.30.0.5"})
+                            .put(block, store.get(block), Block.empty(net, host).to_json()))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -567,3 +567,22 @@ def test_a_resync_rewrites_the_chains_only_when_someone_else_changed_the_rules(w
     kernel.iptables(4, "-A", profile_chain("WEB", "inbound"), "-j", "ACCEPT")
     agent.step(True, events(agent))
     assert state(kernel) == before == full_sync_state(store)
+
+
+def test_the_records_of_one_commit_are_all_applied(world):
+    """A commit's events share its revision: a profile created whole (tags and
+    rules) with a local endpoint in it, in one transaction, is all programmed."""
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    ep_id = endpoint_id(NODE, "netns", "ops1", "eth0")
+    ops1 = Endpoint(ep_id, NODE, "netns", "ops1", "eth0", "/var/run/netns/ops1", ACTIVE,
+                    "02:00:00:00:00:0c", profile_ids=["OPS"])
+    ops1.set_ips(["10.20.0.7"])
+    assert store.commit(Txn().put(keys.profile_tags("OPS"), None, ["OPS"])
+                        .put(keys.profile_rules("OPS"), None,
+                             {"inbound_rules": [{"action": "allow", "src_tag": "OPS"}]})
+                        .put(keys.endpoint(NODE, "netns", "ops1", ep_id), None, ops1.to_json()))
+    revision, _ = agent.sync(events=events(agent))
+    assert revision == store.revision
+    assert kernel.sets()[tag_set("OPS", 4)] == {"10.20.0.7"}
+    assert state(kernel) == full_sync_state(store)
