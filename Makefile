@@ -112,6 +112,7 @@ bench: install
 	$(PY) bench/ipam.py
 	$(PY) bench/endpoint.py
 	$(PY) bench/policy.py
+	$(PY) bench/idle.py
 	$(PY) bench/bgp.py
 	$(PY) bench/docker.py
 	$(PY) bench/cni.py

@@ -3,7 +3,7 @@ is on a subnet it is directly connected to, and which interface (and MTU)
 carries its own address.
 
 Read fresh on every call (routes change under us); every call opens its own
-netlink socket, so any thread may call. Used by the BIRD renderer (direct or
+netlink socket, so any thread may call (or uses the caller's). Used by the BIRD renderer (direct or
 multi-hop peers), the IP-in-IP routes (cross-subnet mode) and the endpoint
 service (the workloads' default MTU).
 """
@@ -18,14 +18,19 @@ from pyroute2.netlink.exceptions import NetlinkError
 DEFAULT_MTU = 1500
 
 
-def on_link(ip: str) -> bool:
+def on_link(ip: str, ipr: IPRoute | None = None) -> bool:
     """Whether the host reaches ``ip`` directly (the route to it has no
     gateway): it is on a subnet the host is connected to. An address the host
-    has no route to is not."""
+    has no route to is not. ``ipr``: a socket to ask on (the caller's, for
+    many questions in a row), else one of its own."""
     addr = ipaddress.ip_address(ip)
+    family = 2 if addr.version == 4 else 10
     try:
-        with IPRoute() as ipr:
-            routes = ipr.route("get", dst=str(addr), family=2 if addr.version == 4 else 10)
+        if ipr is not None:
+            routes = ipr.route("get", dst=str(addr), family=family)
+        else:
+            with IPRoute() as own:
+                routes = own.route("get", dst=str(addr), family=family)
     except NetlinkError:
         return False
     return bool(routes) and routes[0].get_attr("RTA_GATEWAY") is None and \

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import threading
 
+from pyetcd import events as etcd_events
+from pyetcd.etcdrpc import kv_pb2
+
 from calicopy.datastore.etcd_watch import WatchEnded
 from calicopy.datastore.store import KV, LeaseExpired, Txn
 
 
-class _Event:
-    def __init__(self, key: bytes, value: bytes, mod_revision: int):
-        self.key, self.value, self.mod_revision = key, value, mod_revision
+def _event(kind, key: str, value: str, revision: int):
+    """An event as the real watch delivers it (pyetcd's PutEvent or DeleteEvent)."""
+    return etcd_events.new_event(kv_pb2.Event(type=kind, kv=kv_pb2.KeyValue(
+        key=key.encode(), value=value.encode(), mod_revision=revision)))
 
 
 class _Response:
@@ -84,8 +88,8 @@ class MemoryStore:
 
     def _notify(self, txn: Txn, revision: int) -> None:
         """Watchers get the commit's events, as etcd's watches deliver them."""
-        changed = [_Event(k.encode(), v.encode(), revision) for k, v in txn.puts.items()] + \
-            [_Event(k.encode(), b"", revision) for k in txn.deletes]
+        changed = [_event(kv_pb2.Event.PUT, k, v, revision) for k, v in txn.puts.items()] + \
+            [_event(kv_pb2.Event.DELETE, k, "", revision) for k in txn.deletes]
         for prefix, on_event in list(self.watches.values()):
             mine = [e for e in changed if e.key.decode().startswith(prefix)]
             if mine:

@@ -20,6 +20,9 @@ not exist, a ``-j`` target that is neither a target nor a chain of the table
 referenced, a set that does not exist or is of the other family, an address
 of the other family, names that are too long, destroying a set a rule uses.
 The other backend's tools are missing (FileNotFoundError, as from subprocess).
+With the nft backend, ``generation()`` is nf_tables' ruleset generation: one
+more for every iptables write that went through (a restore, a command that
+changes a table), as the kernel counts them (node.policy.generation).
 
 Tests read the state (``chains``, ``rules``, ``sets``), never a log of the
 commands: the stub keeps none, so tests cannot come to depend on call order.
@@ -107,6 +110,7 @@ class KernelStub:
         self._tables = {4: _empty_tables(), 6: _empty_tables()}
         self._sets: dict[str, IpSet] = {}
         self._failures: list[str] = []      # tool-name prefixes of restores to fail
+        self._generation = 1
 
     # commands.run's contract ---------------------------------------------------
 
@@ -120,6 +124,10 @@ class KernelStub:
         if check and code != 0:
             raise CommandError(argv, code, out, err, stdin)
         return out
+
+    def generation(self) -> int | None:
+        """nf_tables' ruleset generation (None with the legacy backend, which has none)."""
+        return self._generation if self.backend == "nft" else None
 
     # For tests -----------------------------------------------------------------
 
@@ -237,6 +245,7 @@ class KernelStub:
         if table is not None:
             return 1, "", f"{tool}: COMMIT expected at the end of the input\n"
         self._tables[version] = tables
+        self._generation += 1
         return 0, "", ""
 
     def _declare(self, chains: dict[str, Chain], parts: list[str]) -> None:
@@ -269,7 +278,9 @@ class KernelStub:
         if found is False:
             stem = "iptables" if version == 4 else "ip6tables"
             return 1, "", f"{stem}: Bad rule (does a matching rule exist in that chain?).\n"
-        self._tables[version] = tables
+        if found is None:               # a write, not a check
+            self._tables[version] = tables
+            self._generation += 1
         return 0, "", ""
 
     def _command(self, version: int, table: str, chains: dict[str, Chain],

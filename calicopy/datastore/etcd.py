@@ -1,5 +1,10 @@
 """The Store interface over a real etcd v3 cluster (through pyetcd), plaintext or TLS.
 
+A snapshot of a prefix is read in pages (``PAGE`` keys each, fewer while a
+page of large values would exceed gRPC's message size limit) at the
+revision of its first page, so a prefix of any size comes whole and
+consistent.
+
 Every call fails over between the cluster's members (ETCD_ENDPOINTS) within
 one budget (``timeout``): a member that refuses the connection, has lost its
 leader (each request asks for one: etcd's ``hasleader``) or does not answer
@@ -104,6 +109,7 @@ class EtcdStore:
     """
 
     RECHECK = 5.0       # seconds between looks at the TLS files
+    PAGE = 1000         # keys per answer of a snapshot
 
     def __init__(self, endpoints: list, timeout: float = 5.0, tls=None):
         self._members = [e if isinstance(e, EtcdEndpoint) else EtcdEndpoint("http", *e)
@@ -248,10 +254,31 @@ class EtcdStore:
         return self._call(lambda c, t: self._try(c, "kvstub", "Range", request, t))
 
     def snapshot(self, prefix: str) -> tuple[int, list[KV]]:
-        """Every key under ``prefix`` and the revision they are consistent at."""
-        resp = self._range(prefix, prefix=True)
-        return resp.header.revision, [KV(kv.key.decode(), kv.value.decode(), kv.mod_revision)
-                                      for kv in resp.kvs]
+        """Every key under ``prefix`` and the revision they are consistent at:
+        page after page, each read at the revision of the first (read again
+        from the start if etcd compacted that revision meanwhile)."""
+        request = etcdrpc.RangeRequest(
+            key=prefix.encode(), range_end=etcd_utils.prefix_range_end(prefix.encode()),
+            limit=self.PAGE, sort_order=etcdrpc.RangeRequest.ASCEND,
+            sort_target=etcdrpc.RangeRequest.KEY)
+        found: list[KV] = []
+        while True:
+            try:
+                resp = self._call(lambda c, t: self._try(c, "kvstub", "Range", request, t))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and request.limit > 1:
+                    request.limit //= 2         # an answer too large: smaller pages
+                    continue
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE or not request.revision:
+                    raise
+                request.key, request.revision, found = prefix.encode(), 0, []
+                continue
+            request.revision = request.revision or resp.header.revision
+            found += [KV(kv.key.decode(), kv.value.decode(), kv.mod_revision)
+                      for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return request.revision, found
+            request.key = resp.kvs[-1].key + b"\0"
 
     def get(self, key: str) -> KV | None:
         resp = self._range(key, prefix=False)

@@ -16,6 +16,9 @@ promises:
   whatever ends the watch (compaction, etcd's cancel, the stream failing or
   closing), a ``WatchEnded`` saying why, which has no ``events``. Only
   ``cancel()`` ends it silently.
+
+``change(event)`` reads one event as (key, new value or None when deleted,
+revision): how owners that keep a model current apply them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ class WatchEnded(Exception):
     def __init__(self, reason: str):
         super().__init__(f"the etcd watch ended: {reason}")
         self.reason = reason
+
+
+def change(event) -> tuple[str, str | None, int]:
+    """(key, value, revision) of one event; the value is None for a delete."""
+    value = None if isinstance(event, etcd_events.DeleteEvent) else event.value.decode()
+    return event.key.decode(), value, event.mod_revision
 
 
 class WatchResponse:

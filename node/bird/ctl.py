@@ -1,9 +1,19 @@
-"""Talking to a running BIRD through its control socket: reload, check, read sessions."""
+"""Talking to a running BIRD through its control socket: reload, check, read sessions.
+
+Reading the sessions speaks BIRD's control protocol on the socket itself (no
+birdc process: the renderer asks every couple of seconds). The protocol is
+text, a line each way: BIRD greets with ``0001 BIRD <version> ready.``; each
+reply line starts with a four-digit code and ``-`` (more follows) or a space
+(the reply's last line), or with a space (continuing the previous code's
+text). Codes from 8000 on are errors. ``query`` returns the text as birdc
+prints it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
 import subprocess
 
 from calicopy.errors import CalicoError
@@ -56,10 +66,38 @@ class Session:
     last_error: str = ""    # why it is not up, as BIRD says (empty once established)
 
 
+def query(ctl: str, command: str, timeout: float = 10) -> str:
+    """``command``'s reply over BIRD's control socket, as birdc prints it."""
+    argv = ["bird-control", ctl, command]
+    out: list[str] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(ctl)
+            lines = sock.makefile("r", encoding="utf-8", errors="replace", newline="\n")
+            greeting = lines.readline()
+            if not greeting.startswith("0001 "):
+                raise BirdError(argv, "no greeting", greeting)
+            sock.sendall(command.encode() + b"\n")
+            for line in lines:
+                line = line.rstrip("\n")
+                if line[:4].isdigit() and line[4:5] in ("-", " "):
+                    if int(line[:4]) >= 8000:
+                        raise BirdError(argv, line[:4], line[5:])
+                    out.append(line[5:])
+                    if line[4] == " ":
+                        return "\n".join(out) + "\n"
+                elif line.startswith(" "):
+                    out.append(line[1:])
+            raise BirdError(argv, "closed", "\n".join(out))
+    except OSError as exc:
+        raise BirdError(argv, type(exc).__name__, str(exc)) from None
+
+
 def sessions(ctl: str) -> list[Session]:
     """The BGP protocols BIRD runs for calico peers, from `show protocols
     all`: a protocol's line, then its indented details (BGP state, last error)."""
-    return parse_sessions(_run([BIRDC, "-s", ctl, "show", "protocols", "all"]))
+    return parse_sessions(query(ctl, "show protocols all"))
 
 
 def parse_sessions(out: str) -> list[Session]:

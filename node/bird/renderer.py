@@ -1,15 +1,19 @@
 """The BIRD config renderer: keeps one node's BIRD configuration in step with
 etcd, and reports the node's BGP sessions back.
 
-Run by the shared watch loop (calicopy.datastore.watchloop): it re-renders on
-every change under /calico/v1/ and every few seconds regardless (so a peer
-that becomes directly connected, or stops being so, is re-rendered). A new
-configuration is written to a temporary file, checked with `bird -p`, moved
-into place atomically, and BIRD is told to `configure` only when the text
-changed. A malformed node, peer, pool or block record is left out, as if
-absent, and reported once (calicopy.quarantine). Every couple of seconds it
-reads the sessions BIRD reports and writes them to etcd when they changed,
-under a lease that keep-alives hold (calicopy.datastore.report): the report
+Run by the shared watch loop (calicopy.datastore.watchloop): it reads the
+cluster's records into its model (node.bird.view) on start, after any end
+of its watch and every RESYNC seconds, and applies the watch's events to the
+model in between (events at or before its last full read are already in
+it). Every pass, and every POLL seconds regardless (so a peer that becomes
+directly connected, or stops being so, is re-rendered), it renders from the
+model: no etcd read. A new configuration is written to a temporary file,
+checked with `bird -p`, moved into place atomically, and BIRD is told to
+`configure` only when the text changed. A malformed node, peer, pool or block
+record is left out, as if absent, and reported once (calicopy.quarantine).
+Every couple of seconds it reads the sessions BIRD reports (over BIRD's
+control socket, no process) and writes them to etcd when they changed, under
+a lease that keep-alives hold (calicopy.datastore.report): the report
 vanishes if the node stops, and an idle node adds nothing to etcd's history.
 """
 
@@ -21,19 +25,22 @@ import threading
 import time
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from calicopy import failpoints, underlay
 from calicopy.datastore import keys
+from calicopy.datastore.etcd_watch import change
 from calicopy.datastore.report import LeasedReport
 from calicopy.datastore.store import Store
 from calicopy.datastore.watchloop import WatchLoop
-from calicopy.model import bgp, ipam
-from calicopy.model.record import BadRecord, decode, decode_all
 from calicopy.quarantine import Quarantine
 from node.bird import conf, ctl
+from node.bird.view import BirdView
 
 log = logging.getLogger("calico-bird-renderer")
 
-RESYNC = 5.0
+RESYNC = 60.0
+POLL = 5.0
 REPORT_EVERY = 2.0
 REPORT_TTL = 10
 
@@ -44,39 +51,45 @@ def current_model(store: Store, name: str, bad: dict[str, str] | None = None,
     directly connected, the host's routes); None until it is registered (or
     while its own record is malformed). Malformed records are left out, as if
     absent, and listed in ``bad`` (key -> what is wrong) when given."""
-    bad = {} if bad is None else bad
-    kv = store.get(keys.node(name))
-    if kv is None:
-        return None
-    try:
-        node = decode(kv, bgp.Node.from_json)
-    except BadRecord as exc:
-        bad[exc.key] = exc.why
-        return None
-    # The block records, not the affinities, say who owns a block: a stale
-    # affinity must never make two hosts advertise the same block.
-    blocks = [str(block.cidr) for block in decode_all(store.list(keys.blocks_prefix()),
-                                                      ipam.Block.from_json, bad)
-              if block.host == name]
-    pools = [str(pool.cidr) for pool in ipam.read_pools(store, bad=bad)]
-    return conf.build_model(node, bgp.read_nodes(store, bad), bgp.read_config(store, bad),
-                            bgp.read_peers(store, bad=bad),
-                            bgp.read_peers(store, node=name, bad=bad), pools, blocks, connected)
+    view = BirdView(name)
+    view.load(store.snapshot(keys.PREFIX)[1])
+    return view.model({} if bad is None else bad, connected)
 
 
 class Renderer:
     def __init__(self, store: Store, name: str, config_path: Path, ctl: str,
-                 quarantine: Quarantine | None = None):
+                 quarantine: Quarantine | None = None, connected=None):
         self.store, self.name, self.path, self.ctl = store, name, config_path, ctl
         self.quarantine = quarantine or Quarantine(log)
+        self.view = BirdView(name)
+        self.revision = 0                      # of the newest record the view holds
+        self._read_at = 0                      # the revision of the last full read
+        self._loaded = False
+        self._connected = connected        # None: the host's routes (calicopy.underlay)
         self._configured: str | None = None    # the text BIRD last accepted
         self.status = LeasedReport(store, keys.bgp_status(name), REPORT_TTL)
 
     def sync(self, full: bool = False, events=()) -> bool:
-        """Render and, if the text differs from what BIRD last accepted,
-        install and reload. Says whether it did."""
+        """Bring the model up to date (a full read, or the events), render and,
+        if the text differs from what BIRD last accepted, install and reload.
+        Says whether it did."""
+        if full or not self._loaded:
+            self.revision, kvs = self.store.snapshot(keys.PREFIX)
+            self._read_at = self.revision
+            self.view.load(kvs)
+            self._loaded = True
+        else:
+            for event in events:
+                key, value, revision = change(event)
+                if revision > self._read_at:        # else already in the last full read
+                    self.revision = max(self.revision, revision)
+                    self.view.apply(key, value)
         bad: dict[str, str] = {}
-        model = current_model(self.store, self.name, bad)
+        if self._connected is not None:
+            model = self.view.model(bad, self._connected)
+        else:
+            with IPRoute() as ipr:              # one socket for all the peers
+                model = self.view.model(bad, lambda ip: underlay.on_link(ip, ipr))
         self.quarantine.update(keys.PREFIX, bad)
         if model is None:
             return False
@@ -108,5 +121,5 @@ class Renderer:
         self.status.keepalive()
 
     def run(self, stop: threading.Event) -> None:
-        WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=RESYNC,
+        WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=POLL,
                   settle=0.05, tick=self.report, tick_every=REPORT_EVERY).run(stop)

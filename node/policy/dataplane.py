@@ -1,4 +1,5 @@
-"""The iptables chains and ipsets one node needs, computed from a policy Snapshot.
+"""The iptables chains and ipsets one node needs: the builders of each piece,
+and ``compute``, all of them from a policy Snapshot.
 
 Pure: no commands are run here. The layout (per IP version, filter table):
 
@@ -71,12 +72,14 @@ import re
 
 from calicopy.model.endpoint import Endpoint
 from calicopy.model.ipam import IPIP_ALWAYS, IPIP_NEVER
-from calicopy.model.policy import INBOUND, OUTBOUND, Rule, Snapshot
+from calicopy.model.policy import INBOUND, OUTBOUND, Profile, Rule, Snapshot
 
 MARK = "0x1000000"
 ACCEPT_MARK = f"{MARK}/{MARK}"
 PREFIX = "cali-"
 SET_PREFIX = ("cali4-", "cali6-")
+# The tables we keep chains in, per IP version.
+TABLES = {4: ("filter", "nat"), 6: ("filter", "raw")}
 HOOKS = {"filter": [("INPUT", "cali-INPUT"), ("FORWARD", "cali-FORWARD")],
          "nat": [("POSTROUTING", "cali-POSTROUTING")],
          "raw": [("PREROUTING", "cali-PREROUTING")]}
@@ -111,10 +114,10 @@ def pool_set(kind: str, version: int) -> str:
 HOSTS_SET = "cali4-hosts"
 
 
-def _ipip_in_use(snapshot: Snapshot) -> bool:
+def _ipip_in_use(pools: list[dict]) -> bool:
     return any(ipaddress.ip_network(p["cidr"]).version == 4 and
                (p.get("ipip_mode") or (IPIP_ALWAYS if p.get("ipip") else IPIP_NEVER)) !=
-               IPIP_NEVER for p in snapshot.pools)
+               IPIP_NEVER for p in pools)
 
 
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9 _.,:;/()\[\]+=@-]")
@@ -216,7 +219,13 @@ def _profile_rules(name: str, direction: str, rules: list[Rule], version: int) -
     return out
 
 
-def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str, list[str]]:
+def has_version(ep: Endpoint, version: int) -> bool:
+    return any(ipaddress.ip_address(ip).version == version for ip in ep.ips)
+
+
+def endpoint_chains(ep: Endpoint, version: int, profiles) -> dict[str, list[str]]:
+    """The chains of one local endpoint; ``profiles`` holds the valid profiles
+    (an endpoint's jump to a profile that is not there is left out)."""
     short = ep.endpoint_id[:11]
     fw, fp, tw = f"{PREFIX}fw-{short}", f"{PREFIX}fp-{short}", f"{PREFIX}tw-{short}"
     who = f"{ep.orchestrator} {ep.workload_id}"
@@ -235,88 +244,109 @@ def _endpoint_chains(ep: Endpoint, version: int, snapshot: Snapshot) -> dict[str
     none = ("denied: the endpoint has no profile, so it is isolated" if not ep.profile_ids else
             f"denied: no rule of profiles {', '.join(ep.profile_ids)} matched")
 
-    def profiles(chain, direction):
+    def jumps(chain, direction):
         rules = list(conntrack) + [f"-j MARK --set-xmark 0x0/{MARK}"]
         for name in ep.profile_ids:
-            if name in snapshot.profiles:
+            if name in profiles:
                 rules += [f"-j {profile_chain(name, direction)}",
                           f"-m mark --mark {ACCEPT_MARK} -j RETURN"]
         _drop(chain, rules, "", _comment(f"{who}: no profile allowed it ({direction})"),
               f"{none} ({direction})")
         return rules
-    return {fw: from_chain, fp: profiles(fp, OUTBOUND), tw: profiles(tw, INBOUND)}
+    return {fw: from_chain, fp: jumps(fp, OUTBOUND), tw: jumps(tw, INBOUND)}
+
+
+def profile_chains(profile: Profile, version: int) -> dict[str, list[str]]:
+    """A profile's two chains (inbound, outbound) for one IP version."""
+    return {profile_chain(profile.name, d): _profile_rules(profile.name, d,
+                                                           profile.rules(d), version)
+            for d in (INBOUND, OUTBOUND)}
+
+
+def global_sets(pools: list[dict], nodes: dict[str, tuple[str, ...]]) -> dict[str, IpSet]:
+    """The sets that do not depend on tags: the IPv4 pools (all, and those
+    that masquerade) and, while IP-in-IP is in use, the cluster's nodes."""
+    v4 = [p for p in pools if ipaddress.ip_network(p["cidr"]).version == 4]
+    every, masq = pool_set("all", 4), pool_set("masq", 4)
+    sets = {every: IpSet(every, "hash:net", 4, frozenset(p["cidr"] for p in v4)),
+            masq: IpSet(masq, "hash:net", 4,
+                        frozenset(p["cidr"] for p in v4 if p.get("nat_outgoing")))}
+    if _ipip_in_use(pools):
+        sets[HOSTS_SET] = IpSet(HOSTS_SET, "hash:ip", 4, frozenset(
+            ip for ips in nodes.values() for ip in ips if "." in ip))
+    return sets
+
+
+def global_chains(version: int, local: list[Endpoint], pools: list[dict],
+                  action: str) -> dict[str, dict[str, list[str]]]:
+    """table -> chain -> rules of the chains that are not an endpoint's or a
+    profile's: hooks' targets and dispatch. ``local`` are this node's
+    endpoints with an address of ``version``, in endpoint-id order."""
+    chains: dict[str, list[str]] = {}
+    chains[f"{PREFIX}INPUT"] = [
+        f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
+        for t in (ICMPV6_TO_HOST if version == 6 else ())]
+    chains[f"{PREFIX}INPUT"].append(f"-i cali+ -j {PREFIX}wl-to-host")
+    if version == 4 and _ipip_in_use(pools):
+        chains[f"{PREFIX}INPUT"] += [
+            f"-p 4 -m set --match-set {HOSTS_SET} src "
+            f"{_comment('IP-in-IP from the cluster nodes')} -j ACCEPT",
+            f"-p 4 {_comment('IP-in-IP from anywhere else')} -j DROP"]
+    to_host = f"{PREFIX}wl-to-host"
+    chains[to_host] = [
+        f"-j {PREFIX}from-wl",
+        f"{ECHO_TO_HOST[version]} {_comment('a workload can ping its host')} -j ACCEPT"]
+    if action == "drop":
+        _drop(to_host, chains[to_host], "", _comment("endpoint-to-host action drop"),
+              "denied: endpoint-to-host action drop (to its own host)")
+    else:
+        chains[to_host].append(
+            f"{_comment(f'endpoint-to-host action {action}')} -j {TO_HOST_TARGET[action]}")
+    chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
+                                  f"-o cali+ -j {PREFIX}to-wl",
+                                  "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
+    # An endpoint without addresses of this version gets no chains in it:
+    # the dispatch chains' final DROP covers it.
+    for name, flag, kind in (("from-wl", "-i", "fw"), ("to-wl", "-o", "tw")):
+        chain = f"{PREFIX}{name}"
+        chains[chain] = [f"{flag} {ep.host_interface} -g {PREFIX}{kind}-{ep.endpoint_id[:11]}"
+                         for ep in local]
+        _drop(chain, chains[chain], "", _comment("unknown workload interface"),
+              "denied: unknown workload interface")
+    if version == 6:
+        raw: list[str] = []
+        _drop(f"{PREFIX}PREROUTING", raw, "-i cali+ -m rpfilter --invert",
+              _comment("source not routed via its interface"),
+              "denied: spoofed source (not routed via its interface)")
+        return {"filter": chains, "raw": {f"{PREFIX}PREROUTING": raw}}
+    masq = any(p.get("nat_outgoing") for p in pools
+               if ipaddress.ip_network(p["cidr"]).version == 4)
+    every, masq_set = pool_set("all", 4), pool_set("masq", 4)
+    return {"filter": chains, "nat": {f"{PREFIX}POSTROUTING": [
+        f"-m set --match-set {masq_set} src -m set ! --match-set {every} dst "
+        f"{_comment('nat-outgoing pools')} -j MASQUERADE"] if masq else []}}
 
 
 def compute(snapshot: Snapshot, node: str) -> Desired:
+    """Everything at once, from a snapshot (the agent keeps the same, piece
+    by piece: node.policy.desired)."""
     local = [ep for ep in snapshot.endpoints if ep.node == node and ep.mac]
     members = snapshot.tag_members()
     ipsets: dict[str, IpSet] = {}
     tables: dict[int, dict[str, dict[str, list[str]]]] = {}
-    for version in (4, 6):
+    for version in TABLES:
         for tag in snapshot.referenced_tags():
             name = tag_set(tag, version)
             ipsets[name] = IpSet(name, "hash:ip", version,
                                  frozenset(members.get(tag, {}).get(version, set())))
-        chains: dict[str, list[str]] = {}
-        chains[f"{PREFIX}INPUT"] = [
-            f"-i cali+ -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"
-            for t in (ICMPV6_TO_HOST if version == 6 else ())]
-        chains[f"{PREFIX}INPUT"].append(f"-i cali+ -j {PREFIX}wl-to-host")
-        if version == 4 and _ipip_in_use(snapshot):
-            ipsets[HOSTS_SET] = IpSet(HOSTS_SET, "hash:ip", 4, frozenset(
-                ip for ips in snapshot.nodes.values() for ip in ips if "." in ip))
-            chains[f"{PREFIX}INPUT"] += [
-                f"-p 4 -m set --match-set {HOSTS_SET} src "
-                f"{_comment('IP-in-IP from the cluster nodes')} -j ACCEPT",
-                f"-p 4 {_comment('IP-in-IP from anywhere else')} -j DROP"]
-        action = snapshot.endpoint_to_host_action
-        to_host = f"{PREFIX}wl-to-host"
-        chains[to_host] = [
-            f"-j {PREFIX}from-wl",
-            f"{ECHO_TO_HOST[version]} {_comment('a workload can ping its host')} -j ACCEPT"]
-        if action == "drop":
-            _drop(to_host, chains[to_host], "", _comment("endpoint-to-host action drop"),
-                  "denied: endpoint-to-host action drop (to its own host)")
-        else:
-            chains[to_host].append(
-                f"{_comment(f'endpoint-to-host action {action}')} -j {TO_HOST_TARGET[action]}")
-        chains[f"{PREFIX}FORWARD"] = [f"-i cali+ -j {PREFIX}from-wl",
-                                      f"-o cali+ -j {PREFIX}to-wl",
-                                      "-i cali+ -j ACCEPT", "-o cali+ -j ACCEPT"]
-        # An endpoint without addresses of this version gets no chains in it:
-        # the dispatch chains' final DROP covers it.
-        mine = [ep for ep in local
-                if any(ipaddress.ip_address(ip).version == version for ip in ep.ips)]
-        for name, flag, kind in (("from-wl", "-i", "fw"), ("to-wl", "-o", "tw")):
-            chain = f"{PREFIX}{name}"
-            chains[chain] = [f"{flag} {ep.host_interface} -g {PREFIX}{kind}-{ep.endpoint_id[:11]}"
-                             for ep in mine]
-            _drop(chain, chains[chain], "", _comment("unknown workload interface"),
-                  "denied: unknown workload interface")
+        mine = [ep for ep in local if has_version(ep, version)]
+        tables[version] = global_chains(version, mine, snapshot.pools,
+                                        snapshot.endpoint_to_host_action)
+        chains = tables[version]["filter"]
         used = {name for ep in mine for name in ep.profile_ids if name in snapshot.profiles}
         for name in sorted(used):
-            profile = snapshot.profiles[name]
-            for direction in (INBOUND, OUTBOUND):
-                chains[profile_chain(name, direction)] = _profile_rules(
-                    name, direction, profile.rules(direction), version)
+            chains.update(profile_chains(snapshot.profiles[name], version))
         for ep in mine:
-            chains.update(_endpoint_chains(ep, version, snapshot))
-        nat: dict[str, list[str]] = {}
-        if version == 4:
-            pools = [p for p in snapshot.pools if ipaddress.ip_network(p["cidr"]).version == 4]
-            every, masq = pool_set("all", 4), pool_set("masq", 4)
-            ipsets[every] = IpSet(every, "hash:net", 4, frozenset(p["cidr"] for p in pools))
-            ipsets[masq] = IpSet(masq, "hash:net", 4,
-                                 frozenset(p["cidr"] for p in pools if p.get("nat_outgoing")))
-            nat[f"{PREFIX}POSTROUTING"] = [
-                f"-m set --match-set {masq} src -m set ! --match-set {every} dst "
-                f"{_comment('nat-outgoing pools')} -j MASQUERADE"] if ipsets[masq].members else []
-        if version == 4:
-            tables[version] = {"filter": chains, "nat": nat}
-        else:
-            raw: list[str] = []
-            _drop(f"{PREFIX}PREROUTING", raw, "-i cali+ -m rpfilter --invert",
-                  _comment("source not routed via its interface"),
-                  "denied: spoofed source (not routed via its interface)")
-            tables[version] = {"filter": chains, "raw": {f"{PREFIX}PREROUTING": raw}}
+            chains.update(endpoint_chains(ep, version, snapshot.profiles))
+    ipsets.update(global_sets(snapshot.pools, snapshot.nodes))
     return Desired(tables, ipsets)

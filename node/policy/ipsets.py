@@ -1,7 +1,9 @@
 """Our ipsets in the kernel: each changed set is built aside and swapped in.
 
 A tag's set is filled under a temporary name and swapped with the live one in
-one `ipset restore`, so rules matching it never see a half-filled set.
+one `ipset restore`, so rules matching it never see a half-filled set. A set
+whose members changed one by one gets just those: an `add` or `del` each
+(``-exist``: idempotent, so a retry after a failure is safe).
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ class IpSets:
         if script:
             self.run(RESTORE, "\n".join(script) + "\n")
         return sum(1 for line in script if line.startswith("swap"))
+
+    def change_members(self, changes: dict[str, tuple[object, set[str]]]) -> int:
+        """Per set: (its members now, the addresses that may have joined or
+        left); one `ipset restore` adds or deletes each of those. Returns how
+        many were written."""
+        script = []
+        for name, (members, addresses) in changes.items():
+            script += [f"{'add' if ip in members else 'del'} {name} {ip}"
+                       for ip in sorted(addresses)]
+        if script:
+            self.run(RESTORE, "\n".join(script) + "\n")
+        return len(script)
 
     def remove_stale(self, desired: dict[str, IpSet], have: dict[str, set[str]]) -> int:
         """Destroy our sets nothing refers to any more (after the rules changed)."""

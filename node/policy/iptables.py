@@ -55,6 +55,7 @@ class Tables:
         self.offsets: dict[str, dict[str, list[tuple[int, int]]]] = {}
         self.restore_keeps_counters = not (version == 6 and backend == "nft")
         self._lock = threading.Lock()       # apply against counters (another thread)
+        self.restores = 0       # restores that went through (each one ruleset change)
 
     def current(self, table: str) -> tuple[dict[str, int], set[str], dict[str, list[str]]]:
         """Our chains with their rule counts, the built-in chains that jump to
@@ -113,29 +114,35 @@ class Tables:
             rules.append((packets, nbytes, rule))
         return chains
 
-    def apply(self, table: str, desired: dict[str, list[str]], full: bool = False) -> int:
+    def apply(self, table: str, desired: dict[str, list[str]], full: bool = False,
+              only=None) -> int:
         """Make the table's calico chains match ``desired``; returns the number
         of chains written. ``full`` reads the kernel and rewrites every chain;
         otherwise what we wrote last stands for the kernel's state, so an
-        update costs only the changed chains."""
+        update costs only the changed chains; ``only`` (chain names) narrows
+        that look to the chains that may have changed (the others are as
+        last written)."""
         with self._lock:
-            return self._apply(table, desired, full)
+            return self._apply(table, desired, full, only)
 
-    def _apply(self, table: str, desired: dict[str, list[str]], full: bool) -> int:
+    def _apply(self, table: str, desired: dict[str, list[str]], full: bool, only) -> int:
         written = self.written.setdefault(table, {})
         offsets = self.offsets.setdefault(table, {})
         lost: dict[str, list[tuple[int, int]]] = {}
         counters: dict[str, list[str]] = {}
         if full or not written:
             current, hooked, counters = self.current(table)
+            only = None
         else:
-            current = {chain: len(rules) for chain, rules in written.items()}
+            current = None
             hooked = {ours for _, ours in HOOKS[table]}
         lines = [f"*{table}"]
         changed = []
-        for chain, rules in desired.items():
-            fresh = (full or chain not in current or written.get(chain) != rules or
-                     current[chain] != len(rules))
+        look = desired if only is None else [c for c in only if c in desired]
+        for chain in look:
+            rules = desired[chain]
+            fresh = (full or written.get(chain) != rules or
+                     (current is not None and current.get(chain) != len(rules)))
             if fresh:
                 changed.append(chain)
                 lines.append(f":{chain} - [0:0]")
@@ -154,12 +161,14 @@ class Tables:
         for builtin, ours in HOOKS[table]:
             if ours in desired and ours not in hooked:
                 lines.append(f"-I {builtin} 1 -j {ours}")
-        stale = [c for c in current if c not in desired]
+        have = current if current is not None else written
+        stale = [c for c in (have if only is None else only) if c in have and c not in desired]
         lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
         if not changed and not stale and len(lines) == 1:
             return 0
         lines.append("COMMIT")
         self.run(self.restore, "\n".join(lines) + "\n")
+        self.restores += 1
         for chain in changed:
             written[chain] = list(desired[chain])
             offsets.pop(chain, None)

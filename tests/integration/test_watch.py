@@ -110,3 +110,23 @@ def test_the_loop_rebuilds_a_watch_etcd_refused_and_then_sees_changes_at_once(st
         loop.changed.set()
         thread.join(timeout=10)
         log.removeHandler(handler)
+
+
+def test_a_snapshot_larger_than_a_grpc_message_comes_whole_at_one_revision(store):
+    """6 MB under one prefix (gRPC refuses answers over 4 MB): read in pages,
+    all at the revision of the first."""
+    prefix = keys.CONFIG + "paging-test/"
+    big = "x" * 100_000
+    try:
+        for n in range(0, 60, 10):
+            txn = Txn()
+            for k in range(n, n + 10):
+                txn.create(f"{prefix}{k:03d}", big)
+            assert store.commit(txn)
+        revision, kvs = store.snapshot(prefix)
+        assert [kv.key for kv in kvs] == [f"{prefix}{k:03d}" for k in range(60)]
+        assert all(kv.value == big for kv in kvs)
+        assert revision == store.snapshot(keys.PREFIX)[0]
+        assert store.list(prefix + "01") == kvs[10:20]
+    finally:
+        store.delete_prefix(prefix)

@@ -346,6 +346,21 @@ def test_agent_restart_keeps_an_open_connection(hosts):
                 time.sleep(0.05)
 
 
+def test_a_hook_an_operator_deleted_is_put_back(hosts):
+    """The idle agent starts no `iptables -C`: it sees the deletion in the
+    kernel's nf_tables ruleset generation, checks, and puts the jump back."""
+    h1, _ = hosts
+    for name in ("A", "B"):
+        ok(h1.calicoctl("profile", "add", name))
+    a1 = h1.add_workload("a1", profiles=("A",))
+    a2 = h1.add_workload("a2", profiles=("A",))
+    b = h1.add_workload("b", profiles=("B",))
+    h1.ns.run("iptables", "-w", "-D", "FORWARD", "-j", "cali-FORWARD")
+    wait_for("the agent to put the FORWARD hook back", lambda: h1.ns.run(
+        "iptables", "-w", "-C", "FORWARD", "-j", "cali-FORWARD", check=False).returncode == 0)
+    assert_connectivity(reach=[(a1, a2.ip)], blocked=[(b, a1.ip), (a1, b.ip)])
+
+
 def test_policy_explain(hosts):
     h1, h2 = hosts
     ok(h1.calicoctl("profile", "add", "WEB"))

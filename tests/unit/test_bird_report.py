@@ -1,6 +1,12 @@
 """The renderer's BGP status report: written when the sessions change, kept
 alive under its lease in between (an idle node adds nothing to etcd's history)."""
 
+import socket
+import subprocess
+import threading
+
+import pytest
+
 from calicopy.datastore import keys
 from node.bird import ctl, renderer
 from node.bird.renderer import Renderer
@@ -50,3 +56,58 @@ def test_a_report_written_after_its_lease_expired_gets_a_new_one(tmp_path, monke
     sessions.append([ctl.Session("172.30.0.3", "mesh", "up", "06:20:48", "Established", 4)])
     r.report()
     assert BgpRegistry(store).status("h1")[0]["sessions"][0]["state"] == "up"
+
+
+# BIRD's control socket, as BIRD 2.0 answers `show protocols all` (captured).
+GREETING = "0001 BIRD 2.0.12 ready.\n"
+REPLY = ("2002-Name       Proto      Table      State  Since         Info\n"
+         "1002-device1    Device     ---        up     07:57:29.227  \n"
+         "1006-\n"
+         "1002-Mesh_172_30_0_3 BGP        ---        start  07:57:33.896  Idle          "
+         "BGP Error: Connection not synchronized\n"
+         "1006-  BGP state:          Idle\n"
+         "     Neighbor address: 172.30.0.3\n"
+         "     Last error:       Connection not synchronized\n"
+         " \n"
+         "0000 \n")
+
+
+def fake_bird(path, answers):
+    """A control socket that greets, reads one command per connection and
+    answers from ``answers`` (command -> reply); returns the commands it got."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    got = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(GREETING.encode())
+                command = conn.makefile("r").readline().strip()
+                got.append(command)
+                conn.sendall(answers.get(command, "9001 syntax error\n").encode())
+    threading.Thread(target=serve, daemon=True).start()
+    return server, got
+
+
+def test_sessions_are_read_over_the_control_socket_without_birdc(tmp_path, monkeypatch):
+    def no_process(*args, **kwargs):
+        raise AssertionError("a process was started")
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    server, got = fake_bird(tmp_path / "bird.ctl", {"show protocols all": REPLY})
+    try:
+        [session] = ctl.sessions(str(tmp_path / "bird.ctl"))
+        assert (session.peer, session.state, session.info, session.last_error) == \
+            ("172.30.0.3", "start", "Idle", "Connection not synchronized")
+        with pytest.raises(ctl.BirdError, match="9001: syntax error"):
+            ctl.query(str(tmp_path / "bird.ctl"), "show nonsense")
+        assert got == ["show protocols all", "show nonsense"]
+    finally:
+        server.close()
+    with pytest.raises(ctl.BirdError, match="FileNotFoundError"):
+        ctl.query(str(tmp_path / "gone.ctl"), "show protocols all")

@@ -3,12 +3,14 @@ IP-in-IP pool its cost does not grow with the cluster."""
 
 import ipaddress
 
+from pyetcd.etcdrpc import kv_pb2
+
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.model.bgp import Node
 from calicopy.model.ipam import Block, Pool
 from node.ipip.agent import IpipAgent
-from tests.fakes import MemoryStore, _Event, _Response
+from tests.fakes import MemoryStore, _event, _Response
 
 
 class CountingStore(MemoryStore):
@@ -66,7 +68,7 @@ def agent(store) -> IpipAgent:
 
 
 def event(key: str) -> _Response:
-    return _Response([_Event(key.encode(), b"{}", 1)])
+    return _Response([_event(kv_pb2.Event.PUT, key, "{}", 1)])
 
 
 def test_without_an_ip_in_ip_pool_it_reads_and_wakes_for_pools_only():

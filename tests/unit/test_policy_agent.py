@@ -2,11 +2,13 @@
 real iptables or ipset: the stub is the only command runner).
 
 Tests assert on the state the stub holds (chains, rules, sets), never on the
-commands the agent ran.
+commands the agent ran. A pass that is not full gets the events of a watch
+of the store since the last pass (``events``), as the watch loop hands them.
 """
 
 import ipaddress
 import subprocess
+import weakref
 
 import pytest
 
@@ -78,10 +80,29 @@ def changed_chains(before, after):
             if c not in after["tables"][v, t]}
 
 
+_feeds = weakref.WeakKeyDictionary()
+
+
+def watched(agent):
+    """The agent with a watch of its store, as the watch loop makes one."""
+    queued = []
+    agent.store.watch(keys.PREFIX, lambda response: queued.extend(response.events or []))
+    _feeds[agent] = queued
+    return agent
+
+
+def events(agent):
+    """The watch's events since the last call: what the loop hands the next pass."""
+    queued = _feeds[agent]
+    taken = list(queued)
+    queued.clear()
+    return taken
+
+
 def loop_pass(agent, full=False):
     """One pass as the watch loop makes it: progress is reported only when the
     pass returned (WatchLoop calls report=agent._record after a sync)."""
-    agent._record(agent.step(full))
+    agent._record(agent.step(full, events(agent)))
 
 
 def applied(store):
@@ -111,7 +132,7 @@ def world():
            "db1": endpoint(store, "db1", ["10.20.0.2", "fd00::2"], ["DB"]),
            "app1": endpoint(store, "app1", ["10.20.0.4"], ["WEB"]),
            "web2": endpoint(store, "web2", ["10.20.0.3", "fd00::3"], ["WEB"], node="h2")}
-    return store, kernel, Agent(store, NODE, "nft", run=kernel.run), eps
+    return store, kernel, watched(Agent(store, NODE, "nft", run=kernel.run)), eps
 
 
 def short(ep):
@@ -186,7 +207,7 @@ def test_a_rule_update_rewrites_only_that_profile_s_chains(world):
                                    "src_net": "10.0.0.0/8", "dst_ports": [22]}]
                + DB["inbound_rules"])
     profile(store, "DB", DB2)
-    revision, stats = agent.sync(full=False)
+    revision, stats = agent.sync(events=events(agent))
     after = state(kernel)
     chain = profile_chain("DB", "inbound")
     assert changed_chains(before, after) == {(4, "filter", chain), (6, "filter", chain)}
@@ -201,7 +222,7 @@ def test_a_new_endpoint_adds_its_chains_and_set_members_only(world):
     agent.sync(full=True)
     before = state(kernel)
     web3 = endpoint(store, "web3", ["10.20.0.5"], ["WEB"])
-    agent.step(full=False)
+    agent.step(False, events(agent))
     after = state(kernel)
     ours = {f"cali-{kind}-{short(web3)}" for kind in ("fw", "fp", "tw")}
     assert changed_chains(before, after) == {(4, "filter", c) for c in
@@ -214,7 +235,7 @@ def test_a_new_endpoint_adds_its_chains_and_set_members_only(world):
     assert after == full_sync_state(store)
     # A member on another node changes the tag's set and nothing else.
     endpoint(store, "web4", ["10.20.0.6"], ["WEB"], node="h2")
-    agent.step(full=False)
+    agent.step(False, events(agent))
     assert changed_chains(after, state(kernel)) == set()
     assert "10.20.0.6" in kernel.sets()[tag_set("WEB", 4)]
     assert state(kernel) == full_sync_state(store)
@@ -225,7 +246,7 @@ def test_an_endpoint_removed_takes_its_chains_with_it(world):
     agent.sync(full=True)
     db1 = eps["db1"]
     delete(store, keys.endpoint(NODE, "netns", "db1", db1.endpoint_id))
-    agent.step(full=False)
+    agent.step(False, events(agent))
     chains = kernel.chains(4, "filter")
     assert not any(short(db1) in name or short(db1) in str(rules)
                    for name, rules in chains.items())
@@ -241,7 +262,7 @@ def test_hooks_an_operator_deleted_are_put_back(world):
     kernel.iptables(6, "-F", "FORWARD")
     kernel.iptables(4, "-t", "nat", "-F", "POSTROUTING")
     assert not agent.hooks_in_place()
-    agent.step(full=False)
+    agent.step(False, events(agent))
     assert agent.hooks_in_place()
     assert state(kernel) == before
 
@@ -252,7 +273,7 @@ def test_an_operator_s_conditional_jump_is_not_taken_for_our_hook(world):
     kernel.iptables(4, "-D", "INPUT", "-j", "cali-INPUT")
     kernel.iptables(4, "-A", "INPUT", "-i", "eth0", "-j", "cali-INPUT")
     assert not agent.hooks_in_place()
-    agent.step(full=False)
+    agent.step(False, events(agent))
     assert agent.hooks_in_place()
     assert ["-j", "cali-INPUT"] in [r.split() for r in kernel.rules(4, "filter", "INPUT")]
 
@@ -281,16 +302,16 @@ def test_a_tag_no_longer_referenced_loses_its_set_after_the_rules(world):
     # The rule goes: the set goes too (the stub refuses to destroy a set in use,
     # so this also shows the rules changed first).
     profile(store, "ADMIN", {"inbound_rules": [{"action": "allow", "protocol": "icmp"}]})
-    _, stats = agent.sync(full=False)
+    _, stats = agent.sync(events=events(agent))
     assert ops4 not in kernel.sets() and tag_set("OPS", 6) not in kernel.sets()
     assert stats["stale_sets"] == 2
     assert state(kernel) == full_sync_state(store)
     # A whole profile removed while an endpoint still names it: chains and sets go.
     profile(store, "ADMIN", {"inbound_rules": [{"action": "allow", "src_tag": "OPS"}]})
-    agent.sync(full=False)
+    agent.sync(events=events(agent))
     delete(store, keys.profile_rules("ADMIN"))
     delete(store, keys.profile_tags("ADMIN"))
-    agent.step(full=False)
+    agent.step(False, events(agent))
     assert ops4 not in kernel.sets()
     assert profile_chain("ADMIN", "inbound") not in kernel.chains(4, "filter")
     assert state(kernel) == full_sync_state(store)
@@ -321,7 +342,7 @@ def test_a_failed_restore_changes_nothing_and_the_next_pass_recovers(world, tool
         assert {k: v for k, v in now["tables"].items() if k[0] == version} == \
             {k: v for k, v in before["tables"].items() if k[0] == version}
     # The next pass, even an incremental one, does what the failed one did not.
-    revision, _ = agent.sync(full=False)
+    revision, _ = agent.sync(events=events(agent))
     assert revision == wanted and state(kernel) == full_sync_state(store)
     loop_pass(agent)
     assert applied(store) == wanted
@@ -335,10 +356,10 @@ def test_sets_made_by_a_failed_pass_are_cleaned_up_when_no_longer_wanted(world):
                               + DB["inbound_rules"]))
     kernel.fail_restores(1, tool="iptables")
     with pytest.raises(CommandError):
-        agent.step(full=False)
+        agent.step(False, events(agent))
     assert tag_set("DB", 4) in kernel.sets()             # the sets went in, the rules not
     profile(store, "DB", old)                            # and the change is undone
-    agent.sync(full=False)
+    agent.sync(events=events(agent))
     assert tag_set("DB", 4) not in kernel.sets()
     assert state(kernel) == full_sync_state(store)
 
@@ -394,7 +415,7 @@ def test_ip_in_ip_only_from_the_cluster_nodes_while_a_pool_uses_it(world):
         put(store, keys.node(name), {"name": name, "ipv4": ip, "ipv6": "fd99::9"})
     net = ipaddress.ip_network("10.30.0.0/16")
     put(store, keys.pool(net), Pool.new(net, ipip_mode="cross-subnet").to_json())
-    agent.sync()
+    agent.sync(events=events(agent))
     assert kernel.sets()["cali4-hosts"] == {"172.30.0.2", "172.30.1.2"}
     rules = kernel.rules(4, "filter", "cali-INPUT")
     assert rules[-2].startswith("-p 4 -m set --match-set cali4-hosts src")
@@ -402,5 +423,167 @@ def test_ip_in_ip_only_from_the_cluster_nodes_while_a_pool_uses_it(world):
     assert rules[-1].startswith("-p 4 ")
     assert not any("-p 4" in r for r in kernel.rules(6, "filter", "cali-INPUT"))
     put(store, keys.pool(net), Pool.new(net).to_json())           # back to never
-    agent.sync()
+    agent.sync(events=events(agent))
     assert not any("-p 4" in r for r in kernel.rules(4, "filter", "cali-INPUT"))
+
+
+# Incremental passes ------------------------------------------------------------------
+
+TAGS = ["WEB", "DB", "OPS", "X"]
+NAMES = ["WEB", "DB", "OPS", "ADMIN", "GONE"]
+ADDRESSES = ["10.20.0.1", "10.20.0.2", "10.20.0.3", "10.30.0.1", "fd00::1", "fd00::2"]
+
+
+def random_change(store, rnd):
+    """One change of the kind etcd sees, good or malformed, picked by ``rnd``."""
+    kind = rnd.randrange(10)
+    workload, node = f"w{rnd.randrange(8)}", rnd.choice([NODE, NODE, "h2"])
+    ep_key = keys.endpoint(node, "netns", workload, endpoint_id(node, "netns", workload, "eth0"))
+    name = rnd.choice(NAMES)
+    if kind <= 2:
+        ep = Endpoint(endpoint_id(node, "netns", workload, "eth0"), node, "netns", workload,
+                      "eth0", f"/var/run/netns/{workload}",
+                      rnd.choice([ACTIVE, ACTIVE, ACTIVE, "pending"]),
+                      rnd.choice(["02:00:00:00:00:0a", "02:00:00:00:00:0b", ""]),
+                      profile_ids=rnd.choices(NAMES, k=rnd.randrange(4)))
+        ep.set_ips(rnd.sample(ADDRESSES, rnd.randrange(1, 4)))
+        put(store, ep_key, ep.to_json() if rnd.random() > 0.1 else
+            {**ep.to_json(), "ipv4_nets": ["bogus/32"]})
+    elif kind == 3 and store.get(ep_key):
+        delete(store, ep_key)
+    elif kind == 4:
+        put(store, keys.profile_tags(name), rnd.choices(TAGS, k=rnd.randrange(3))
+            if rnd.random() > 0.1 else "not-a-list")
+    elif kind == 5:
+        rules = [{"action": rnd.choice(["allow", "deny"]),
+                  rnd.choice(["src_tag", "dst_tag"]): rnd.choice(TAGS)}
+                 for _ in range(rnd.randrange(3))]
+        put(store, keys.profile_rules(name), rnd.choice([
+            {"inbound_rules": rules, "outbound_rules": rules[:1]},
+            {"inbound_rules": [{"nope": 1}]}, "{not json"]))
+    elif kind == 6:
+        key = rnd.choice([keys.profile_tags(name), keys.profile_rules(name)])
+        if store.get(key):
+            delete(store, key)
+    elif kind == 7:
+        net = ipaddress.ip_network(rnd.choice(["10.20.0.0/16", "10.30.0.0/16", "fd00::/64"]))
+        if rnd.random() < 0.3 and store.get(keys.pool(net)):
+            delete(store, keys.pool(net))
+        else:
+            put(store, keys.pool(net), Pool.new(
+                net, nat_outgoing=rnd.random() < 0.5,
+                ipip_mode=rnd.choice(["never", "always"]) if net.version == 4 else "never"
+            ).to_json())
+    elif kind == 8:
+        host = rnd.choice([NODE, "h2"])
+        put(store, keys.node(host), rnd.choice([
+            {"name": host, "ipv4": rnd.choice(["172.30.0.2", "172.30.0.3"])},
+            {"name": host}]))
+    else:
+        put(store, keys.ENDPOINT_TO_HOST_ACTION, rnd.choice(["drop", "return", "accept",
+                                                              "maybe"]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_passes_program_what_a_full_resync_would(seed):
+    """Whatever the order of changes (malformed records, endpoints that share
+    addresses, profiles that come and go, full resyncs between), each pass
+    leaves the kernel and the quarantine as a fresh agent's full sync would."""
+    import random
+    rnd = random.Random(seed)
+    store, kernel = MemoryStore(), KernelStub()
+    agent = watched(Agent(store, NODE, "nft", run=kernel.run, generation=kernel.generation))
+    agent.sync(full=True)
+    for step in range(80):
+        for _ in range(rnd.randrange(1, 4)):
+            random_change(store, rnd)
+        full = rnd.random() < 0.1
+        revision, _ = agent.sync(full=full, events=events(agent))
+        assert revision == store.revision
+        fresh_kernel = KernelStub()
+        fresh = Agent(store, NODE, "nft", run=fresh_kernel.run)
+        fresh.sync(full=True)
+        assert state(kernel) == state(fresh_kernel), f"step {step}"
+        assert agent.quarantine.records == fresh.quarantine.records, f"step {step}"
+
+
+def test_a_remote_member_joining_costs_one_set_member(world):
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    before = state(kernel)
+    endpoint(store, "web9", ["10.20.0.9"], ["WEB"], node="h2")
+    _, stats = agent.sync(events=events(agent))
+    assert stats == {"sets": 0, "members": 1, "chains": 0, "stale_sets": 0}
+    assert kernel.sets()[tag_set("WEB", 4)] == before["sets"][tag_set("WEB", 4)] | {"10.20.0.9"}
+    endpoint(store, "web9", ["10.20.0.9"], ["DB"], node="h2")     # leaves WEB (DB is no tag)
+    _, stats = agent.sync(events=events(agent))
+    assert stats == {"sets": 0, "members": 1, "chains": 0, "stale_sets": 0}
+    assert state(kernel) == before
+
+
+def test_an_idle_pass_runs_nothing_until_someone_changes_the_rules(world):
+    """With the ruleset generation, an idle pass starts no process; a hook
+    an operator deleted (the generation moves) is found and put back."""
+    store, kernel, _, _ = world
+    started = []
+
+    def run(argv, *args, **kwargs):
+        started.append(argv[0])
+        return kernel.run(argv, *args, **kwargs)
+    agent = watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation))
+    agent.sync(full=True)
+    endpoint(store, "web3", ["10.20.0.5"], ["WEB"])       # our own restores: still trusted
+    agent.sync(events=events(agent))
+    started.clear()
+    for _ in range(3):
+        agent.step(False, events(agent))
+    assert started == []
+    before = state(kernel)
+    kernel.iptables(4, "-D", "FORWARD", "-j", "cali-FORWARD")
+    agent.step(False, events(agent))
+    assert state(kernel) == before
+    started.clear()
+    agent.step(False, events(agent))
+    assert started == []
+
+
+def test_a_resync_rewrites_the_chains_only_when_someone_else_changed_the_rules(world):
+    """With the ruleset generation, a periodic full pass after only our own
+    writes starts no iptables process; after an operator edited one of our
+    chains, it reads the rules back and repairs them."""
+    store, kernel, _, _ = world
+    started = []
+
+    def run(argv, *args, **kwargs):
+        started.append(argv[0])
+        return kernel.run(argv, *args, **kwargs)
+    agent = watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation))
+    agent.step(True, events(agent))
+    endpoint(store, "web3", ["10.20.0.5"], ["WEB"])
+    agent.step(False, events(agent))
+    before = state(kernel)
+    started.clear()
+    agent.step(True, events(agent))
+    assert not [tool for tool in started if tool.startswith(("iptables", "ip6tables"))]
+    kernel.iptables(4, "-A", profile_chain("WEB", "inbound"), "-j", "ACCEPT")
+    agent.step(True, events(agent))
+    assert state(kernel) == before == full_sync_state(store)
+
+
+def test_the_records_of_one_commit_are_all_applied(world):
+    """A commit's events share its revision: a profile created whole (tags and
+    rules) with a local endpoint in it, in one transaction, is all programmed."""
+    store, kernel, agent, _ = world
+    agent.sync(full=True)
+    ep_id = endpoint_id(NODE, "netns", "ops1", "eth0")
+    ops1 = Endpoint(ep_id, NODE, "netns", "ops1", "eth0", "/var/run/netns/ops1", ACTIVE,
+                    "02:00:00:00:00:0c", profile_ids=["OPS"])
+    ops1.set_ips(["10.20.0.7"])
+    assert store.commit(Txn().put(keys.profile_tags("OPS"), None, ["OPS"])
+                        .put(keys.profile_rules("OPS"), None,
+                             {"inbound_rules": [{"action": "allow", "src_tag": "OPS"}]})
+                        .put(keys.endpoint(NODE, "netns", "ops1", ep_id), None, ops1.to_json()))
+    revision, _ = agent.sync(events=events(agent))
+    assert revision == store.revision
+    assert kernel.sets()[tag_set("OPS", 4)] == {"10.20.0.7"}
+    assert state(kernel) == full_sync_state(store)
