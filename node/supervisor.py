@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from calicopy import metrics
 from calicopy.localfiles import SOCKET_MODE, private_socket
 
 log = logging.getLogger("calico-node")
@@ -83,9 +84,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], status_file: Path):
+    def __init__(self, children: list[Child], status_file: Path, metrics_url: str = ""):
         self.children = children
         self.status_file = status_file
+        self.metrics_url = metrics_url      # where the node's metrics are served, if anywhere
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -109,6 +111,7 @@ class Supervisor:
                         child.proc.returncode, child.backoff)
             child.proc = None
             child.restarts += 1
+            metrics.NODE_RESTARTS.inc(child=child.name)
             child.next_start = now + child.backoff
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
             return
@@ -119,6 +122,7 @@ class Supervisor:
     def _write_status(self) -> None:
         status = {"pid": os.getpid(), "updated": time.time(),
                   "children": {c.name: c.state() for c in self.children}}
+        status["metrics"] = self.metrics_url      # "" when the node serves none
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.status_file)

@@ -54,6 +54,7 @@ class Agent:
         self._sets: dict[str, set[str]] | None = None    # what we last wrote
         self.progress = LeasedReport(store, keys.policy_applied(node), PROGRESS_TTL)
         self._local_changed = 0          # newest revision of this node's endpoint records
+        self._programmed: set[str] = set()   # this node's endpoints, as last programmed
 
     def hooks_in_place(self) -> bool:
         """Whether the built-in chains still jump to ours (someone may have
@@ -90,6 +91,13 @@ class Agent:
         stats["stale_sets"] = self.ipsets.remove_stale(desired.ipsets, have)
         self._sets = {name: set(s.members) for name, s in desired.ipsets.items()}
         failpoints.reached("policy-after-restore")      # programmed, progress not recorded
+        # Named in the log, so that a request can be followed from the endpoint
+        # service's "added endpoint <id>" to here (README: Following a request).
+        mine = {ep.endpoint_id for ep in snapshot.endpoints if ep.node == self.node}
+        if mine - self._programmed:
+            log.info("programmed endpoint(s) %s (revision %d)",
+                     ", ".join(sorted(mine - self._programmed)), revision)
+        self._programmed = mine
         return revision, stats
 
     @property
