@@ -119,11 +119,16 @@ class _Authorize(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer)
 
 
+_UNLOGGED = ("grpc.health.", "grpc.reflection.")
+
+
 class _Observe(grpc.ServerInterceptor):
     """Outermost on every server: handles each unary call under its request
     id (from the caller's metadata, calicopy.logs; a new one if it sent
-    none) and counts it by method and status code, with its latency
-    (calicopy.metrics), refusals by the authorisation table included."""
+    none), counts it by method and status code, with its latency
+    (calicopy.metrics), refusals by the authorisation table included, and
+    logs it (health checks aside: starters poll them), so that every
+    service a request went through has a line with its id."""
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -143,9 +148,12 @@ class _Observe(grpc.ServerInterceptor):
                     raise
                 finally:
                     code = code or context.code() or grpc.StatusCode.OK
+                    took = time.monotonic() - start
                     metrics.GRPC_SERVER_HANDLED.inc(method=method, code=code.name)
-                    metrics.GRPC_SERVER_SECONDS.observe(time.monotonic() - start,
-                                                        method=method)
+                    metrics.GRPC_SERVER_SECONDS.observe(took, method=method)
+                    if not method.startswith(_UNLOGGED):
+                        log.info("%s answered %s to %s in %.1f ms", method, code.name,
+                                 identity(context), took * 1000)
         return grpc.unary_unary_rpc_method_handler(
             observed, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
