@@ -387,4 +387,6 @@ def serve_node(addr: str | None, node_dir: Path, processes: Iterable[str]) -> st
     if not addr:
         return None
     processes = tuple(processes)
+    for stale in node_metrics_dir(node_dir).glob("*.json"):
+        stale.unlink(missing_ok=True)      # a previous run's children's, maybe not started now
     return _start_http(addr, _Collector("node", lambda: read_node(node_dir, processes)))

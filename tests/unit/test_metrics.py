@@ -231,3 +231,17 @@ def test_the_readme_lists_every_metric_with_its_type_and_labels():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == family.kind, family.name
         assert cells[2] == (", ".join(f"`{n}`" for n in family.labels) or "-"), family.name
+
+
+def test_only_the_supervisor_and_the_services_import_prometheus_client():
+    """The node's memory budget: its children count in plain Python."""
+    import subprocess
+    import sys
+    children = ("services.endpoint", "node.policy", "node.bird", "node.ipip",
+                "node.docker_plugin", "node.docker_proxy")
+    code = ("import importlib, sys\n"
+            f"for m in {children!r}: importlib.import_module(m + '.__main__')\n"
+            "print('prometheus_client' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
