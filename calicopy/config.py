@@ -278,13 +278,58 @@ DOCKER_PLUGIN_DIR = Param(
     "Docker plugin folder", "where the node puts the Docker plugin socket (calico.sock)",
     "/run/docker/plugins", ("CALICO_DOCKER_PLUGIN_DIR",), parse_path)
 
+def parse_metrics_addr(text: str) -> str:
+    """``host:port`` to serve Prometheus metrics on (port 0: any free one), or
+    ``off`` for none (returned as "")."""
+    text = text.strip()
+    if text.lower() == "off":
+        return ""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"'{text}' is not host:port (or off)")
+    return text
+
+
+METRICS_ADDR = Param(
+    "metrics address", "host:port where this process (a node: all its processes) serves "
+    "Prometheus metrics over HTTP; off: none. Each cluster service takes its own with "
+    "--metrics", "127.0.0.1:9180 (a node), 9181 (IPAM), 9182 (policy), 9183 (BGP)",
+    ("CALICO_METRICS_ADDR",), parse_metrics_addr)
+
+def parse_log_format(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("kv", "json"):
+        raise ValueError("use kv or json")
+    return text
+
+
+LOG_FORMAT = Param(
+    "log format", "how every process writes its log lines: kv (key=value) or json (one "
+    "object per line)", "kv", ("CALICO_LOG_FORMAT",), parse_log_format)
+
+#: Each process's default metrics port (on loopback), when CALICO_METRICS_ADDR
+#: and its flag are unset.
+METRICS_PORTS = {"node": 9180, "ipam": 9181, "policy": 9182, "bgp": 9183}
+
+
+def metrics_addr(process: str, explicit: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> str:
+    """Where ``process`` serves its metrics ("" for nowhere): ``explicit``,
+    else CALICO_METRICS_ADDR, else its own port on loopback."""
+    environ = os.environ if environ is None else environ
+    if explicit is None and not environ.get("CALICO_METRICS_ADDR"):
+        return f"127.0.0.1:{METRICS_PORTS[process]}"
+    return METRICS_ADDR.resolve(explicit, environ)
+
+
 #: The Docker plugin's socket in DOCKER_PLUGIN_DIR (Docker finds plugins by file name).
 DOCKER_PLUGIN_SOCKET = "calico.sock"
 
 PARAMS = (ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE, IPAM_ADDR,
           POLICY_ADDR, BGP_ADDR, PKI_DIR, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, NODE_TLS_CERT_FILE,
           NODE_TLS_KEY_FILE, INSECURE, NODENAME,
-          STATE_DIR, ENDPOINT_ADDR, RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR)
+          STATE_DIR, ENDPOINT_ADDR, RPC_TIMEOUT, DOCKER_HOST, DOCKER_PLUGIN_DIR, METRICS_ADDR,
+          LOG_FORMAT)
 
 
 def node_paths(node: str | None = None, environ: Mapping[str, str] | None = None

@@ -21,6 +21,7 @@ import os
 import threading
 from pathlib import Path
 
+from calicopy import metrics
 from calicopy.node_paths import NodePaths
 
 
@@ -51,6 +52,7 @@ class Quarantine:
                     self.log.error("skipping malformed record %s: %s", key, why)
                     changed = True
             if changed:
+                metrics.QUARANTINED.set(len(self._records))
                 self._write()
 
     def note(self, key: str, why: str | None) -> None:

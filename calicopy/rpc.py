@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 
 import grpc
 
-from calicopy import errors
+from calicopy import errors, logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,46 @@ class _Authorize(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer)
 
 
+_UNLOGGED = ("grpc.health.", "grpc.reflection.")
+
+
+class _Observe(grpc.ServerInterceptor):
+    """Outermost on every server: handles each unary call under its request
+    id (from the caller's metadata, calicopy.logs; a new one if it sent
+    none), counts it by method and status code, with its latency
+    (calicopy.metrics), refusals by the authorisation table included, and
+    logs it (health checks aside: starters poll them), so that every
+    service a request went through has a line with its id."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner, method = handler.unary_unary, details.method.lstrip("/")
+        sent = dict(details.invocation_metadata or ()).get(logs.METADATA_KEY)
+
+        def observed(request, context):
+            start = time.monotonic()
+            code = None
+            with logs.request(sent):
+                try:
+                    return inner(request, context)
+                except Exception:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    code = code or context.code() or grpc.StatusCode.OK
+                    took = time.monotonic() - start
+                    metrics.GRPC_SERVER_HANDLED.inc(method=method, code=code.name)
+                    metrics.GRPC_SERVER_SECONDS.observe(took, method=method)
+                    if not method.startswith(_UNLOGGED):
+                        log.info("%s answered %s to %s in %.1f ms", method, code.name,
+                                 identity(context), took * 1000)
+        return grpc.unary_unary_rpc_method_handler(
+            observed, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 def identity(context) -> str:
     """The caller's identity: its certificate's common name; admin over a
     unix socket (only root can open ours) or a port served --insecure."""
@@ -156,7 +196,7 @@ def create_server(addr: str | list[str], register: Iterable[Callable[[grpc.Serve
         if _unix_path(a) is None and security.tls is None and not security.insecure:
             raise security.refuse_plaintext(a, "serve")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[_Authorize(authorizer or Authorizer())])
+                         interceptors=[_Observe(), _Authorize(authorizer or Authorizer())])
     for add in register:
         add(server)
     names = list(service_names)
@@ -371,6 +411,9 @@ class Client:
         self.target = describe_target(self.addresses)
         self.security = security or Security.from_env()
         self._stub_class = stub_class
+        # The service's full name, as the server's metrics name its methods.
+        self._service = stub_class.__module__.rpartition(".")[0] + "." + \
+            stub_class.__name__.removesuffix("Stub")
         self._lock = threading.Lock()
         self._open()
 
@@ -398,9 +441,23 @@ class Client:
         return self._stub
 
     def invoke(self, method: str, request, timeout: float | None = None):
+        start, code = time.monotonic(), "OK"
         try:
-            return getattr(self._fresh_stub(), method)(request, timeout=timeout or self.timeout,
-                                                      wait_for_ready=self.wait_for_ready)
+            return self._invoke(method, request, timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            raise
+        finally:
+            name = f"{self._service}/{method}"
+            metrics.GRPC_CLIENT_HANDLED.inc(method=name, code=code)
+            metrics.GRPC_CLIENT_SECONDS.observe(time.monotonic() - start, method=name)
+
+    def _invoke(self, method: str, request, timeout: float | None):
+        rid = logs.current_request_id()
+        try:
+            return getattr(self._fresh_stub(), method)(
+                request, timeout=timeout or self.timeout, wait_for_ready=self.wait_for_ready,
+                metadata=((logs.METADATA_KEY, rid),) if rid else None)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not self.wait_for_ready:
                 raise

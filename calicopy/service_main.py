@@ -19,7 +19,7 @@ from typing import Callable
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, logs, metrics
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.datastore.store import DatastoreUnavailable
 from calicopy.tls import Security
@@ -30,7 +30,7 @@ Run as `python -m {module}`.
 
 Usage:
   {program} [--listen=<ADDRS>] [--etcd-endpoints=<EPS>] [--tls-ca=<FILE>]
-            [--tls-cert=<FILE>] [--tls-key=<FILE>] [--insecure]{extra_usage}
+            [--tls-cert=<FILE>] [--tls-key=<FILE>] [--insecure] [--metrics=<ADDR>]{extra_usage}
 
 Options:
   --listen=<ADDRS>         Comma-separated host:port or unix:<path> addresses
@@ -46,6 +46,9 @@ Options:
   --insecure               Serve TCP addresses in plaintext, every caller acting
                            as admin: for throw-away labs only (logged at start).
                            Without TLS files or this, a TCP address is refused.
+  --metrics=<ADDR>         host:port to serve Prometheus metrics on over HTTP
+                           (port 0: any free one; the log says which), or off;
+                           else CALICO_METRICS_ADDR, else 127.0.0.1:{metrics_port}.
 {extra_options}
 TCP addresses are served with mutual TLS; unix sockets are root-only. Every
 call is authorised by the caller's certificate (calicopy.authz).
@@ -86,9 +89,10 @@ class Options:
 def run(title: str, module: str, program: str, listen_param: config.Param,
         build: Callable[..., object], argv=None, options: Options | None = None) -> int:
     log = logging.getLogger(program)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    process = program.removeprefix("calico-")
+    logs.setup(process)
     doc = USAGE.format(title=title, module=module, program=program,
+                       metrics_port=config.METRICS_PORTS[process],
                        listen_env=" or ".join(listen_param.env), default=listen_param.default,
                        extra_usage=f"\n            {options.usage}" if options else "",
                        extra_options=options.text if options else "")
@@ -96,6 +100,7 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
     try:
         extra = options.parse(args) if options else {}
         listen = listen_param.resolve(args["--listen"])
+        metrics_addr = config.metrics_addr(process, args["--metrics"])
         security = Security.from_env(ca=args["--tls-ca"], cert=args["--tls-cert"],
                                      key=args["--tls-key"], insecure=args["--insecure"] or None)
         store = EtcdStore.from_env(args["--etcd-endpoints"])
@@ -117,6 +122,7 @@ def run(title: str, module: str, program: str, listen_param: config.Param,
                 return 1
             time.sleep(0.5)
 
+    metrics.serve(process, metrics_addr)
     server.start()
     log.info("listening on %s (%s; etcd %s)", ", ".join(listen), describe(security),
              store.endpoints)

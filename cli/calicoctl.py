@@ -65,7 +65,7 @@ import sys
 
 from docopt import DocoptExit, docopt
 
-from calicopy import config
+from calicopy import config, request_id
 from cli import (bgp, bgppeer, certs, check, container, diags, docker_socket, endpoint,
                  etcd_auth, ipam, node, output, policy, pool, profile, reset, shownodes,
                  status)
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         output.format_of(args)          # a bad -o fails before anything is done
-        module.run(args)
+        with request_id.request():     # what the services log this command's calls under
+            module.run(args)
     except CliError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code

@@ -56,6 +56,7 @@ the node's etcd user, which may write only under the node's own prefix.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -169,6 +170,7 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
     ip6 = validate.ip_of_version(ip6_text, 6, "Invalid IPv6 address specified with --ip6 "
                                  "argument.") if ip6_text else ""
     as_num = validate.as_number(as_text) if as_text else 0
+    metrics_addr = config.metrics_addr("node")       # a bad CALICO_METRICS_ADDR stops us here
     from node import features
     problems = features.missing()
     if problems:
@@ -232,7 +234,21 @@ def start(name: str, ip_text: str, ip6_text: str | None, as_text: str | None,
     docker = f"; Docker plugin on {plugin}" if plugin else ""
     who = f"; its processes act as node:{name}" if credentials else ""
     print(f"Calico node {name} started ({ip}{', ' + ip6 if ip6 else ''}){docker}{who}; "
-          f"logs in {folder}.")
+          f"logs in {folder}; {_metrics_where(paths, metrics_addr)}.")
+
+
+def _metrics_where(paths, addr: str) -> str:
+    """Where the node serves its processes' metrics, as its supervisor says
+    (status.json), for the line `calicoctl node` ends with."""
+    if not addr:
+        return "no metrics (CALICO_METRICS_ADDR=off)"
+    try:
+        url = json.loads(paths.status.read_text()).get("metrics")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    if url:
+        return f"metrics on {url}"
+    return f"no metrics: {addr} could not be served (see {paths.supervisor_log})"
 
 
 def stop(name: str, force: bool) -> None:

@@ -27,6 +27,7 @@ import json
 import os
 import socket
 
+from calicopy import request_id
 from cni import spec
 from cni.config import Services
 from cni.spec import CniError
@@ -121,7 +122,8 @@ class EndpointClient:
             # Our deadline, so that the service gives up (and undoes) first.
             conn.request("POST", f"/{ENDPOINT_SERVICE}/{method}", body,
                          {"Content-Type": "application/json",
-                          "Grpc-Timeout": f"{max(1, int(self.timeout * 1000))}m"})
+                          "Grpc-Timeout": f"{max(1, int(self.timeout * 1000))}m",
+                          request_id.HTTP_HEADER: request_id.current()})
             response = conn.getresponse()
             return response.status, response.read()
         except TimeoutError:

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from calicopy import request_id
 from cni import spec
 from cni.spec import CniError
 
@@ -56,7 +57,11 @@ def run(plugin, environ=None, stdin=None, stdout=None, hostname: str | None = No
         spec.validate_common(conf)
         method = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                   "GC": plugin.gc, "STATUS": plugin.status}[command]
-        result = method(env, conf, version)
+        # The request id every service logs this command under (calicopy.logs):
+        # the command and the container, which the runtime's own logs name.
+        rid = f"cni-{command.lower()}-{environ.get('CNI_CONTAINERID', '')[:12]}"
+        with request_id.request(rid):
+            result = method(env, conf, version)
         if result is not None:
             _answer(stdout, spec.format_result(result, version))
         return 0

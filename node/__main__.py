@@ -29,7 +29,7 @@ import sys  # noqa: E402
 
 from docopt import docopt  # noqa: E402
 
-from calicopy import config  # noqa: E402
+from calicopy import config, logs, metrics  # noqa: E402
 from calicopy.docker_engine import real_socket  # noqa: E402
 from calicopy.localfiles import private_dir  # noqa: E402
 from calicopy.service_main import stop_event  # noqa: E402
@@ -49,8 +49,7 @@ def main(argv=None) -> int:
     name = args["--name"]
     p = config.node_paths(name)
     private_dir(p.dir)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("node", name)
     p.pid.write_text(str(os.getpid()))
     python = sys.executable
     env = {"CALICO_NODENAME": name}
@@ -101,7 +100,13 @@ def main(argv=None) -> int:
                    + (DOCKER_LAZY_IMPORTS if docker else []))
     stop = stop_event()
     logging.getLogger("calico-node").info("node %s starting in %s", name, p.dir)
-    Supervisor(children, p.status).run(stop)
+    try:
+        metrics_addr = config.metrics_addr("node")
+    except config.ConfigError as exc:
+        logging.getLogger("calico-node").error("%s; serving no metrics", exc)
+        metrics_addr = ""
+    url = metrics.serve_node(metrics_addr, p.dir, metrics.NODE_PROCESSES[1:])
+    Supervisor(children, p.status, url or "").run(stop)
     p.pid.unlink(missing_ok=True)
     return 0
 

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from calicopy import metrics
 from calicopy.localfiles import SOCKET_MODE, private_socket
 from node import zygote
 
@@ -103,10 +104,11 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], status_file: Path):
+    def __init__(self, children: list[Child], status_file: Path, metrics_url: str = ""):
         self.children = children
         self.status_file = status_file
         self._written: dict | None = None
+        self.metrics_url = metrics_url      # where the node's metrics are served, if anywhere
 
     def run(self, stop: threading.Event) -> None:
         """Tend the children until ``stop`` is set (by a signal handler)."""
@@ -150,6 +152,7 @@ class Supervisor:
                         child.proc.returncode, child.backoff)
             child.proc = None
             child.restarts += 1
+            metrics.NODE_RESTARTS.inc(child=child.name)
             child.next_start = now + child.backoff
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
             return child.next_start
@@ -166,6 +169,7 @@ class Supervisor:
         if children == self._written:
             return
         status = {"pid": os.getpid(), "updated": time.time(), "children": children}
+        status["metrics"] = self.metrics_url      # "" when the node serves none
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.status_file)

@@ -404,6 +404,7 @@ class Host:
         result = self.calicoctl(*args, env={"CALICO_FAILPOINTS": failpoints})
         if result.returncode != 0:
             raise AssertionError(f"calicoctl node on {self.name} failed: {result.stderr}")
+        self.node_output = result.stdout        # what `calicoctl node` printed, last time
         return result
 
     def supervisor_pid(self) -> int | None:

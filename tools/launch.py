@@ -299,12 +299,16 @@ class EtcdCluster:
 
 
 def spawn_service(module: str, listen: str, etcd: str, log: Path, unix: str = "",
-                  env: dict | None = None, netns: str = "") -> subprocess.Popen:
+                  env: dict | None = None, netns: str = "", metrics: str = ""
+                  ) -> subprocess.Popen:
     """A cluster service (``services.ipam``, ``services.bgp``...) on ``listen``
     (and on ``unix``, for simulated hosts), in network namespace ``netns``
-    when given. ``env`` gives it its identity (CALICO_TLS_* and ETCD_*_FILE)."""
+    when given. ``env`` gives it its identity (CALICO_TLS_* and ETCD_*_FILE);
+    ``metrics``, where it serves its metrics (else its default)."""
     addrs = ",".join(filter(None, [listen, unix]))
     argv = [sys.executable, "-m", module, f"--listen={addrs}", f"--etcd-endpoints={etcd}"]
+    if metrics:
+        argv.append(f"--metrics={metrics}")
     if netns:
         argv = ["ip", "netns", "exec", netns] + argv
     return spawn(argv, log, env=env)

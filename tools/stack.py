@@ -230,16 +230,21 @@ def _start_services(admin: Security) -> None:
             if _running(proc_name) and check_health(addr, security=admin):
                 print(f"{label} already running on {addr}")
                 continue
+            # Each replica its own metrics port: the service's, plus the step.
+            port = config.METRICS_PORTS[name] + REPLICA_PORT_STEP * (replica - 1)
+            metrics = f"127.0.0.1:{port}"
             proc = launch.spawn_service(module, addr, etcd_endpoints(),
                                         STATE / f"{proc_name}.log",
                                         unix=unix_addr(name, replica),
-                                        env=identity_env(SERVICE_IDENTITIES[name]))
+                                        env=identity_env(SERVICE_IDENTITIES[name]),
+                                        metrics=metrics)
             _pidfile(proc_name).write_text(str(proc.pid))
-            starting.append((label, addr, proc, proc_name))
-    for label, addr, proc, proc_name in starting:
+            starting.append((label, addr, proc, proc_name, metrics))
+    for label, addr, proc, proc_name, metrics in starting:
         launch.wait_until(proc_name, lambda addr=addr: check_health(addr, security=admin),
                           proc, STATE / f"{proc_name}.log")
-        print(f"{label} started on {addr}, mutual TLS (pid {proc.pid})")
+        print(f"{label} started on {addr}, mutual TLS (pid {proc.pid}); metrics on "
+              f"http://{metrics}/metrics")
 
 
 def up() -> None:

@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from calicopy import metrics
 from calicopy.datastore import keys
 from calicopy.datastore.store import Store
 from calicopy.errors import CalicoError, Unavailable
@@ -62,6 +63,7 @@ class WatchLoop:
         with self._lock:
             if events is None:              # this watch is over, whatever the cause
                 self._watch_ended = True
+                metrics.WATCH_RESTARTS.inc()
                 self.log.info("rebuilding the watch of %s: %s", self.prefix, response)
             elif self._relevant(response):
                 self._events.extend(events)
@@ -102,7 +104,8 @@ class WatchLoop:
                 self.changed.clear()
                 events = self._take_events()
                 full = rebuilt or time.monotonic() >= next_full
-                result = self._sync(full, events)
+                with metrics.SYNC_SECONDS.time(kind="full" if full else "update"):
+                    result = self._sync(full, events)
                 if full:
                     next_full = time.monotonic() + self.resync
                 if self._report is not None:

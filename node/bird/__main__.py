@@ -18,23 +18,23 @@ from pathlib import Path
 
 from docopt import docopt
 
-from calicopy import config, quarantine
+from calicopy import config, logs, metrics, quarantine
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
 from node.bird.renderer import Renderer
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
         name = config.NODENAME.resolve(args["--name"])
+        logs.setup("bird-renderer", name)
         store = EtcdStore.from_env()
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     stop = stop_event()
+    metrics.export_to_node("bird-renderer", config.node_paths(name).dir, stop)
     log = logging.getLogger("calico-bird-renderer")
     Renderer(store, name, Path(args["--config"]), args["--ctl"],
              quarantine.for_node(log, config.node_paths(name), "renderer")).run(stop)

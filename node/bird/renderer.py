@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from calicopy import failpoints, underlay
+from calicopy import failpoints, metrics, underlay
 from calicopy.datastore import keys
 from calicopy.datastore.etcd_watch import change
 from calicopy.datastore.report import LeasedReport
@@ -56,6 +56,25 @@ def current_model(store: Store, name: str, bad: dict[str, str] | None = None,
     return view.model({} if bad is None else bad, connected)
 
 
+def count_sessions(sessions: list[ctl.Session], established: set[tuple[str, int]]
+                   ) -> set[tuple[str, int]]:
+    """Set calico_bgp_sessions from what BIRD reports, and count a flap for
+    each session that was Established at the last look (``established``)
+    and is not now (or is gone). Returns the sessions established now."""
+    counts: dict[tuple[str, str], int] = {}
+    now = set()
+    for s in sessions:
+        state = s.info or s.state or "unknown"
+        key = (str(s.ip_version), state)
+        counts[key] = counts.get(key, 0) + 1
+        if state == "Established":
+            now.add((s.peer, s.ip_version))
+    metrics.BGP_SESSIONS.replace(counts)
+    for _peer, version in sorted(established - now):
+        metrics.BGP_FLAPS.inc(family=str(version))
+    return now
+
+
 class Renderer:
     def __init__(self, store: Store, name: str, config_path: Path, ctl: str,
                  quarantine: Quarantine | None = None, connected=None):
@@ -68,6 +87,7 @@ class Renderer:
         self._connected = connected        # None: the host's routes (calicopy.underlay)
         self._configured: str | None = None    # the text BIRD last accepted
         self.status = LeasedReport(store, keys.bgp_status(name), REPORT_TTL)
+        self._established: set[tuple[str, int]] = set()    # (peer, IP version) up last time
 
     def sync(self, full: bool = False, events=()) -> bool:
         """Bring the model up to date (a full read, or the events), render and,
@@ -115,7 +135,9 @@ class Renderer:
         """Write BIRD's view of the sessions to etcd if it changed (with the
         time it was written), and keep the report's lease alive."""
         if os.path.exists(self.ctl):
-            sessions = [s.__dict__ for s in ctl.sessions(self.ctl)]
+            found = ctl.sessions(self.ctl)
+            self._established = count_sessions(found, self._established)
+            sessions = [s.__dict__ for s in found]
             self.status.publish({"node": self.name, "sessions": sessions},
                                 extra={"reported_at": time.time()})
         self.status.keepalive()

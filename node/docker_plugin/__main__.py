@@ -21,7 +21,7 @@ from docopt import docopt
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calico.ipam.v1 import ipam_pb2_grpc
 from calico.policy.v1 import policy_pb2_grpc
-from calicopy import config
+from calicopy import config, logs, metrics
 from calicopy.docker_engine import LocalEngine, real_socket
 from calicopy.errors import CalicoError
 from calicopy.localfiles import shared_dir
@@ -43,9 +43,8 @@ log = logging.getLogger("docker-plugin")
 
 def main(argv=None) -> int:
     args = docopt(__doc__, argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = args["--name"]
+    logs.setup("docker-plugin", node)
     plugin_dir = config.DOCKER_PLUGIN_DIR.resolve(args["--plugin-dir"])
     timeout = config.RPC_TIMEOUT.resolve()
     # Each call rides out a service that is (re)starting, within its deadline.
@@ -76,6 +75,7 @@ def main(argv=None) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log.info("Docker plugin of node %s serving calico and calico-ipam on %s", node, path)
     stop = stop_event()
+    metrics.export_to_node("docker-plugin", config.node_paths(node).dir, stop)
     ready = Readiness(config.node_paths(node).ready("docker-plugin"), log)
     ready.announce_when(lambda: endpoints.call("GetNodeInfo",
                                                endpoint_pb2.GetNodeInfoRequest()), stop)

@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import socketserver
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
+from calicopy import logs, metrics
 from calicopy.errors import CalicoError
 from calicopy.localfiles import bind_private
 
@@ -39,7 +41,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_POST(self):     # noqa: N802 (the name http.server looks for)
+        # Each request from Docker enters calico-py here: its request id is
+        # made here and goes with every call the handler makes (calicopy.logs).
         method = self.path.lstrip("/")
+        known = method in self.server.methods
+        start, self._status = time.monotonic(), 0
+        with logs.request():
+            try:
+                self._post(method)
+            finally:
+                name = method if known else "unknown"
+                metrics.DOCKER_PLUGIN_REQUESTS.inc(method=name, status=str(self._status))
+                metrics.DOCKER_PLUGIN_SECONDS.observe(time.monotonic() - start, method=name)
+
+    def _post(self, method: str) -> None:
         handler = self.server.methods.get(method)
         try:
             # Read the body even for a method we refuse: a client still
@@ -68,6 +83,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._reply(200, answer)
 
     def _reply(self, status: int, body: dict) -> None:
+        self._status = status
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", CONTENT_TYPE)

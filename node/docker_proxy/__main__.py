@@ -26,7 +26,7 @@ import sys
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, logs, metrics
 from calicopy.api.endpoint import EndpointClient
 from calicopy.api.policy import ProfileClient
 from calicopy.service_main import stop_event
@@ -42,11 +42,10 @@ RPC_TIMEOUT = 30.0
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
         node = config.NODENAME.resolve(args["--name"])
+        logs.setup("docker-proxy", node)
         listen = config.DOCKER_HOST.resolve(args["--listen"])
         upstream = (config.parse_unix_socket(args["--upstream"]) if args["--upstream"]
                     else real_socket(listen))
@@ -67,6 +66,7 @@ def main(argv=None) -> int:
     profiles = ProfileClient(policy_addr, RPC_TIMEOUT, wait_for_ready=True)
     networking = ContainerNetworking(engine, endpoints, profiles)
     stop = stop_event()
+    metrics.export_to_node("docker-proxy", config.node_paths(node).dir, stop)
     log = logging.getLogger("docker-proxy")
     log.info("node %s: proxy %s -> %s; endpoint service %s", node, listen, upstream,
              endpoint_addr)

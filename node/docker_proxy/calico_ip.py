@@ -27,6 +27,7 @@ import logging
 import threading
 from typing import Protocol
 
+from calicopy import logs, metrics
 from calicopy.docker_engine import Engine
 from calicopy.errors import (AlreadyExists, CalicoError, FailedPrecondition, InvalidArgument,
                              NotFound, Unavailable)
@@ -180,12 +181,18 @@ class ContainerNetworking:
                 info = docker.containers.get(ref).attrs
         except NotFound:
             return None, False
-        with self._lock(info["Id"]):
+        # A container's start enters calico-py here: its own request id
+        # (calicopy.logs) goes with every call made to network it.
+        with logs.request(), self._lock(info["Id"]):
             try:
-                return self._ensure(info)
+                ep, acted = self._ensure(info)
             except (Refused, CalicoError) as exc:
+                metrics.DOCKER_PROXY_NETWORKED.inc(result="error")
                 self._failed(info, exc, stop)
                 return None, False
+            if acted:
+                metrics.DOCKER_PROXY_NETWORKED.inc(result="ok")
+            return ep, acted
 
     def _ensure(self, info: dict) -> tuple[Endpoint | None, bool]:
         cid, state = info["Id"], info.get("State") or {}
@@ -295,7 +302,7 @@ class ContainerNetworking:
 
     def release(self, cid: str) -> None:
         """The container is gone: end its endpoints and release their addresses."""
-        with self._lock(cid):
+        with logs.request(), self._lock(cid):
             try:
                 removed = self.endpoints.remove(ORCHESTRATOR, cid)
             except NotFound:

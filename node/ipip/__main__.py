@@ -13,12 +13,11 @@ It presents the node's certificate (CALICO_TLS_*) to the IPAM service
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from docopt import docopt
 
-from calicopy import config
+from calicopy import config, logs, metrics
 from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
@@ -27,11 +26,10 @@ from node.ipip.agent import IpipAgent
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
         name = config.NODENAME.resolve(args["--name"])
+        logs.setup("ipip", name)
         store = EtcdStore.from_env()
         ipam = IpamClient(config.IPAM_ADDR.resolve(), timeout=config.RPC_TIMEOUT.resolve(),
                           security=Security.from_env())
@@ -39,6 +37,7 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 1
     stop = stop_event()
+    metrics.export_to_node("ipip", config.node_paths(name).dir, stop)
     IpipAgent(store, name, ipam).run(stop)
     ipam.close()
     store.close()

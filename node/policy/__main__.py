@@ -19,7 +19,7 @@ import sys
 
 from docopt import docopt
 
-from calicopy import config, quarantine
+from calicopy import config, logs, metrics, quarantine
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.service_main import stop_event
 from node.policy import commands, drops
@@ -28,11 +28,10 @@ from node.policy.iptables import detect_backend
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
         node = config.NODENAME.resolve(args["--name"])
+        logs.setup("policy-agent", node)
         store = EtcdStore.from_env()
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -43,8 +42,9 @@ def main(argv=None) -> int:
         return 1
     logging.getLogger("calico-policy-agent").info("node %s, iptables backend %s", node, backend)
     stop = stop_event()
+    metrics.export_to_node("policy-agent", config.node_paths(node).dir, stop)
     log = logging.getLogger("calico-policy-agent")
-    agent = Agent(store, node, backend, run=commands.run,
+    agent = Agent(store, node, backend, run=commands.measured(commands.run),
                   quarantine=quarantine.for_node(log, config.node_paths(node), "policy"))
     drops.start(store, node, backend, agent.tables, stop)   # live drops, rule counters
     agent.run(stop)

@@ -82,6 +82,7 @@ class Agent:
         self._mine = keys.node_endpoints_prefix(node)
         self._generation = generation or (lambda: None)
         self._trusted: int | None = None     # a ruleset generation with our hooks in place
+        self._programmed: set[str] = set()   # this node's endpoints, as last programmed
 
     def hooks_in_place(self) -> bool:
         """Whether the built-in chains still jump to ours (someone may have
@@ -126,6 +127,13 @@ class Agent:
         restores = sum(t.restores for t in self.tables.values())
         stats = self._write(full, read_rules=full and not untouched)
         failpoints.reached("policy-after-restore")      # programmed, progress not recorded
+        # Named in the log, so that a request can be followed from the endpoint
+        # service's "added endpoint <id>" to here (README: Following a request).
+        mine = {ep.endpoint_id for ep in self.view.local_endpoints.values()}
+        if mine - self._programmed:
+            log.info("programmed endpoint(s) %s (revision %d)",
+                     ", ".join(sorted(mine - self._programmed)), self.revision)
+        self._programmed = mine
         restores = sum(t.restores for t in self.tables.values()) - restores
         if generation is not None and (full or untouched) and \
                 self._generation() == generation + restores:

@@ -30,3 +30,32 @@ def run(argv: list[str], stdin: str = "", check: bool = True, timeout: float = 6
     if check and done.returncode != 0:
         raise CommandError(argv, done.returncode, done.stdout, done.stderr, stdin)
     return done.stdout
+
+
+#: The tools whose runs the agent measures (calico_policy_restore_seconds).
+MEASURED = {"iptables-restore", "ip6tables-restore", "ipset"}
+
+
+def measured(run):
+    """``run``, with each restore's duration and failures counted by tool
+    (iptables-legacy-restore counts as iptables-restore; of ipset, only
+    ``ipset restore``)."""
+    from calicopy import metrics
+
+    def tool(argv) -> str | None:
+        name = argv[0].replace("-legacy", "").replace("-nft", "")
+        if name == "ipset":
+            return "ipset" if "restore" in argv[1:2] else None
+        return name if name in MEASURED else None
+
+    def timed(argv, *args, **kwargs):
+        name = tool(argv)
+        if name is None:
+            return run(argv, *args, **kwargs)
+        try:
+            with metrics.POLICY_RESTORE_SECONDS.time(tool=name):
+                return run(argv, *args, **kwargs)
+        except CommandError:
+            metrics.POLICY_RESTORE_FAILURES.inc(tool=name)
+            raise
+    return timed

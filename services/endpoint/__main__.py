@@ -54,7 +54,7 @@ import time
 
 from docopt import docopt
 
-from calicopy import config, quarantine
+from calicopy import config, logs, metrics, quarantine
 from calicopy.api.ipam import IpamClient
 from calicopy.datastore.etcd import EtcdStore
 from calicopy.errors import Unavailable
@@ -86,11 +86,10 @@ def _retry_until_up(what, fn, deadline):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = docopt(__doc__, argv)
     try:
         node = config.NODENAME.resolve(args["--name"])
+        logs.setup("endpoint", node)
         listen = config.endpoint_addr(args["--listen"], node)
         security = Security.from_env(insecure=args["--insecure"] or None)
         store = EtcdStore.from_env(args["--etcd-endpoints"])
@@ -168,6 +167,7 @@ def main(argv=None) -> int:
              "on" if manager.ipv6 else "off", describe(security))
 
     stop = stop_event()
+    metrics.export_to_node("endpoint", config.node_paths(node).dir, stop)
     while not stop.wait(resync):
         try:
             counts = manager.reconcile()

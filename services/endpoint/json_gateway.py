@@ -54,6 +54,7 @@ import grpc
 from google.protobuf import json_format
 
 from calico.endpoint.v1 import endpoint_pb2
+from calicopy import logs
 from calicopy.localfiles import bind_private
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.servicer import EndpointServicer
@@ -288,7 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             timeout = None if header is None else parse_grpc_timeout(header)
         except CallFailed as bad:
             return self._failure(bad.code, bad.message, bad.http_status)
-        return gateway.call(self.path, body, timeout)
+        with logs.request(self.headers.get(logs.HTTP_HEADER)):
+            return gateway.call(self.path, body, timeout)
 
     @staticmethod
     def _failure(code: grpc.StatusCode, message: str, http_status: int) -> tuple[int, bytes]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from calico.endpoint.v1 import endpoint_pb2, endpoint_pb2_grpc
 from calicopy.api.endpoint import add_request_from_msg
 from calicopy.api.endpoint import endpoint_to_msg as endpoint_msg
+from calicopy import metrics
 from calicopy.rpc import maps_errors
 from services.endpoint.endpoints import EndpointManager
 
@@ -18,6 +20,20 @@ def caller_deadline(context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+@contextlib.contextmanager
+def _measured(count, seconds):
+    """Count one add or remove by result (ok, or the error's class), and time
+    it if it succeeded (over the gRPC or the JSON socket alike)."""
+    start = time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        count.inc(result=type(exc).__name__)
+        raise
+    count.inc(result="ok")
+    seconds.observe(time.monotonic() - start)
+
+
 class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
 
     def __init__(self, manager: EndpointManager):
@@ -25,13 +41,16 @@ class EndpointServicer(endpoint_pb2_grpc.EndpointServiceServicer):
 
     @maps_errors
     def AddEndpoint(self, request, context):
-        ep = self.manager.add(add_request_from_msg(request), deadline=caller_deadline(context))
+        with _measured(metrics.ENDPOINT_ADDS, metrics.ENDPOINT_ADD_SECONDS):
+            ep = self.manager.add(add_request_from_msg(request),
+                                  deadline=caller_deadline(context))
         return endpoint_pb2.AddEndpointResponse(endpoint=endpoint_msg(ep))
 
     @maps_errors
     def RemoveEndpoint(self, request, context):
-        removed = self.manager.remove(request.orchestrator, request.workload_id,
-                                      request.interface_name)
+        with _measured(metrics.ENDPOINT_REMOVES, metrics.ENDPOINT_REMOVE_SECONDS):
+            removed = self.manager.remove(request.orchestrator, request.workload_id,
+                                          request.interface_name)
         return endpoint_pb2.RemoveEndpointResponse(removed=[endpoint_msg(e) for e in removed])
 
     @maps_errors

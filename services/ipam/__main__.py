@@ -5,7 +5,7 @@ import logging
 import sys
 import threading
 
-from calicopy import config, service_main
+from calicopy import config, metrics, service_main
 from services.ipam.allocator import Ipam
 from services.ipam.gc import DEFAULT_GRACE, DEFAULT_INTERVAL, GarbageCollector
 from services.ipam.server import create_server
@@ -44,8 +44,16 @@ OPTIONS = service_main.Options(
     parse=gc_settings)
 
 
+def pool_usage(ipam: Ipam):
+    """calico_ipam_pool_addresses' samples, read from etcd at each scrape."""
+    for pool in ipam.usage().pools:
+        yield (pool["cidr"], "size"), pool["size"]
+        yield (pool["cidr"], "allocated"), pool["allocated"]
+
+
 def build(listen, store, security, gc_interval=DEFAULT_INTERVAL, gc_grace=DEFAULT_GRACE):
     ipam = Ipam(store)
+    metrics.IPAM_POOL_ADDRESSES.set_function(lambda: pool_usage(ipam))
     if gc_interval:
         collector = GarbageCollector(Ipam(store), grace=gc_grace)
         # A daemon: it holds nothing a kill could leave half done (every

@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Callable
 
+from calicopy import metrics
 from calicopy.datastore import keys
 from calicopy.errors import CalicoError
 from calicopy.model.ipam import Allocation, Block
@@ -62,10 +63,14 @@ class GarbageCollector:
         """A pass every ``interval`` seconds until ``stop`` is set."""
         while not stop.wait(interval):
             try:
-                self.run_pass()
+                done = self.run_pass()
+                metrics.IPAM_GC_PASSES.inc(result="ok")
+                metrics.IPAM_GC_RELEASES.inc(len(done.released))
             except CalicoError as exc:          # etcd away: next time
+                metrics.IPAM_GC_PASSES.inc(result="error")
                 log.warning("garbage collection failed: %s", exc)
             except Exception:
+                metrics.IPAM_GC_PASSES.inc(result="error")
                 log.exception("garbage collection failed")
 
     def run_pass(self) -> PassReport:

@@ -8,6 +8,7 @@ from calico.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from calicopy.api.ipam import VERSIONS as _VERSIONS
 from calicopy.api.ipam import ipip_mode_of
 from calicopy.api.ipam import pool_to_msg as _pool_msg
+from calicopy import metrics
 from calicopy.rpc import maps_errors
 from services.ipam.allocator import Ipam
 
@@ -28,6 +29,12 @@ def commit_deadline(context) -> float | None:
     if remaining is None:
         return None
     return time.monotonic() + remaining - min(COMMIT_MARGIN, remaining / 5)
+
+
+def _count(family, ips) -> None:
+    """Count addresses in a metrics family by IP version."""
+    for ip in ips:
+        family.inc(family="6" if ":" in ip else "4")
 
 
 def _endpoint_use(use) -> ipam_pb2.EndpointUse:
@@ -77,24 +84,28 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
             request.num_ipv4, request.num_ipv6, request.handle_id, request.hostname,
             dict(request.attributes), list(request.ipv4_pools), list(request.ipv6_pools),
             request_id=request.request_id, deadline=commit_deadline(context))
+        _count(metrics.IPAM_ALLOCATIONS, list(v4) + list(v6))
         return ipam_pb2.AutoAssignResponse(ipv4=v4, ipv6=v6)
 
     @maps_errors
     def AssignIP(self, request, context):
         pool = self.ipam.assign_ip(request.ip, request.handle_id, request.hostname,
                                    dict(request.attributes), deadline=commit_deadline(context))
+        _count(metrics.IPAM_ALLOCATIONS, [request.ip])
         return ipam_pb2.AssignIPResponse(pool=str(pool.cidr))
 
     @maps_errors
     def ReleaseIPs(self, request, context):
         released, missing = self.ipam.release_ips(list(request.ips), request.handle_id or None,
                                                   force=request.force)
+        _count(metrics.IPAM_RELEASES, released)
         return ipam_pb2.ReleaseIPsResponse(released=released, not_assigned=missing)
 
     @maps_errors
     def ReleaseByHandle(self, request, context):
-        return ipam_pb2.ReleaseByHandleResponse(
-            released=self.ipam.release_by_handle(request.handle_id))
+        released = self.ipam.release_by_handle(request.handle_id)
+        _count(metrics.IPAM_RELEASES, released)
+        return ipam_pb2.ReleaseByHandleResponse(released=released)
 
     @maps_errors
     def GetAllocation(self, request, context):
@@ -124,6 +135,7 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
     @maps_errors
     def ReleaseHost(self, request, context):
         done = self.ipam.release_host(request.hostname)
+        _count(metrics.IPAM_RELEASES, done.released)
         return ipam_pb2.ReleaseHostResponse(released=done.released,
                                             blocks_freed=done.blocks_freed,
                                             blocks_unaffined=done.blocks_unaffined)

@@ -3,12 +3,15 @@ TCP port, calicoctl working with the admin certificate it made; with
 ETCD_MEMBERS=3, a 3-member etcd, and two replicas of each service."""
 
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli import ROOT
 from tools import launch
@@ -64,6 +67,16 @@ def test_make_up_serves_tls_only_and_calicoctl_finds_its_certificates(tmp_path, 
         # calicoctl takes the admin certificate from the certificate folder.
         added = calicoctl_only(env, "pool", "add", "10.84.0.0/16")
         assert added.returncode == 0, added.stderr
+        # Each service replica says where its metrics are; they count that call.
+        urls = re.findall(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", up.stdout)
+        assert len(set(urls)) == 6, up.stdout
+        created = 0.0
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                for family in text_string_to_metric_families(answer.read().decode()):
+                    created += sum(x.value for x in family.samples if x.labels == {
+                        "method": "calico.ipam.v1.IpamService/CreatePool", "code": "OK"})
+        assert created == 1
         assert "10.84.0.0/16" in calicoctl_only(env, "pool", "show").stdout
         # A replica and a member die: calicoctl carries on with the others.
         os.kill(int((tmp_path / "state" / "ipam.pid").read_text()), 9)
