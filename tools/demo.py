@@ -17,7 +17,9 @@
    port; an IPAM replica is killed and `docker run` still gets an address
    from the other; then `calicoctl status` and `shownodes --detailed`;
    `calicoctl policy drops` lists what host2 denied, frontend -> database,
-   with the rule that denied it; `docker rm` gives the addresses back.
+   with the rule that denied it; where each node and service serves its
+   metrics, with a node's endpoint adds read from its own; `docker rm` gives
+   the addresses back.
 
 Safe to run again: it releases its own earlier allocations and removes its
 simulated hosts when it ends (`make demo-down` also removes what a killed run
@@ -195,6 +197,7 @@ def docker_story() -> None:
         step("What host2 dropped, and which rule did (the frontend -> database pings of the "
              "matrix and the tcp 22 connects): sampled by NFLOG, asked through etcd")
         show(hosts["host1"], "policy", "drops", "--node=host2")
+        metrics_story(hosts)
         step("Removing the containers: Docker releases their addresses through calico-ipam")
         for c in containers.values():
             docker(c.host, "rm", "-f", c.name)
@@ -203,6 +206,26 @@ def docker_story() -> None:
         calicoctl("ipam", "check")
     finally:
         lab.close()
+
+
+def metrics_story(hosts) -> None:
+    step("Metrics (Prometheus): each node serves all its processes' on one port in its "
+         "namespace; each service replica its own (docs/grafana-dashboard.json reads them)")
+    for host in hosts.values():
+        url = json.loads(host.paths.status.read_text()).get("metrics")
+        if not url:
+            print(f"    {host.name}: serves no metrics (see its node.log)")
+            continue
+        scrape = host.ns.run(sys.executable, "-c", SCRAPE, url, check=False)
+        adds = [line for line in scrape.stdout.splitlines()
+                if line.startswith("calico_endpoint_adds_total")]
+        print(f"    {host.name}: {url}  ({'; '.join(adds) or scrape.stderr.strip()})")
+    print("    the services: the 'metrics on' addresses 'make up' printed above")
+
+
+# Fetch a URL inside a host's namespace (the node serves on its loopback).
+SCRAPE = ("import sys, urllib.request; "
+          "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
 
 
 def security_story(lab, host) -> None:
