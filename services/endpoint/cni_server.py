@@ -41,21 +41,18 @@ import json
 import logging
 import os
 import socketserver
-import sys
-import threading
 import time
 
-from calicopy.localfiles import bind_private
 from cni import calico, netcheck, skel, spec
 from cni.rpc import EndpointClient, RpcFailure
-from services.endpoint.json_gateway import PATH_PREFIX, JsonGateway, peer_uid
+from services.endpoint.json_gateway import PATH_PREFIX, JsonGateway
+from services.endpoint.local_socket import LocalSocketServer, peer_uid
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = b"calico-cni/1"
 HAND_BACK = b"hand-back"
 MAX_REQUEST = 8 << 20       # environment and stdin together
-POLL = 0.1                  # seconds a stop waits at most for the accept loop to notice
 
 
 class LocalEndpoints(EndpointClient):
@@ -163,16 +160,16 @@ def _version_of(stdin: bytes) -> str:
     return version if version in spec.SUPPORTED_VERSIONS else spec.LATEST
 
 
-class CniServer:
+class CniServer(LocalSocketServer):
     """Serves forwarded invocations on ``path``, for the endpoint service
     whose JSON gateway is ``gateway``."""
 
+    name = "cni-server"
+
     def __init__(self, path: str, gateway: JsonGateway):
-        self.path, self.gateway = path, gateway
+        super().__init__(path)
+        self.gateway = gateway
         self.plugin = NodeSidePlugin(gateway)
-        self._idle = threading.Condition()
-        self._in_flight = 0
-        self._server: _Server | None = None
 
     def invoke(self, environ: dict[str, str], hostname: str, stdin: bytes
                ) -> tuple[int, bytes] | None:
@@ -197,41 +194,6 @@ class CniServer:
                              f"unix:{self.gateway.path}")
         error = failure.to_cni().to_json(_version_of(stdin))
         return 1, (json.dumps(error) + "\n").encode()
-
-    # Serving ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Bind (replacing a socket a previous run left) and serve in a thread."""
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._server = _Server(self.path, _Handler)
-        self._server.cni = self
-        threading.Thread(target=self._server.serve_forever, args=(POLL,), name="cni-server",
-                         daemon=True).start()
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let invocations in flight finish for up to ``grace``
-        seconds, then close and remove the socket."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-        self._server.server_close()
-        self._server = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def _enter(self) -> None:
-        with self._idle:
-            self._in_flight += 1
-
-    def _leave(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
 
 
 def netstring(data: bytes) -> bytes:
@@ -267,21 +229,9 @@ def parse_environ(block: bytes) -> dict[str, str]:
     return environ
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    cni: CniServer
-
-    def server_bind(self) -> None:
-        bind_private(self.socket, self.server_address)
-
-    def handle_error(self, request, client_address) -> None:
-        exc = sys.exc_info()[1]
-        log.warning("CNI request dropped: %r", exc, exc_info=not isinstance(exc, OSError))
-
-
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
-        cni: CniServer = self.server.cni
+        cni: CniServer = self.server.owner
         try:
             if read_netstring(self.rfile, len(PROTOCOL)) != PROTOCOL:
                 return          # not a client we know: no answer, it runs the plugin itself
@@ -292,14 +242,18 @@ class _Handler(socketserver.StreamRequestHandler):
             log.warning("malformed CNI request: %s", exc)
             return
         uid = peer_uid(self.request)
-        cni._enter()
+        if not cni.enter():
+            return              # stopping: no answer, the plugin runs itself
         try:
             answer = cni.refused(uid, stdin) if uid != 0 else \
                 cni.invoke(parse_environ(block), hostname, stdin)
         finally:
-            cni._leave()
+            cni.leave()
         if answer is None:
             self.wfile.write(netstring(HAND_BACK) + netstring(b""))
         else:
             code, stdout = answer
             self.wfile.write(netstring(b"%d" % code) + netstring(stdout))
+
+
+CniServer.handler = _Handler        # defined after the class it serves

@@ -40,12 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import socketserver
 import re
-import struct
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -55,8 +50,8 @@ from google.protobuf import json_format
 
 from calico.endpoint.v1 import endpoint_pb2
 from calicopy import logs
-from calicopy.localfiles import bind_private
 from services.endpoint.endpoints import EndpointManager
+from services.endpoint.local_socket import LocalSocketServer, peer_uid
 from services.endpoint.servicer import EndpointServicer
 
 log = logging.getLogger(__name__)
@@ -66,7 +61,6 @@ PATH_PREFIX = f"/{SERVICE.full_name}/"
 MAX_BODY = 1 << 20
 MAX_CONCURRENT = 16         # as many calls at once as the gRPC server's workers
 IDLE_TIMEOUT = 60.0         # seconds a kept-alive connection may wait for its next request
-POLL = 0.1                  # seconds a stop waits at most for the accept loop to notice
 
 S = grpc.StatusCode
 #: gRPC status -> HTTP status, as grpc-gateway maps them; anything else is 500.
@@ -120,22 +114,19 @@ def parse_grpc_timeout(text: str) -> float:
     return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
 
 
-class JsonGateway:
+class JsonGateway(LocalSocketServer):
     """Serves ``SERVICE``'s methods of an ``EndpointServicer`` on ``path``."""
 
+    name = "json-gateway"
+
     def __init__(self, path: str, manager: EndpointManager):
-        self.path = path
+        super().__init__(path)
         servicer = EndpointServicer(manager)
         # Method name -> (the servicer's method, its request class).
         self._methods = {m.name: (getattr(servicer, m.name),
                                   getattr(endpoint_pb2, m.input_type.name))
                          for m in SERVICE.methods}
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
-        self._idle = threading.Condition()
-        self._in_flight = 0
-        self._stopping = False
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # One call, without HTTP: what tests and the handler use -----------------------
 
@@ -171,66 +162,6 @@ class JsonGateway:
         with self._slots:
             return method(request, _Context(timeout))
 
-    # Serving ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Bind (replacing a socket a previous run left) and serve in a thread."""
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._server = _Server(self.path, _Handler)
-        self._server.gateway = self
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL,),
-                                        name="json-gateway", daemon=True)
-        self._thread.start()
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let calls in flight finish for up to ``grace``
-        seconds, then close and remove the socket."""
-        if self._server is None:
-            return
-        self._stopping = True       # kept-alive connections get no more calls
-        self._server.shutdown()
-        with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-        self._server.server_close()
-        self._server = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def _enter(self) -> bool:
-        """Count a call in; False once stopping."""
-        with self._idle:
-            if self._stopping:
-                return False
-            self._in_flight += 1
-            return True
-
-    def _leave(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
-
-
-def peer_uid(conn: socket.socket) -> int:
-    """The uid of the process that connected ``conn`` (a unix socket)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True       # an idle kept-alive connection must not hold up a stop
-    gateway: JsonGateway
-
-    def server_bind(self) -> None:
-        bind_private(self.socket, self.server_address)
-
-    def handle_error(self, request, client_address) -> None:
-        # In the log, not on stderr (socketserver's default); a client gone or
-        # too slow mid-request needs no traceback.
-        exc = sys.exc_info()[1]
-        log.warning("JSON request dropped: %r", exc, exc_info=not isinstance(exc, OSError))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -260,15 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self._refused():
             return
-        gateway = self.server.gateway
-        if not gateway._enter():
+        gateway = self.server.owner
+        if not gateway.enter():
             self.close_connection = True
             self._answer(*self._failure(S.UNAVAILABLE, "The endpoint service is stopping.", 503))
             return
         try:
             status, body = self._post(gateway)
         finally:
-            gateway._leave()
+            gateway.leave()
         self._answer(status, body)
 
     def _post(self, gateway: JsonGateway) -> tuple[int, bytes]:
@@ -318,3 +249,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:     # noqa: A002 (the base's name)
         # Not to stderr, and without the client address (a unix socket has none).
         log.debug("%s", format % args)
+
+
+JsonGateway.handler = _Handler      # defined after the class it serves
