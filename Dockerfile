@@ -56,7 +56,8 @@ if d.startswith("grpcio-tools")] + ["setuptools>=68"]))' > /tmp/deps/requirement
 
 # The code, and the gRPC code generated from protos/ exactly as `make protos`
 # does; the editable install gives `calicoctl` and keeps /app the code that runs
-# (the node supervisor starts its children with `python -m ...`).
+# (the node supervisor starts its children with `python -m ...`); the endpoint
+# service runs the CNI plugin's code for forwarded invocations (cni/).
 WORKDIR /app
 COPY pyproject.toml README.md /app/
 COPY protos /app/protos
@@ -64,6 +65,7 @@ COPY calicopy /app/calicopy
 COPY services /app/services
 COPY cli /app/cli
 COPY node /app/node
+COPY cni /app/cni
 COPY docker/calico-node /app/docker/calico-node
 RUN python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
         $(find protos -name '*.proto') \
