@@ -25,13 +25,23 @@ from calicopy.node_paths import NodePaths
 from cni import config, skel, spec, thin
 from cni.calico import CalicoPlugin
 from cni.profiles import Confirmed
-from services.endpoint import cni_server
+from services.endpoint import cni_server, json_gateway
 from services.endpoint.cni_server import CniServer, NodeSidePlugin
 from services.endpoint.endpoints import EndpointManager
 from services.endpoint.json_gateway import JsonGateway
 from services.ipam.allocator import Ipam
 from tests.conftest import ROOT
 from tests.fakes import FakeDataplane, MemoryStore
+
+
+@pytest.fixture(autouse=True)
+def caller_is_root(monkeypatch):
+    """The test process is the socket's caller: it counts as root whoever runs
+    the unit tier (make test-unit runs without root); the refusal tests
+    present another uid themselves."""
+    monkeypatch.setattr(cni_server, "peer_uid", lambda conn: 0)
+    monkeypatch.setattr(json_gateway, "peer_uid", lambda conn: 0)
+
 
 NETNS = "/proc/self/ns/net"       # a real network namespace: the plugin checks the path
 LAUNCHER = str(ROOT / "cni" / "bin" / "calico")
