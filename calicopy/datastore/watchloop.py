@@ -98,6 +98,10 @@ class WatchLoop:
     def run(self, stop: threading.Event) -> None:
         next_full = 0.0
         next_tick = 0.0
+        # A stop ends the wait for changes at once (a quiet loop may wait for
+        # its whole poll interval, 10 s for some): the node stops promptly.
+        threading.Thread(target=lambda: (stop.wait(), self.changed.set()), daemon=True,
+                         name="watchloop-stop").start()
         while not stop.is_set():
             try:
                 rebuilt = self._ensure_watch()
