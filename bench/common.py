@@ -83,11 +83,7 @@ def private_pki(name: str):
     try:
         yield tmp, folder
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore(saved)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -126,12 +122,18 @@ def control_plane(name: str, tls: bool = True):
         for proc in (ipam, etcd):
             if proc is not None:
                 launch.stop_pid(proc.pid)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore(saved)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    """Put the environment variables back as ``saved`` had them."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 TLS_VARS = ("CALICO_TLS_CA_FILE", "CALICO_TLS_CERT_FILE", "CALICO_TLS_KEY_FILE",

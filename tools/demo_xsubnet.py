@@ -18,23 +18,11 @@ import time
 
 from node.supervisor import running_pid
 from tools import launch, stack
+from tools.demo import show, step
 from tools.lab import Lab
 
 POOL = "10.48.0.0/16"
 LAB_PREFIX = "demox"
-
-
-def step(text: str) -> None:
-    print(f"\n==> {text}", flush=True)
-
-
-def show(host, *args: str) -> str:
-    print(f"[{host.name}]$ calicoctl {' '.join(args)}", flush=True)
-    result = host.calicoctl(*args)
-    print(result.stdout + result.stderr, end="", flush=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"calicoctl {' '.join(args)} failed")
-    return result.stdout
 
 
 def sh(host, *argv: str) -> str:
