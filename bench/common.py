@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,16 @@ from calicopy import pki  # noqa: E402
 from calicopy.tls import Security, TlsFiles  # noqa: E402
 from tools import launch  # noqa: E402
 from tools.lab import CONTROL_HOSTS  # noqa: E402
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A benchmark stopped with SIGTERM (or SIGINT, which a shell leaves ignored in
+# a background job) still removes what it made: its finally blocks run.
+signal.signal(signal.SIGTERM, _interrupt)
+signal.signal(signal.SIGINT, _interrupt)
 
 
 def percentile(values, p):

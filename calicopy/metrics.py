@@ -76,14 +76,19 @@ class Family:
     def set(self, value: float, **labels) -> None:
         key = self._key(labels)
         with self._lock:
+            same = self._values.get(key) == float(value)
             self._values[key] = float(value)
-        _changed()
+        if not same:        # a gauge set to what it was is no news for the exporter
+            _changed()
 
     def replace(self, values: dict[tuple[str, ...], float]) -> None:
         """A gauge's whole set of samples at once (label values -> value)."""
+        new = {tuple(map(str, k)): float(v) for k, v in values.items()}
         with self._lock:
-            self._values = {tuple(map(str, k)): float(v) for k, v in values.items()}
-        _changed()
+            same = new == self._values
+            self._values = new
+        if not same:
+            _changed()
 
     def set_function(self, function: Callable[[], Iterable[tuple[tuple[str, ...], float]]]
                      ) -> None:
@@ -250,9 +255,14 @@ NODE_RESTARTS = _declare(
 _version = 0
 
 
+_wake = threading.Event()      # set on every change (and a stop): the exporter sleeps until then
+IDLE_EXPORT = 60.0             # the longest it sleeps all the same
+
+
 def _changed() -> None:
     global _version
     _version += 1      # a lost increment only delays an export by a pass
+    _wake.set()
 
 
 def snapshot(process: str) -> list[dict]:
@@ -289,8 +299,10 @@ def export_to_node(process: str, node_dir: Path, stop: threading.Event | None = 
     def loop() -> None:
         written = -1
         while True:
+            _wake.clear()
             version = _version
-            if version != written or any(f._function for f in FAMILIES):
+            functions = any(f._function for f in FAMILIES)
+            if version != written or functions:
                 try:
                     write()
                     written = version
@@ -298,9 +310,17 @@ def export_to_node(process: str, node_dir: Path, stop: threading.Event | None = 
                     log.warning("cannot write metrics to %s: %s", path, exc)
             if stop.wait(every):
                 return
+            # An idle process does not wake until a count changes (or its
+            # stop); one with values computed at scrape time writes every pass.
+            if not functions and version == written:
+                _wake.wait(IDLE_EXPORT)
+                if stop.is_set():
+                    return
 
     thread = threading.Thread(target=loop, name="metrics-export", daemon=True)
     thread.start()
+    threading.Thread(target=lambda: (stop.wait(), _wake.set()), name="metrics-export-stop",
+                     daemon=True).start()
     return thread
 
 

@@ -28,10 +28,21 @@ import queue
 import threading
 
 import grpc
+import grpc._common
 from pyetcd import etcdrpc
 from pyetcd import events as etcd_events
 
 log = logging.getLogger(__name__)
+
+# gRPC's blocking waits (a stream's next response, a streamed request) wake
+# every MAXIMUM_WAIT_TIMEOUT (0.1 s) so that the main thread's signal
+# handlers run promptly. Every watch reader is such a wait for the whole life
+# of its process: ten wake-ups a second per watch were a third of an idle
+# node's CPU (bench/footprint.py). Our readers are never the main thread, and
+# a main thread blocked in a call handles a signal within a second.
+GRPC_WAIT = 1.0
+if getattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT", None) is not None:
+    grpc._common.MAXIMUM_WAIT_TIMEOUT = max(grpc._common.MAXIMUM_WAIT_TIMEOUT, GRPC_WAIT)
 
 
 class WatchFailed(Exception):

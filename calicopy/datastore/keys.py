@@ -251,3 +251,17 @@ def changes_configuration(watch_response) -> bool:
     report; a failed watch (no events) counts as a change, to look again."""
     events = getattr(watch_response, "events", None)
     return events is None or any(not is_report(e.key.decode()) for e in events)
+
+
+def touches(watch_response, relevant) -> bool:
+    """For watch callbacks of an owner that reads only some records: whether
+    any event's key is one ``relevant(key)`` accepts (and not a report); a
+    failed watch (no events) counts, to look again."""
+    events = getattr(watch_response, "events", None)
+    if events is None:
+        return True
+    for e in events:
+        key = e.key.decode()
+        if relevant(key) and not is_report(key):
+            return True
+    return False

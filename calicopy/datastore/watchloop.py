@@ -16,7 +16,9 @@ The loop watches a prefix and calls its owner's ``sync(full, events)``:
 A sync returns what it wants reported (e.g. the revision its work reflects),
 and ``report(result)`` runs after each successful sync: how an owner tells
 others about its progress. ``tick()``, if given, runs every ``tick_every``
-seconds whatever happened (e.g. a status report).
+seconds whatever happened (e.g. a status report). ``poll`` and
+``tick_every`` may be functions returning seconds, for an owner that needs
+its passes often only while it has something to do.
 
 Failures never end the loop: an unreachable datastore drops the watch (it is
 rebuilt, with a full sync) and is retried after a pause; anything else is
@@ -41,9 +43,11 @@ RETRY_PAUSE = 1.0
 
 class WatchLoop:
     def __init__(self, store: Store, prefix: str, sync: Callable[[bool, list], Any], *,
-                 log: logging.Logger, resync: float = 60.0, poll: float = 5.0,
+                 log: logging.Logger, resync: float = 60.0,
+                 poll: float | Callable[[], float] = 5.0,
                  settle: float = 0.0, report: Callable[[Any], None] | None = None,
-                 tick: Callable[[], None] | None = None, tick_every: float = 0.0,
+                 tick: Callable[[], None] | None = None,
+                 tick_every: float | Callable[[], float] = 0.0,
                  relevant: Callable[[Any], bool] = keys.changes_configuration):
         self.store, self.prefix, self._sync = store, prefix, sync
         self.log, self.resync, self.poll, self.settle = log, resync, poll, settle
@@ -116,7 +120,7 @@ class WatchLoop:
                     self._report(result)
                 if self._tick is not None and time.monotonic() >= next_tick:
                     self._tick()
-                    next_tick = time.monotonic() + self.tick_every
+                    next_tick = time.monotonic() + _seconds(self.tick_every)
                 self._problem("")
             except Unavailable as exc:
                 self._problem(str(exc))
@@ -128,8 +132,9 @@ class WatchLoop:
                 next_full = 0.0
                 stop.wait(RETRY_PAUSE)
                 continue
-            wait = min(self.poll, max(0.05, next_full - time.monotonic()))
+            wait = min(_seconds(self.poll), max(0.05, next_full - time.monotonic()))
             if self._tick is not None:
+                next_tick = min(next_tick, time.monotonic() + _seconds(self.tick_every))
                 wait = min(wait, max(0.05, next_tick - time.monotonic()))
             self.changed.wait(wait)
             if self.settle and not stop.is_set():
@@ -141,3 +146,7 @@ class WatchLoop:
         if text and text != self._last_problem:
             self.log.warning("%s", text)
         self._last_problem = text
+
+
+def _seconds(value: float | Callable[[], float]) -> float:
+    return value() if callable(value) else value

@@ -5,9 +5,11 @@ Run by the shared watch loop (calicopy.datastore.watchloop): it reads the
 cluster's records into its model (node.bird.view) on start, after any end
 of its watch and every RESYNC seconds, and applies the watch's events to the
 model in between (events at or before its last full read are already in
-it). Every pass, and every POLL seconds regardless (so a peer that becomes
-directly connected, or stops being so, is re-rendered), it renders from the
-model: no etcd read. A new configuration is written to a temporary file,
+it). Every pass that changed the model, and every POLL seconds regardless (so
+a peer that becomes directly connected, or stops being so, is re-rendered),
+it renders from the model: no etcd read. Events that change nothing it is
+made of (another host's allocations in its blocks, workloads) end there: in
+a busy cluster, a host's renderer does not work for every other host's adds. A new configuration is written to a temporary file,
 checked with `bird -p`, moved into place atomically, and BIRD is told to
 `configure` only when the text changed. A malformed node, peer, pool or block
 record is left out, as if absent, and reported once (calicopy.quarantine).
@@ -41,7 +43,7 @@ log = logging.getLogger("calico-bird-renderer")
 
 RESYNC = 60.0
 POLL = 5.0
-REPORT_EVERY = 2.0
+REPORT_EVERY = 3.0
 REPORT_TTL = 10
 
 
@@ -88,12 +90,27 @@ class Renderer:
         self._configured: str | None = None    # the text BIRD last accepted
         self.status = LeasedReport(store, keys.bgp_status(name), REPORT_TTL)
         self._established: set[tuple[str, int]] = set()    # (peer, IP version) up last time
+        self._modelled_at = float("-inf")      # when the model was last made
+        self._ipr: IPRoute | None = None       # kept open: one per pass cost more than the pass
+
+    def _on_link(self, ip: str) -> bool:
+        """underlay.on_link over the renderer's own netlink socket (opened
+        again after a failure)."""
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        try:
+            return underlay.on_link(ip, self._ipr)
+        except Exception:
+            self._ipr.close()
+            self._ipr = None
+            raise
 
     def sync(self, full: bool = False, events=()) -> bool:
         """Bring the model up to date (a full read, or the events), render and,
         if the text differs from what BIRD last accepted, install and reload.
         Says whether it did."""
-        if full or not self._loaded:
+        changed = full or not self._loaded
+        if changed:
             self.revision, kvs = self.store.snapshot(keys.PREFIX)
             self._read_at = self.revision
             self.view.load(kvs)
@@ -103,13 +120,19 @@ class Renderer:
                 key, value, revision = change(event)
                 if revision > self._read_at:        # else already in the last full read
                     self.revision = max(self.revision, revision)
-                    self.view.apply(key, value)
+                    changed = self.view.apply(key, value) or changed
+        # Events that changed nothing BIRD is configured from (another host's
+        # allocations, workloads...) cost no more than their decoding; a pass
+        # without events (the poll) looks again at which peers are connected.
+        now = time.monotonic()
+        if events and not changed and now - self._modelled_at < POLL:
+            return False
+        self._modelled_at = now
         bad: dict[str, str] = {}
         if self._connected is not None:
             model = self.view.model(bad, self._connected)
         else:
-            with IPRoute() as ipr:              # one socket for all the peers
-                model = self.view.model(bad, lambda ip: underlay.on_link(ip, ipr))
+            model = self.view.model(bad, self._on_link)
         self.quarantine.update(keys.PREFIX, bad)
         if model is None:
             return False
@@ -143,5 +166,9 @@ class Renderer:
         self.status.keepalive()
 
     def run(self, stop: threading.Event) -> None:
+        # Only records the view is made of wake it (not workloads, handles,
+        # affinities or reports): most of what an add elsewhere writes.
         WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=POLL,
-                  settle=0.05, tick=self.report, tick_every=REPORT_EVERY).run(stop)
+                  settle=0.05, tick=self.report, tick_every=REPORT_EVERY,
+                  relevant=lambda response: keys.touches(response, self.view.relevant)
+                  ).run(stop)

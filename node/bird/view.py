@@ -54,41 +54,52 @@ class BirdView:
         for kv in kvs:
             self.apply(kv.key, kv.value)
 
-    def apply(self, key: str, value: str | None) -> None:
-        """One record written (``value``, JSON text) or deleted (None)."""
+    def apply(self, key: str, value: str | None) -> bool:
+        """One record written (``value``, JSON text) or deleted (None). Says
+        whether what the view holds changed (an allocation in a block, for
+        instance, changes nothing BIRD is configured from)."""
         if not self.relevant(key):
-            return
+            return False
         kv = KV(key, value, 0) if value is not None else None
-        self.bad.pop(key, None)
+        was_bad = self.bad.pop(key, None)
         try:
             if keys.is_node(key):
-                self._put(self.nodes, key, decode(kv, bgp.Node.from_json) if kv else None)
-            elif key == keys.BGP_AS:
-                self._put(self.settings, key, decode(kv, bgp.as_from_json) if kv else None)
-            elif key == keys.BGP_NODE_MESH:
-                self._put(self.settings, key, decode(kv, bgp.mesh_from_json) if kv else None)
-            elif key.startswith(self._global):
-                self._put(self.global_peers, key, decode(kv, bgp.Peer.from_json) if kv else None)
-            elif key.startswith(self._own):
-                self._put(self.own_peers, key, decode(kv, bgp.Peer.from_json) if kv else None)
-            elif key.startswith(keys.pools_prefix()):
-                self._put(self.pools, key, decode(kv, ipam.Pool.from_json) if kv else None)
-            else:
-                block = decode(kv, ipam.Block.from_json) if kv else None
-                self._put(self.blocks, key, str(block.cidr)
-                          if block is not None and block.host == self.name else None)
+                return self._put(self.nodes, key,
+                                 decode(kv, bgp.Node.from_json) if kv else None) or was_bad is not None
+            if key == keys.BGP_AS:
+                return self._put(self.settings, key,
+                                 decode(kv, bgp.as_from_json) if kv else None) or was_bad is not None
+            if key == keys.BGP_NODE_MESH:
+                return self._put(self.settings, key,
+                                 decode(kv, bgp.mesh_from_json) if kv else None) or was_bad is not None
+            if key.startswith(self._global):
+                return self._put(self.global_peers, key,
+                                 decode(kv, bgp.Peer.from_json) if kv else None) or was_bad is not None
+            if key.startswith(self._own):
+                return self._put(self.own_peers, key,
+                                 decode(kv, bgp.Peer.from_json) if kv else None) or was_bad is not None
+            if key.startswith(keys.pools_prefix()):
+                return self._put(self.pools, key,
+                                 decode(kv, ipam.Pool.from_json) if kv else None) or was_bad is not None
+            block = decode(kv, ipam.Block.from_json) if kv else None
+            return self._put(self.blocks, key, str(block.cidr) if block is not None and
+                             block.host == self.name else None) or was_bad is not None
         except BadRecord as exc:        # absent, as far as BIRD goes
             for held in (self.nodes, self.settings, self.global_peers, self.own_peers,
                          self.pools, self.blocks):
                 held.pop(key, None)
             self.bad[exc.key] = exc.why
+            return True
 
     @staticmethod
-    def _put(held: dict, key: str, value) -> None:
+    def _put(held: dict, key: str, value) -> bool:
+        """Hold ``value`` under ``key`` (None: none); whether that changed anything."""
+        before = held.get(key)
         if value is None:
             held.pop(key, None)
         else:
             held[key] = value
+        return before != value
 
     def model(self, bad: dict[str, str],
               connected: Callable[[str], bool]) -> conf.BirdModel | None:

@@ -210,7 +210,10 @@ class Agent:
         if generation is not None:
             self._generation = generation.read
         try:
+            # Only records the agent reads wake it (not IPAM's blocks and
+            # handles, nor reports): most of what an add elsewhere writes.
             WatchLoop(self.store, keys.PREFIX, self.step, log=log, resync=RESYNC, poll=5.0,
+                      relevant=lambda response: keys.touches(response, relevant),
                       report=self._record, tick=self.progress.keepalive,
                       tick_every=PROGRESS_TTL / 6).run(stop)
         finally:

@@ -48,6 +48,7 @@ ANSWER_DROPS = 100        # at most this many per answer
 FOLLOW_DROPS = 20         # per answer to a follower (rewritten as drops come)
 ANSWER_TTL = 15           # seconds an answer outlives its node's keep-alives
 POLL = 0.25               # a follower sees a new drop this soon (and etcd no more often)
+IDLE_POLL = 60.0          # with no question open: a new one wakes the watch anyway
 REMAP_EVERY = 1.0         # iptables-save at most this often for unknown prefixes
 UNKNOWN = "denied (rule no longer programmed)"
 
@@ -204,9 +205,11 @@ class Answers:
             report.keepalive()
 
     def run(self, stop: threading.Event) -> None:
-        # Every POLL seconds a pass: followers' answers are rewritten at most that often.
-        loop = WatchLoop(self.store, keys.QUERIES, self.sync, log=log, resync=60.0, poll=POLL,
-                         tick=self.keepalive, tick_every=ANSWER_TTL / 6,
+        # While a question is open, a pass every POLL seconds (followers' answers
+        # are rewritten at most that often) and keep-alives; else only the watch.
+        loop = WatchLoop(self.store, keys.QUERIES, self.sync, log=log, resync=60.0,
+                         poll=lambda: POLL if self._open else IDLE_POLL, tick=self.keepalive,
+                         tick_every=lambda: ANSWER_TTL / 6 if self._open else IDLE_POLL,
                          relevant=lambda response: True)
         loop.run(stop)
 

@@ -12,7 +12,9 @@ Invariants, and how each operation keeps them:
   could not have seen it succeed never becomes a workload.
 - No address leaks. Every address this service claims carries the endpoint
   id as an IPAM attribute; reconciling releases the endpoint's addresses that
-  its record does not list (a crash between claiming and recording).
+  its record does not list (a crash between claiming and recording): at
+  every start, and every LEAK_CHECK_EVERY seconds after (one IPAM call per
+  endpoint, the one part of a reconcile that costs the cluster's IPAM).
 - A malformed record under the node's prefix is treated as absent (its
   interface is an orphan; an add of its workload replaces it) and reported
   (calicopy.quarantine), never fatal.
@@ -66,6 +68,7 @@ MIN_MTU_IPV6 = 1280             # below it the kernel turns IPv6 off on the link
 # Seconds of a caller's deadline kept for what an add does after IPAM (the
 # kernel, the record, a teardown on failure).
 IPAM_RESERVE = 1.0
+LEAK_CHECK_EVERY = 600.0
 # Seconds before the caller's deadline by which an add stops waiting for its
 # policy: past it the add is undone, not finished, so that an add whose caller
 # gave up (and saw it fail) never becomes a workload.
@@ -192,6 +195,7 @@ class EndpointManager:
         self.default_mtu = default_mtu or (lambda: 0)
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._in_flight: set[str] = set()      # keys of pending records of adds running
+        self._next_leak_check = float("-inf")   # see LEAK_CHECK_EVERY
 
     # Reads -------------------------------------------------------------------
 
@@ -543,7 +547,8 @@ class EndpointManager:
 
     # Reconcile -------------------------------------------------------------------
 
-    def _reconcile_one(self, ep: Endpoint, kv: KV, startup: bool, counts: dict) -> None:
+    def _reconcile_one(self, ep: Endpoint, kv: KV, startup: bool, counts: dict,
+                       leaks: bool = True) -> None:
         with self._locks[(ep.orchestrator, ep.workload_id)]:
             current = self.store.get(kv.key)
             if current is None or self._malformed(current):
@@ -569,6 +574,8 @@ class EndpointManager:
                 ep.mac = mac
                 self.store.commit(Txn().update(current, ep.to_json()))
                 counts["restored"] += 1
+            if not leaks:
+                return
             leaked = [a["ip"] for a in self.ipam.handle_allocations(ep.handle)
                       if a["attributes"].get("endpoint") == ep.endpoint_id
                       and a["ip"] not in ep.ips]
@@ -588,9 +595,12 @@ class EndpointManager:
         # before it was created, so the record listing below includes it.
         interfaces = self.dataplane.host_interfaces()
         records = self._records()
+        leaks = startup or time.monotonic() >= self._next_leak_check
+        if leaks:
+            self._next_leak_check = time.monotonic() + LEAK_CHECK_EVERY
         for ep, kv in records:
             try:
-                self._reconcile_one(ep, kv, startup, counts)
+                self._reconcile_one(ep, kv, startup, counts, leaks)
             except CalicoError as exc:      # one bad endpoint must not stop the rest
                 log.error("reconciling endpoint %s failed: %s", ep.endpoint_id, exc)
         owned = {ep.host_interface for ep, _ in records}

@@ -22,7 +22,10 @@ from calicopy.localfiles import bind_private
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1                  # seconds a stop waits at most for the accept loop to notice
+# The accept loop's select timeout. A stop does not wait for it: it shuts the
+# listening socket down, which wakes the loop at once (a short poll cost an
+# idle node ten wake-ups a second per socket).
+POLL = 30.0
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -61,7 +64,15 @@ class LocalSocketServer:
         if self._server is None:
             return
         self._stopping = True       # kept-alive connections get no more requests
-        self._server.shutdown()
+        server = self._server
+        closer = threading.Thread(target=server.shutdown, daemon=True)
+        closer.start()
+        while closer.is_alive():
+            try:
+                server.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            closer.join(0.05)
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
         self._server.server_close()

@@ -115,3 +115,41 @@ def test_events_keep_the_model_as_a_fresh_read_makes_it(tmp_path, seed):
             (conf.render(fresh) if fresh else None), f"step {step}"
         assert held_bad == fresh_bad, f"step {step}"
         assert renderer.quarantine.records == fresh_bad, f"step {step}"
+
+
+def test_changes_bird_is_not_made_of_end_at_the_model(tmp_path, monkeypatch):
+    """Another host's allocations, our own block filling up, workloads: the
+    renderer applies them and stops there (no model, no rendering), so in a
+    busy cluster a host's renderer does not work for every other host's
+    adds. A change it is made of, and the poll (a pass without events), do
+    make the model again."""
+    store = MemoryStore()
+    put(store, keys.node("h1"), {"name": "h1", "ipv4": "172.30.0.1"})
+    nets = [ipaddress.ip_network(n) for n in ("10.20.0.0/26", "10.20.0.64/26", "10.20.0.128/26")]
+    blocks = {net: Block.empty(net, host) for net, host in zip(nets, ["h1", "h2", "h1"])}
+    for net in nets[:2]:
+        put(store, keys.block(net), blocks[net].to_json())
+    renderer = Renderer(store, "h1", tmp_path / "bird.conf", str(tmp_path / "no-bird.ctl"),
+                        connected=lambda ip: True)
+    queued = []
+    store.watch(keys.PREFIX, lambda response: queued.extend(response.events or []))
+    renderer.sync(full=True)
+    made = []
+    model = renderer.view.model
+    monkeypatch.setattr(renderer.view, "model", lambda *a: made.append(1) or model(*a))
+
+    def events():
+        taken, queued[:] = list(queued), []
+        assert taken
+        return taken
+
+    for net in nets[:2]:            # an allocation in our block and in h2's
+        blocks[net].allocate(1, "w1", "h2" if net == nets[1] else "h1", {})
+        put(store, keys.block(net), blocks[net].to_json())
+    put(store, keys.profile_tags("P"), ["P"])
+    assert renderer.sync(events=events()) is False and made == []
+    put(store, keys.block(nets[2]), blocks[nets[2]].to_json())     # a block of ours
+    renderer.sync(events=events())
+    assert made == [1] and "10.20.0.128/26" in (tmp_path / "bird.conf").read_text()
+    renderer.sync(events=[])        # the poll: which peers are connected may have changed
+    assert made == [1, 1]

@@ -410,3 +410,23 @@ def test_an_add_near_its_callers_deadline_gives_up_before_claiming(world):
         manager.add(request, deadline=time.monotonic() + 0.5)
     assert manager.list() == [] and allocated(ipam) == 0 and not dataplane.interfaces
     assert manager.add(request, deadline=time.monotonic() + 30).ips
+
+
+def test_periodic_reconciles_ask_ipam_about_leaks_only_every_so_often(world, monkeypatch):
+    """The leak check is one IPAM call per endpoint: at every start and every
+    LEAK_CHECK_EVERY seconds, not at every periodic pass (a thousand
+    endpoints on fifty hosts made it a steady load on the cluster's IPAM)."""
+    store, ipam, dataplane, manager = world
+    add(manager, auto_ipv4=1)
+    asked = []
+    real = ipam.handle_allocations
+    monkeypatch.setattr(ipam, "handle_allocations", lambda h: asked.append(h) or real(h))
+    manager.reconcile()
+    assert len(asked) == 1
+    manager.reconcile()
+    assert len(asked) == 1              # not due yet
+    manager.reconcile(startup=True)
+    assert len(asked) == 2              # a start always looks
+    monkeypatch.setattr(manager, "_next_leak_check", 0.0)
+    manager.reconcile()
+    assert len(asked) == 3

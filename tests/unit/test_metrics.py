@@ -245,3 +245,29 @@ def test_only_the_supervisor_and_the_services_import_prometheus_client():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_an_idle_process_writes_its_counts_only_when_they_change(tmp_path):
+    """The exporter sleeps until a count changes (a gauge set to the value it
+    had is no change): an idle node process does not wake every second."""
+    stop = threading.Event()
+    metrics.BGP_SESSIONS.replace({("4", "Established"): 1})
+    thread = metrics.export_to_node("bird-renderer", tmp_path, stop, every=0.05)
+    path = tmp_path / "metrics" / "bird-renderer.json"
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            stop.wait(0.05)
+        first = path.stat().st_mtime_ns
+        metrics.BGP_SESSIONS.replace({("4", "Established"): 1})     # the same again
+        stop.wait(0.5)
+        assert path.stat().st_mtime_ns == first
+        metrics.BGP_SESSIONS.replace({("4", "Established"): 2})
+        deadline = time.monotonic() + 10
+        while path.stat().st_mtime_ns == first and time.monotonic() < deadline:
+            stop.wait(0.05)
+        assert path.stat().st_mtime_ns != first
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()        # a stop wakes it from its idle sleep
