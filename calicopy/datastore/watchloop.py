@@ -75,6 +75,15 @@ class WatchLoop:
                 return
         self.changed.set()
 
+    def watch_prefix(self, prefix: str) -> None:
+        """Watch ``prefix`` from now on: the watch is rebuilt before the next
+        pass, which is then a full one (nothing between is missed)."""
+        with self._lock:
+            if prefix == self.prefix:
+                return
+            self.prefix, self._watch_ended = prefix, True
+        self.changed.set()
+
     def _ensure_watch(self) -> bool:
         """Whether the watch had to be (re)built, which calls for a full sync."""
         with self._lock:

@@ -5,9 +5,9 @@ Run by the shared watch loop (calicopy.datastore.watchloop): a changed pool
 (its mode), block, allocation or node record takes effect at once, with no
 restart; a full pass every RESYNC seconds repairs the kernel and re-decides
 which hosts are on a connected subnet. While no pool uses IP-in-IP (the
-default), only a pool's change can matter: the agent wakes for nothing else
-and reads only the pools and its own node record, so its cost does not grow
-with the cluster's hosts and workloads. The tunnel's address comes from IPAM
+default), only a pool's change can matter: the agent then watches only the
+pools (its own node record is read at each full pass) and reads nothing
+else, so its cost does not grow with the cluster's hosts and workloads. The tunnel's address comes from IPAM
 (an IP-in-IP pool, this host's block, handle ``<node>/ipip-tunnel-addr``) and
 is given back when no pool uses IP-in-IP any more.
 """
@@ -48,6 +48,13 @@ class IpipAgent:
         self.on_link, self.mtu_of = on_link, mtu_of
         self._address: str | None = None      # the tunnel's, once known
         self._active = None                   # unknown at start: tear down if not wanted
+        self._loop: WatchLoop | None = None
+
+    def _follow(self) -> None:
+        """Watch everything while a tunnel is wanted, else only the pools."""
+        if self._loop is not None:
+            self._loop.watch_prefix(keys.pools_prefix() if self._active is False
+                                    else keys.PREFIX)
 
     def sync(self, full: bool = False, events=()) -> None:
         pools = ipam.read_pools(self.store)
@@ -64,6 +71,7 @@ class IpipAgent:
                     log.info("no pool uses IP-in-IP: tunl0 and its routes removed")
                 self._release()
                 self._active = False
+            self._follow()
             return
         address = self._tunnel_address(wanted.pools, full)
         stats = self.dataplane.apply(wanted, local, address,
@@ -72,6 +80,7 @@ class IpipAgent:
             log.info("IP-in-IP: tunl0 %s, %d route(s) through it: %s", address or "(none)",
                      len(wanted.routes), stats)
         self._active = True
+        self._follow()
 
     def _tunnel_address(self, pools: list[str], full: bool) -> str:
         """The tunnel's address: the one this node holds in an IP-in-IP pool,
@@ -125,5 +134,6 @@ class IpipAgent:
         return any(e.key.decode().startswith(keys.pools_prefix()) for e in events)
 
     def run(self, stop: threading.Event) -> None:
-        WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC, poll=RESYNC,
-                  settle=0.05, relevant=self.relevant).run(stop)
+        self._loop = WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC,
+                               poll=RESYNC, settle=0.05, relevant=self.relevant)
+        self._loop.run(stop)

@@ -94,3 +94,24 @@ def test_with_an_ip_in_ip_pool_it_routes_other_hosts_blocks_and_wakes_for_them()
                                                "10.20.0.1")
     assert a.relevant(event(keys.block(ipaddress.ip_network("10.20.1.0/26"))))
     assert a.relevant(event(keys.node("h3")))
+
+
+def test_it_watches_only_the_pools_while_no_pool_uses_ip_in_ip():
+    """Inactive, the agent's watch is the pools' prefix: the events of every
+    add in the cluster (records, blocks, handles) never reach it. A pool
+    turning IP-in-IP widens it again (and the rebuilt watch's first pass is
+    a full one)."""
+    import logging
+
+    from calicopy.datastore.watchloop import WatchLoop
+
+    store = world("never")
+    a = agent(store)
+    a._loop = WatchLoop(store, keys.PREFIX, a.sync, log=logging.getLogger("test"))
+    a.sync(full=True)
+    assert a._loop.prefix == keys.pools_prefix()
+    key = keys.pool(ipaddress.ip_network("10.20.0.0/16"))
+    pool = Pool.new(ipaddress.ip_network("10.20.0.0/16"), ipip_mode="always").to_json()
+    store.commit(Txn().put(key, store.get(key), pool))
+    a.sync(full=True)
+    assert a._loop.prefix == keys.PREFIX
