@@ -255,14 +255,15 @@ NODE_RESTARTS = _declare(
 _version = 0
 
 
-_wake = threading.Event()      # set on every change (and a stop): the exporter sleeps until then
+_wakes: list[threading.Event] = []     # one per exporter: set on every change (and its stop)
 IDLE_EXPORT = 60.0             # the longest it sleeps all the same
 
 
 def _changed() -> None:
     global _version
     _version += 1      # a lost increment only delays an export by a pass
-    _wake.set()
+    for wake in tuple(_wakes):
+        wake.set()
 
 
 def snapshot(process: str) -> list[dict]:
@@ -289,6 +290,8 @@ def export_to_node(process: str, node_dir: Path, stop: threading.Event | None = 
     folder = node_metrics_dir(node_dir)
     path = folder / f"{process}.json"
     stop = stop or threading.Event()
+    wake = threading.Event()        # this exporter's: sleeps until a change or its stop
+    _wakes.append(wake)
 
     def write() -> None:
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -299,7 +302,7 @@ def export_to_node(process: str, node_dir: Path, stop: threading.Event | None = 
     def loop() -> None:
         written = -1
         while True:
-            _wake.clear()
+            wake.clear()
             version = _version
             functions = any(f._function for f in FAMILIES)
             if version != written or functions:
@@ -309,17 +312,19 @@ def export_to_node(process: str, node_dir: Path, stop: threading.Event | None = 
                 except OSError as exc:
                     log.warning("cannot write metrics to %s: %s", path, exc)
             if stop.wait(every):
+                _wakes.remove(wake)
                 return
             # An idle process does not wake until a count changes (or its
             # stop); one with values computed at scrape time writes every pass.
             if not functions and version == written:
-                _wake.wait(IDLE_EXPORT)
+                wake.wait(IDLE_EXPORT)
                 if stop.is_set():
+                    _wakes.remove(wake)
                     return
 
     thread = threading.Thread(target=loop, name="metrics-export", daemon=True)
     thread.start()
-    threading.Thread(target=lambda: (stop.wait(), _wake.set()), name="metrics-export-stop",
+    threading.Thread(target=lambda: (stop.wait(), wake.set()), name="metrics-export-stop",
                      daemon=True).start()
     return thread
 

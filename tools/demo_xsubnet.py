@@ -68,8 +68,9 @@ def main() -> int:
              "between them")
         a = lab.add_host("xa", ipv6=False, node=True)
         b = lab.add_host("xb", ipv6=False, node=True, subnet=1)
-        wa = a.add_workload("xwa", profiles=("XDEMO",))
-        wb = b.add_workload("xwb", profiles=("XDEMO",))
+        # From the demo's pool by name: another demo may have left pools of its own.
+        wa = a.add_workload("xwa", POOL, profiles=("XDEMO",))
+        wb = b.add_workload("xwb", POOL, profiles=("XDEMO",))
         step("BGP between them is multi-hop (rendered from each host's routes)")
         wait("the session", lambda: "Established" in a.calicoctl("status").stdout)
         show(a, "status")
@@ -83,7 +84,7 @@ def main() -> int:
         print(f"    ping {wa.ip} -> {wb.ip}: ok")
         sh(a, "ip", "route", "get", wb.ip)
         sh(a, "ip", "-4", "addr", "show", "dev", "tunl0")
-        xc = a.add_workload("xwc", profiles=("XDEMO",))
+        xc = a.add_workload("xwc", POOL, profiles=("XDEMO",))
         print(f"    a workload added now gets MTU "
               f"{xc.ns.run('cat', '/sys/class/net/eth0/mtu').stdout.strip()} "
               "(the underlay's 1500 minus 20)")

@@ -80,7 +80,7 @@ class RulesetGeneration:
                                            NETLINK_NETFILTER)
                 self._sock.settimeout(5.0)
                 self._sock.bind((0, 0))
-            self._seq += 1
+            self._seq = (self._seq + 1) & 0xffffffff
             self._sock.send(request(self._seq))
             while True:         # skip any answer to an earlier request that timed out
                 try:

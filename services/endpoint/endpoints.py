@@ -603,6 +603,7 @@ class EndpointManager:
                 self._reconcile_one(ep, kv, startup, counts, leaks)
             except CalicoError as exc:      # one bad endpoint must not stop the rest
                 log.error("reconciling endpoint %s failed: %s", ep.endpoint_id, exc)
+                self._next_leak_check = float("-inf")   # (IPAM down?) look again next time
         owned = {ep.host_interface for ep, _ in records}
         for name in sorted(interfaces - owned):
             log.info("removing %s, which no endpoint owns", name)

@@ -7,7 +7,7 @@ import pytest
 from calicopy.datastore import keys
 from calicopy.datastore.store import Txn
 from calicopy.errors import (AlreadyExists, CalicoError, DeadlineExceeded, FailedPrecondition,
-                             InvalidArgument, NotFound)
+                             InvalidArgument, NotFound, Unavailable)
 from services.endpoint.endpoints import AddRequest, EndpointManager
 from calicopy.model.endpoint import PENDING, Endpoint, endpoint_id
 from services.ipam.allocator import Ipam
@@ -430,3 +430,20 @@ def test_periodic_reconciles_ask_ipam_about_leaks_only_every_so_often(world, mon
     monkeypatch.setattr(manager, "_next_leak_check", 0.0)
     manager.reconcile()
     assert len(asked) == 3
+
+
+def test_a_leak_check_that_failed_is_tried_again_at_the_next_pass(world, monkeypatch):
+    store, ipam, dataplane, manager = world
+    add(manager, auto_ipv4=1)
+    asked = []
+    real = ipam.handle_allocations
+
+    def down_once(handle):
+        asked.append(handle)
+        if len(asked) == 1:
+            raise Unavailable("IPAM is down")
+        return real(handle)
+    monkeypatch.setattr(ipam, "handle_allocations", down_once)
+    manager.reconcile()
+    manager.reconcile()
+    assert len(asked) == 2              # not ten minutes later
