@@ -25,7 +25,8 @@ here, as tests/system/test_bgp_peers.py does). Then, and printed per size:
 - idle CPU: over IDLE seconds after everything settled, all nodes'
   processes (per host) and the control plane, as a share of one core.
 - where the time goes while adding: CPU by kind of process (policy agents,
-  renderers, etcd...), all hosts together.
+  renderers, etcd...), all hosts together, and the CPU one add cost each host
+  (all hosts' node processes' CPU / adds / hosts: "host ms/add").
 
 The point is the growth curve: what one change costs per host should not
 grow with the number of hosts. Everything it creates is removed before it
@@ -220,8 +221,8 @@ class Scale:
                 ipv4_pools=[POOL], profile_ids=[PROFILE]), timeout=60)
             times.append(time.perf_counter() - start)
 
-        pids = [p for found in self.node_pids().values() for p in found] + \
-            self.control_pids(etcd)
+        node_pids = [p for found in self.node_pids().values() for p in found]
+        pids = node_pids + self.control_pids(etcd)
         cpu_before = {p: cpu_seconds(p) for p in pids}
         before, started = etcd.requests(), time.perf_counter()
         try:
@@ -237,7 +238,12 @@ class Scale:
             kind = name(p)
             by_kind[kind] = by_kind.get(kind, 0.0) + (cpu_seconds(p) - cpu_before[p]) / wall
         self.add_cpu = sorted(by_kind.items(), key=lambda kv: -kv[1])
+        # What one add costs each host, whether the workload is its own or
+        # another host's (all hosts' node processes / adds / hosts): the figure
+        # that must stay flat as hosts are added.
+        node_cpu = sum(cpu_seconds(p) - cpu_before[p] for p in node_pids)
         self.row.update(adds=len(times), add_total_s=wall,
+                        node_cpu_per_add_ms=node_cpu / len(times) / self.n * 1000,
                         add_p50_ms=percentile(times, 50) * 1000,
                         add_p99_ms=percentile(times, 99) * 1000,
                         etcd_busy_rps=(etcd.requests() - before) / wall)
@@ -383,7 +389,8 @@ def report(rows: list[dict], idle: float) -> None:
                ("add_p50_ms", "add p50 ms", "{:.0f}"), ("add_p99_ms", "add p99 ms", "{:.0f}"),
                ("rule_p50_ms", "rule p50 ms", "{:.0f}"), ("rule_max_ms", "rule max ms", "{:.0f}"),
                ("route_p50_ms", "route p50 ms", "{:.0f}"),
-               ("route_max_ms", "route max ms", "{:.0f}")]
+               ("route_max_ms", "route max ms", "{:.0f}"),
+               ("node_cpu_per_add_ms", "host ms/add", "{:.2f}")]
     print(" ".join(f"{title:>12}" for _, title, _ in columns))
     for r in rows:
         print(" ".join(f"{fmt.format(r[key]):>12}" for key, _, fmt in columns))
@@ -410,6 +417,7 @@ def report(rows: list[dict], idle: float) -> None:
         growth = last["hosts"] / first["hosts"]
         print(f"growth from {first['hosts']} to {last['hosts']} hosts (x{growth:g}): "
               + ", ".join(f"{name} x{last[key] / first[key]:.2f}" for key, name in (
+                  ("node_cpu_per_add_ms", "CPU per add per host"),
                   ("add_p50_ms", "add p50"), ("rule_p50_ms", "rule p50"),
                   ("route_p50_ms", "route p50"), ("node_pss_per_host", "memory per host"),
                   ("idle_cpu_per_host", "idle CPU per host")) if first[key]))
