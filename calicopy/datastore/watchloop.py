@@ -16,7 +16,7 @@ The loop watches a prefix and calls its owner's ``sync(full, events)``:
 A sync returns what it wants reported (e.g. the revision its work reflects),
 and ``report(result)`` runs after each successful sync: how an owner tells
 others about its progress. ``tick()``, if given, runs every ``tick_every``
-seconds whatever happened (e.g. a status report). ``poll`` and
+seconds whatever happened (e.g. a status report). ``resync``, ``poll`` and
 ``tick_every`` may be functions returning seconds, for an owner that needs
 its passes often only while it has something to do.
 
@@ -43,7 +43,7 @@ RETRY_PAUSE = 1.0
 
 class WatchLoop:
     def __init__(self, store: Store, prefix: str, sync: Callable[[bool, list], Any], *,
-                 log: logging.Logger, resync: float = 60.0,
+                 log: logging.Logger, resync: float | Callable[[], float] = 60.0,
                  poll: float | Callable[[], float] = 5.0,
                  settle: float = 0.0, report: Callable[[Any], None] | None = None,
                  tick: Callable[[], None] | None = None,
@@ -124,7 +124,7 @@ class WatchLoop:
                 with metrics.SYNC_SECONDS.time(kind="full" if full else "update"):
                     result = self._sync(full, events)
                 if full:
-                    next_full = time.monotonic() + self.resync
+                    next_full = time.monotonic() + _seconds(self.resync)
                 if self._report is not None:
                     self._report(result)
                 if self._tick is not None and time.monotonic() >= next_tick:

@@ -4,7 +4,8 @@ tunl0 in step with etcd (node.ipip.plan decides, node.ipip.dataplane does).
 Run by the shared watch loop (calicopy.datastore.watchloop): a changed pool
 (its mode), block, allocation or node record takes effect at once, with no
 restart; a full pass every RESYNC seconds repairs the kernel and re-decides
-which hosts are on a connected subnet. While no pool uses IP-in-IP (the
+which hosts are on a connected subnet (every IDLE_RESYNC while no pool uses
+IP-in-IP). While no pool uses IP-in-IP (the
 default), only a pool's change can matter: the agent then watches only the
 pools (its own node record is read at each full pass) and reads nothing
 else, so its cost does not grow with the cluster's hosts and workloads. The tunnel's address comes from IPAM
@@ -32,6 +33,7 @@ from node.ipip.plan import plan
 log = logging.getLogger("calico-ipip")
 
 RESYNC = 10.0
+IDLE_RESYNC = 60.0      # while no pool uses IP-in-IP: nothing to repair but a teardown
 
 
 def tunnel_handle(node: str) -> str:
@@ -134,6 +136,7 @@ class IpipAgent:
         return any(e.key.decode().startswith(keys.pools_prefix()) for e in events)
 
     def run(self, stop: threading.Event) -> None:
-        self._loop = WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=RESYNC,
-                               poll=RESYNC, settle=0.05, relevant=self.relevant)
+        every = lambda: IDLE_RESYNC if self._active is False else RESYNC   # noqa: E731
+        self._loop = WatchLoop(self.store, keys.PREFIX, self.sync, log=log, resync=every,
+                               poll=every, settle=0.05, relevant=self.relevant)
         self._loop.run(stop)
