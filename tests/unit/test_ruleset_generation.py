@@ -7,8 +7,14 @@ import pytest
 from node.policy import generation
 
 
-def answer(seq, gen_id, kind=generation.NFNL_SUBSYS_NFTABLES << 8 | generation.NFT_MSG_NEWGEN):
-    attrs = struct.pack("=HH", 8, generation.NFTA_GEN_ID) + struct.pack(">I", gen_id) + \
+# The kernel's numbers (linux/netfilter/nf_tables.h, netlink.h), written out
+# here so that a wrong constant in the module fails these tests.
+NEWGEN = 10 << 8 | 15           # NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN
+GEN_ID, ERROR = 1, 2            # NFTA_GEN_ID, NLMSG_ERROR
+
+
+def answer(seq, gen_id, kind=NEWGEN):
+    attrs = struct.pack("=HH", 8, GEN_ID) + struct.pack(">I", gen_id) + \
         struct.pack("=HH", 8, 2) + struct.pack(">I", 77)          # then the process id
     body = struct.pack("=BBH", 0, 0, 0) + attrs
     return struct.pack("=IHHII", 16 + len(body), kind, 0, seq, 0) + body
@@ -27,7 +33,7 @@ def test_the_generation_is_read_from_the_answer_to_this_request():
 
 
 def test_a_refusal_is_an_error_not_a_generation():
-    refusal = struct.pack("=IHHII", 36, generation.NLMSG_ERROR, 0, 4, 0) + \
+    refusal = struct.pack("=IHHII", 36, ERROR, 0, 4, 0) + \
         struct.pack("=i", -93) + bytes(16)
     with pytest.raises(OSError):
         generation.parse(refusal, 4)
