@@ -288,8 +288,14 @@ try:
 except OSError as exc:
     sys.exit(f"connect: {exc.strerror}")
 sock.sendall(b"POST /calico.endpoint.v1.EndpointService/ListEndpoints HTTP/1.1\\r\\n"
-             b"Host: x\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
-head, _, body = sock.recv(65536).partition(b"\\r\\n\\r\\n")
+             b"Host: x\\r\\nConnection: close\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+data = b""
+while True:     # the head and the body may come in separate reads: up to the close
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, _, body = data.partition(b"\\r\\n\\r\\n")
 print(head.split(b"\\r\\n")[0].decode())
 print(body.decode())
 """
