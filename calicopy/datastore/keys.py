@@ -249,8 +249,7 @@ def is_report(key: str) -> bool:
 def changes_configuration(watch_response) -> bool:
     """For watch callbacks: False only when every event is a node's own
     report; a failed watch (no events) counts as a change, to look again."""
-    events = getattr(watch_response, "events", None)
-    return events is None or any(not is_report(e.key.decode()) for e in events)
+    return touches(watch_response, lambda key: True)
 
 
 def touches(watch_response, relevant) -> bool:

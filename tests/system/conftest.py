@@ -17,3 +17,11 @@ def pools(ipam_client, policy_server):
             policy_pb2.CreateProfileRequest(name="net"), timeout=10)
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
     ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
+
+
+@pytest.fixture
+def hosts(lab, ipam_client):
+    """Two hosts running the node, with an IPv4 and an IPv6 pool (no profile)."""
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
+    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
+    return lab.add_host("h1", node=True), lab.add_host("h2", node=True)

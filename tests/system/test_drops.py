@@ -9,11 +9,8 @@ import subprocess
 import sys
 import threading
 
-import pytest
 
-from calico.ipam.v1 import ipam_pb2
 from tests.cli import fails, ok
-from tests.system.conftest import POOL4, POOL6
 from tests.system.helpers import wait_for
 from tools.lab import ROOT
 
@@ -40,13 +37,6 @@ def seen(host, what, *args, **match) -> list[dict]:
         return bool(found)
     wait_for(what, look, timeout=15)
     return found
-
-
-@pytest.fixture
-def hosts(lab, ipam_client):
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
-    return lab.add_host("h1", node=True), lab.add_host("h2", node=True)
 
 
 def test_denied_packets_are_shown_with_their_rule_and_rules_count_packets(hosts):

@@ -8,19 +8,10 @@ import time
 
 import pytest
 
-from calico.ipam.v1 import ipam_pb2
 from calicopy.netns import socket_in
 from tests.cli import fails, ok
-from tests.system.conftest import POOL4, POOL6
 from tests.system.helpers import wait_for
 from tools.lab import Listener, assert_connectivity
-
-
-@pytest.fixture
-def hosts(lab, ipam_client):
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL4))
-    ipam_client.create_pool(pool=ipam_pb2.Pool(cidr=POOL6))
-    return lab.add_host("h1", node=True), lab.add_host("h2", node=True)
 
 
 def test_seed_three_profiles_across_two_hosts(hosts):

@@ -521,16 +521,22 @@ def test_a_remote_member_joining_costs_one_set_member(world):
     assert state(kernel) == before
 
 
-def test_an_idle_pass_runs_nothing_until_someone_changes_the_rules(world):
-    """With the ruleset generation, an idle pass starts no process; a hook
-    an operator deleted (the generation moves) is found and put back."""
-    store, kernel, _, _ = world
+def counting_nft_agent(store, kernel):
+    """An nft agent over the kernel stub with its ruleset generation, and the
+    list of the programs it starts."""
     started = []
 
     def run(argv, *args, **kwargs):
         started.append(argv[0])
         return kernel.run(argv, *args, **kwargs)
-    agent = watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation))
+    return watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation)), started
+
+
+def test_an_idle_pass_runs_nothing_until_someone_changes_the_rules(world):
+    """With the ruleset generation, an idle pass starts no process; a hook
+    an operator deleted (the generation moves) is found and put back."""
+    store, kernel, _, _ = world
+    agent, started = counting_nft_agent(store, kernel)
     agent.sync(full=True)
     endpoint(store, "web3", ["10.20.0.5"], ["WEB"])       # our own restores: still trusted
     agent.sync(events=events(agent))
@@ -552,12 +558,7 @@ def test_a_resync_rewrites_the_chains_only_when_someone_else_changed_the_rules(w
     writes starts no iptables process; after an operator edited one of our
     chains, it reads the rules back and repairs them."""
     store, kernel, _, _ = world
-    started = []
-
-    def run(argv, *args, **kwargs):
-        started.append(argv[0])
-        return kernel.run(argv, *args, **kwargs)
-    agent = watched(Agent(store, NODE, "nft", run=run, generation=kernel.generation))
+    agent, started = counting_nft_agent(store, kernel)
     agent.step(True, events(agent))
     endpoint(store, "web3", ["10.20.0.5"], ["WEB"])
     agent.step(False, events(agent))
